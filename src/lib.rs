@@ -1,0 +1,1 @@
+pub use mixprec_kernels as kernels;
