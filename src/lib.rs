@@ -1,1 +1,14 @@
+//! mixprec: mixed-precision (bf16 / fp16 with fp32 fallback) neural-network
+//! inference on x86 CPUs.
+//!
+//! * [`kernels`]: the `mixprec-kernels` crate (conversions, GEMM, elementwise
+//!   and normalization kernels with runtime ISA dispatch).
+//! * [`graph`]: the op-graph, its builder, safetensors weights and the
+//!   executor that runs each node in the dtype a precision plan gives it.
+//! * [`tune`]: the accuracy-driven mixed-precision tuner.
+#![warn(missing_docs)]
+
 pub use mixprec_kernels as kernels;
+
+pub mod graph;
+pub mod tune;

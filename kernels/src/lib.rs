@@ -12,6 +12,12 @@
 #![warn(missing_docs)]
 
 pub mod convert;
+pub mod dot;
+pub mod element;
+pub mod elementwise;
+pub mod gemm;
 pub mod isa;
+pub mod norm;
 
+pub use element::{Element, FloatSlice, FloatSliceMut, FloatType};
 pub use isa::{Isa, IsaError, active_isa, detected_isa};

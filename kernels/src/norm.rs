@@ -1,0 +1,1 @@
+//! Softmax, normalization and reduction kernels over f32, bf16 and f16 storage.

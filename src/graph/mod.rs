@@ -1,0 +1,1 @@
+//! The op-graph: tensors, named ops, builder, safetensors weights, executor.

@@ -1,0 +1,1 @@
+//! The accuracy-driven mixed-precision tuner.
