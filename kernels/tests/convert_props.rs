@@ -16,7 +16,8 @@ fn interesting_f32() -> impl Strategy<Value = f32> {
             // The low half set to 0x7FFF, 0x8000, 0x8001 or 0 hits bf16 rounding edges.
             f32::from_bits(((hi as u32) << 16) | [0x7FFF, 0x8000, 0x8001, 0][lo as usize])
         }),
-        (0u32..0x0080_0000, any::<bool>()).prop_map(|(m, s)| f32::from_bits(m | ((s as u32) << 31))),
+        (0u32..0x0080_0000, any::<bool>())
+            .prop_map(|(m, s)| f32::from_bits(m | ((s as u32) << 31))),
         (0x4770_0000u32..0x4780_0000).prop_map(f32::from_bits), // around f16::MAX
         (0x3300_0000u32..0x3880_0000).prop_map(f32::from_bits), // f16 subnormal range
         Just(f32::NAN),
@@ -78,19 +79,29 @@ proptest! {
 #[test]
 fn every_tail_length_on_every_level() {
     // Lengths that cover each tail length of the 8-, 16- and 32-element steps.
-    let data: Vec<f32> = (0..200).map(|i| (i as f32 - 100.0) * 0.37e-38 * (1 << (i % 31)) as f32).collect();
+    let data: Vec<f32> = (0..200)
+        .map(|i| (i as f32 - 100.0) * 0.37e-38 * (1 << (i % 31)) as f32)
+        .collect();
     for isa in Isa::available() {
         for n in 0..=100 {
             let src = &data[..n];
             let mut out = vec![bf16::ZERO; n];
             convert::f32_to_bf16_at(isa, src, &mut out).unwrap();
             for (x, o) in src.iter().zip(&out) {
-                assert_eq!(o.to_bits(), bits::f32_to_bf16_bits(x.to_bits()), "{isa} n={n}");
+                assert_eq!(
+                    o.to_bits(),
+                    bits::f32_to_bf16_bits(x.to_bits()),
+                    "{isa} n={n}"
+                );
             }
             let mut out = vec![f16::ZERO; n];
             convert::f32_to_f16_at(isa, src, &mut out).unwrap();
             for (x, o) in src.iter().zip(&out) {
-                assert_eq!(o.to_bits(), bits::f32_to_f16_bits(x.to_bits()), "{isa} n={n}");
+                assert_eq!(
+                    o.to_bits(),
+                    bits::f32_to_f16_bits(x.to_bits()),
+                    "{isa} n={n}"
+                );
             }
         }
     }
@@ -101,7 +112,9 @@ fn streaming_path_is_bit_exact_at_every_alignment() {
     // Above STREAM_THRESHOLD_ELEMS the AVX-512 paths switch to non-temporal
     // stores with an alignment prologue; check several destination offsets.
     let n = convert::STREAM_THRESHOLD_ELEMS + 77;
-    let src: Vec<f32> = (0..n as u32).map(|i| f32::from_bits(i.wrapping_mul(0x9E37_79B9))).collect();
+    let src: Vec<f32> = (0..n as u32)
+        .map(|i| f32::from_bits(i.wrapping_mul(0x9E37_79B9)))
+        .collect();
     for isa in Isa::available() {
         for offset in [0usize, 1, 5, 31] {
             let mut out = vec![bf16::ZERO; n + offset];
@@ -158,9 +171,21 @@ mod guarded {
             // SAFETY: both ranges are whole pages inside the mapping created above.
             unsafe {
                 assert_eq!(libc::mprotect(base.cast(), page, libc::PROT_NONE), 0);
-                assert_eq!(libc::mprotect(base.add(page + usable_pages * page).cast(), page, libc::PROT_NONE), 0);
+                assert_eq!(
+                    libc::mprotect(
+                        base.add(page + usable_pages * page).cast(),
+                        page,
+                        libc::PROT_NONE
+                    ),
+                    0
+                );
             }
-            Guarded { base, total, page, usable: usable_pages * page }
+            Guarded {
+                base,
+                total,
+                page,
+                usable: usable_pages * page,
+            }
         }
 
         /// `len` elements of T placed flush against the leading guard page
@@ -168,7 +193,11 @@ mod guarded {
         pub fn slice<T: bytemuck::Pod>(&mut self, len: usize, at_end: bool) -> &mut [T] {
             let bytes = len * size_of::<T>();
             assert!(bytes <= self.usable);
-            let offset = if at_end { self.page + self.usable - bytes } else { self.page };
+            let offset = if at_end {
+                self.page + self.usable - bytes
+            } else {
+                self.page
+            };
             // SAFETY: [offset, offset + bytes) lies in the read-write pages of the
             // mapping, which this struct owns for the lifetime of the borrow;
             // offsets are multiples of size_of::<T>() (page size and `bytes`
@@ -200,14 +229,19 @@ fn no_level_reads_or_writes_outside_its_slices() {
         for &n in &lengths {
             for at_end in [true, false] {
                 let src: &mut [f32] = src_mem.slice(n, at_end);
-                src.iter_mut().enumerate().for_each(|(i, x)| *x = i as f32 * 1.5e-3);
+                src.iter_mut()
+                    .enumerate()
+                    .for_each(|(i, x)| *x = i as f32 * 1.5e-3);
                 let dst: &mut [bf16] = dst_mem.slice(n, at_end);
                 convert::f32_to_bf16_at(isa, src, dst).unwrap();
                 let dst: &mut [f16] = dst_mem.slice(n, at_end);
                 convert::f32_to_f16_at(isa, src, dst).unwrap();
 
                 let half_src: &mut [bf16] = src_mem.slice(n, at_end);
-                half_src.iter_mut().enumerate().for_each(|(i, x)| *x = bf16::from_f32(i as f32));
+                half_src
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(i, x)| *x = bf16::from_f32(i as f32));
                 let wide: &mut [f32] = dst_mem.slice(n, at_end);
                 convert::bf16_to_f32_at(isa, half_src, wide).unwrap();
                 let f16_src: &mut [f16] = src_mem.slice(n, at_end);
