@@ -10,5 +10,8 @@
 
 pub use mixprec_kernels as kernels;
 
+pub mod cli;
+pub mod demo;
 pub mod graph;
+pub mod safetensors_stream;
 pub mod tune;
