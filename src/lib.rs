@@ -13,5 +13,6 @@ pub use mixprec_kernels as kernels;
 pub mod cli;
 pub mod demo;
 pub mod graph;
+pub mod onnx;
 pub mod safetensors_stream;
 pub mod tune;
