@@ -1,0 +1,114 @@
+//! The `avx2` level (AVX2 + FMA + F16C, 8 lanes): `body.rs` instantiated on
+//! `__m256`. bf16 stores use the same 8-lane integer round-to-nearest-even as
+//! `convert::avx2` (the source of truth for that rounding; duplicated here so
+//! it inlines into these kernels).
+//!
+//! Every function here is reached only after `Isa::Avx2.require()` or via
+//! `active_isa()` (see `elementwise::backend_call`).
+
+// The polynomial coefficients in body.rs are kept as published / fitted.
+#![allow(clippy::excessive_precision, clippy::approx_constant)]
+
+use std::arch::x86_64::*;
+
+use super::{BinaryOp, Src, UnaryOp};
+use crate::element::{Element, FloatType};
+use crate::norm::ReduceOp;
+
+type V = __m256;
+type M = __m256;
+const LANES: usize = 8;
+
+macro_rules! simd {
+    ($($item:item)*) => { $( #[inline] #[target_feature(enable = "avx2,fma,f16c")] $item )* };
+}
+
+simd! {
+    fn splat(x: f32) -> V { _mm256_set1_ps(x) }
+    fn add(a: V, b: V) -> V { _mm256_add_ps(a, b) }
+    fn sub(a: V, b: V) -> V { _mm256_sub_ps(a, b) }
+    fn mul(a: V, b: V) -> V { _mm256_mul_ps(a, b) }
+    fn div(a: V, b: V) -> V { _mm256_div_ps(a, b) }
+    fn sqrt(a: V) -> V { _mm256_sqrt_ps(a) }
+    fn fma(a: V, b: V, c: V) -> V { _mm256_fmadd_ps(a, b, c) }
+    fn max_raw(a: V, b: V) -> V { _mm256_max_ps(a, b) }
+    fn min_raw(a: V, b: V) -> V { _mm256_min_ps(a, b) }
+    fn and(a: V, b: V) -> V { _mm256_and_ps(a, b) }
+    fn or(a: V, b: V) -> V { _mm256_or_ps(a, b) }
+    fn xor(a: V, b: V) -> V { _mm256_xor_ps(a, b) }
+    fn round_even(a: V) -> V { _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(a) }
+    fn exp2i(n: V) -> V {
+        let e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+        _mm256_castsi256_ps(_mm256_slli_epi32::<23>(e))
+    }
+    fn exponent_field(a: V) -> V {
+        _mm256_cvtepi32_ps(_mm256_srli_epi32::<23>(_mm256_and_si256(
+            _mm256_castps_si256(a),
+            _mm256_set1_epi32(0x7F80_0000),
+        )))
+    }
+    fn lt(a: V, b: V) -> M { _mm256_cmp_ps::<_CMP_LT_OQ>(a, b) }
+    fn eq(a: V, b: V) -> M { _mm256_cmp_ps::<_CMP_EQ_OQ>(a, b) }
+    fn isnan(a: V) -> M { _mm256_cmp_ps::<_CMP_UNORD_Q>(a, a) }
+    fn select(m: M, a: V, b: V) -> V { _mm256_blendv_ps(b, a, m) }
+    fn lanes_below(n: usize) -> M {
+        let iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), iota))
+    }
+    fn to_array(v: V) -> [f32; LANES] {
+        let mut out = [0.0; LANES];
+        // SAFETY: out holds 8 f32.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
+        out
+    }
+
+    /// bf16 RNE of 8 lanes into their low 16 bits (as `convert::avx2::bf16_round_8`).
+    fn bf16_round_8(x: __m256i) -> __m256i {
+        let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(x), _mm256_set1_epi32(1));
+        let rounded = _mm256_add_epi32(x, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF)));
+        let abs = _mm256_and_si256(x, _mm256_set1_epi32(0x7FFF_FFFF));
+        let is_nan = _mm256_cmpgt_epi32(abs, _mm256_set1_epi32(0x7F80_0000));
+        let quiet = _mm256_or_si256(x, _mm256_set1_epi32(0x0040_0000));
+        _mm256_srli_epi32::<16>(_mm256_blendv_epi8(rounded, quiet, is_nan))
+    }
+
+    /// # Safety
+    /// `p` must be valid for 8 reads.
+    unsafe fn load<T: Element>(p: *const T) -> V {
+        // SAFETY: p is valid for 8 elements of T, whose size matches each arm's load width.
+        unsafe {
+            match T::DTYPE {
+                FloatType::F32 => _mm256_loadu_ps(p.cast()),
+                FloatType::Bf16 => {
+                    let h = _mm_loadu_si128(p.cast());
+                    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+                }
+                FloatType::F16 => _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
+            }
+        }
+    }
+
+    /// # Safety
+    /// `p` must be valid for 8 writes.
+    unsafe fn store<T: Element>(p: *mut T, v: V) {
+        // SAFETY: p is valid for 8 elements of T, whose size matches each arm's store width.
+        unsafe {
+            match T::DTYPE {
+                FloatType::F32 => _mm256_storeu_ps(p.cast(), v),
+                FloatType::Bf16 => {
+                    let r = bf16_round_8(_mm256_castps_si256(v));
+                    let packed = _mm_packus_epi32(
+                        _mm256_castsi256_si128(r),
+                        _mm256_extracti128_si256::<1>(r),
+                    );
+                    _mm_storeu_si128(p.cast(), packed);
+                }
+                FloatType::F16 => {
+                    _mm_storeu_si128(p.cast(), _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v))
+                }
+            }
+        }
+    }
+}
+
+include!("body.rs");

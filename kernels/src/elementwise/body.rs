@@ -1,0 +1,481 @@
+// The kernel source shared by every dispatch level. It is not a module: each
+// of `scalar.rs`, `avx2.rs` and `avx512.rs` defines the vector primitives
+// (`V`, `M`, `LANES`, `splat`, `add`, `fma`, `select`, `load`, `store`, ...)
+// and a `simd!` macro that puts its `#[target_feature]` on every function,
+// then `include!`s this file. The scalar level is the instance with
+// `LANES == 1`; because every level runs the same operations in the same
+// order (fused multiply-adds written out, no reassociation), all levels give
+// bit-identical results, which the tests check.
+//
+// Reductions use one fixed order on every level: element `i` of a row goes to
+// virtual accumulator `i % 32`; the 32 partial results are then folded
+// pairwise, `acc[j] += acc[j + h]` for h = 16, 8, 4, 2, 1.
+
+/// Lane count of the virtual accumulator set used by every reduction.
+const RED_LANES: usize = 32;
+const NACC: usize = RED_LANES / LANES;
+
+const SIGN: f32 = f32::from_bits(0x8000_0000);
+const ABS_MASK: f32 = f32::from_bits(0x7FFF_FFFF);
+const MANT_MASK: f32 = f32::from_bits(0x007F_FFFF);
+
+// Cephes expf: ln 2 split so that n * LN2_HI is exact for |n| <= 150.
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+const EXP_P: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    5.000_000_1e-1,
+];
+
+// Cephes logf, on m - 1 with m in [sqrt(1/2), sqrt(2)).
+const LOG_P: [f32; 9] = [
+    7.037_683_6e-2,
+    -1.151_461e-1,
+    1.167_699_9e-1,
+    -1.242_014_1e-1,
+    1.424_932_3e-1,
+    -1.666_805_8e-1,
+    2.000_071_4e-1,
+    -2.499_999_4e-1,
+    3.333_333_1e-1,
+];
+
+// Cephes tanhf, odd polynomial for |x| < 0.625.
+const TANH_P: [f32; 5] = [
+    -5.704_988_7e-3,
+    2.063_908_9e-2,
+    -5.373_971_6e-2,
+    1.333_144_2e-1,
+    -3.333_328_2e-1,
+];
+
+// erf: Chebyshev fits (mpmath `chebyfit`, coefficients rounded to f32).
+// erf(x) = x * ERF_A(x^2) for |x| < ERF_SPLIT, 1 - ERF_B(|x| - ERF_CENTRE)
+// (ERF_B fitted to erfc) up to ERF_ONE, 1 beyond (erfc(3.92) < 2^-25).
+const ERF_SPLIT: f32 = 1.5;
+const ERF_CENTRE: f32 = 2.71;
+const ERF_ONE: f32 = 3.92;
+const ERF_A: [f32; 9] = [
+    6.205_872_9e-7,
+    -1.132_887_3e-5,
+    1.130_967_6e-4,
+    -8.454_627e-4,
+    5.216_919_4e-3,
+    -2.686_314_8e-2,
+    1.128_372_6e-1,
+    -3.761_263_5e-1,
+    1.128_379_2,
+];
+const ERF_B: [f32; 13] = [
+    5.217_172_7e-6,
+    1.590_083_8e-6,
+    -6.566_639e-5,
+    1.178_090_2e-4,
+    6.226_666_3e-5,
+    -6.898_054_3e-4,
+    1.840_587_5e-3,
+    -3.167_242e-3,
+    3.850_725_2e-3,
+    -3.329_469_1e-3,
+    1.976_604_3e-3,
+    -7.292_996_7e-4,
+    1.268_379e-4,
+];
+
+// GELU-tanh as x * sigmoid(v), v = x * (GT_C1 + GT_C3 x^2) = 2 sqrt(2/pi) (x + 0.044715 x^3).
+const GT_C1: f32 = 1.595_769_1;
+const GT_C3: f32 = 0.071_354_82;
+
+/// Below this, x * sigmoid(x)-style products are -0 in f32 (|x| e^x < 2^-150
+/// from about -110 on); clamping there avoids `-inf * 0 = NaN`.
+const NEG_SATURATE: f32 = -200.0;
+
+simd! {
+    fn horner<const N: usize>(x: V, c: &[f32; N]) -> V {
+        let mut r = splat(c[0]);
+        for &k in &c[1..] {
+            r = fma(r, x, splat(k));
+        }
+        r
+    }
+
+    fn neg_v(x: V) -> V {
+        xor(x, splat(SIGN))
+    }
+
+    fn abs_v(x: V) -> V {
+        and(x, splat(ABS_MASK))
+    }
+
+    fn copysign_v(mag: V, sign: V) -> V {
+        or(abs_v(mag), and(sign, splat(SIGN)))
+    }
+
+    fn relu_v(x: V) -> V {
+        select(isnan(x), x, max_raw(x, splat(0.0)))
+    }
+
+    /// IEEE maximum: NaN if either is NaN, -0 < +0.
+    fn max_v(a: V, b: V) -> V {
+        let r = max_raw(a, b);
+        // Equal operands differ only for (+0, -0); AND keeps +0.
+        let r = select(eq(a, b), and(a, b), r);
+        // max_raw already returns b when b is NaN.
+        select(isnan(a), a, r)
+    }
+
+    fn min_v(a: V, b: V) -> V {
+        let r = min_raw(a, b);
+        let r = select(eq(a, b), or(a, b), r);
+        select(isnan(a), a, r)
+    }
+
+    fn exp_v(x: V) -> V {
+        // Operand order makes a NaN x fall through both clamps.
+        let xc = min_raw(splat(88.8), max_raw(splat(-104.0), x));
+        let n = round_even(mul(xc, splat(LOG2E)));
+        let r = fma(n, splat(-LN2_HI), xc);
+        let r = fma(n, splat(-LN2_LO), r);
+        let z = mul(r, r);
+        let y = add(fma(horner(r, &EXP_P), z, r), splat(1.0));
+        // n is in [-150, 128]: scale in two steps so both powers are normal
+        // and a subnormal result is rounded once, in the last multiply.
+        let n1 = round_even(mul(n, splat(0.5)));
+        let n2 = sub(n, n1);
+        mul(mul(y, exp2i(n1)), exp2i(n2))
+    }
+
+    fn log_v(x: V) -> V {
+        let tiny = lt(x, splat(f32::MIN_POSITIVE));
+        let xs = select(tiny, mul(x, splat(8_388_608.0)), x);
+        let e = sub(exponent_field(xs), select(tiny, splat(149.0), splat(126.0)));
+        // m in [0.5, 1): the mantissa with exponent field 126.
+        let m = or(and(xs, splat(MANT_MASK)), splat(0.5));
+        let low = lt(m, splat(std::f32::consts::FRAC_1_SQRT_2));
+        let e = select(low, sub(e, splat(1.0)), e);
+        // Both subtractions are exact (Sterbenz).
+        let m = select(low, sub(add(m, m), splat(1.0)), sub(m, splat(1.0)));
+        let z = mul(m, m);
+        let y = mul(mul(horner(m, &LOG_P), m), z);
+        let y = fma(e, splat(LN2_LO), y);
+        let y = fma(z, splat(-0.5), y);
+        let r = fma(e, splat(LN2_HI), add(m, y));
+        let r = select(eq(x, splat(0.0)), splat(f32::NEG_INFINITY), r);
+        let r = select(lt(x, splat(0.0)), splat(f32::NAN), r);
+        let r = select(eq(x, splat(f32::INFINITY)), x, r);
+        select(isnan(x), x, r)
+    }
+
+    fn tanh_v(x: V) -> V {
+        let a = abs_v(x);
+        let e = exp_v(add(a, a));
+        let big = sub(splat(1.0), div(splat(2.0), add(e, splat(1.0))));
+        let z = mul(a, a);
+        let small = fma(mul(horner(z, &TANH_P), z), a, a);
+        copysign_v(select(lt(a, splat(0.625)), small, big), x)
+    }
+
+    fn sigmoid_v(x: V) -> V {
+        let e = exp_v(neg_v(abs_v(x)));
+        let num = select(lt(x, splat(0.0)), e, splat(1.0));
+        div(num, add(splat(1.0), e))
+    }
+
+    /// `x * sigmoid(v)`, as `x e / (1 + e)` or `x / (1 + e)` with `e = e^-|v|`.
+    fn x_sigmoid_v(x: V, v: V) -> V {
+        let e = exp_v(neg_v(abs_v(v)));
+        let num = select(lt(v, splat(0.0)), e, splat(1.0));
+        div(mul(x, num), add(splat(1.0), e))
+    }
+
+    fn silu_v(x: V) -> V {
+        let xc = max_raw(splat(NEG_SATURATE), x);
+        x_sigmoid_v(xc, xc)
+    }
+
+    fn gelu_tanh_v(x: V) -> V {
+        let xc = max_raw(splat(NEG_SATURATE), x);
+        let v = mul(xc, fma(mul(xc, xc), splat(GT_C3), splat(GT_C1)));
+        x_sigmoid_v(xc, v)
+    }
+
+    fn erf_v(x: V) -> V {
+        let a = min_raw(abs_v(x), splat(ERF_ONE));
+        let pa = mul(horner(mul(a, a), &ERF_A), a);
+        let pb = sub(splat(1.0), horner(sub(a, splat(ERF_CENTRE)), &ERF_B));
+        let r = select(lt(a, splat(ERF_SPLIT)), pa, pb);
+        let r = select(lt(a, splat(ERF_ONE)), r, splat(1.0));
+        select(isnan(x), x, copysign_v(r, x))
+    }
+
+    fn gelu_erf_v(x: V) -> V {
+        let xc = max_raw(splat(NEG_SATURATE), x);
+        let e = erf_v(mul(xc, splat(std::f32::consts::FRAC_1_SQRT_2)));
+        mul(mul(splat(0.5), xc), add(splat(1.0), e))
+    }
+
+    fn unary_v(op: UnaryOp, x: V) -> V {
+        match op {
+            UnaryOp::Neg => neg_v(x),
+            UnaryOp::Abs => abs_v(x),
+            UnaryOp::Sqrt => sqrt(x),
+            UnaryOp::Reciprocal => div(splat(1.0), x),
+            UnaryOp::Exp => exp_v(x),
+            UnaryOp::Log => log_v(x),
+            UnaryOp::Tanh => tanh_v(x),
+            UnaryOp::Erf => erf_v(x),
+            UnaryOp::Sigmoid => sigmoid_v(x),
+            UnaryOp::Relu => relu_v(x),
+            UnaryOp::GeluErf => gelu_erf_v(x),
+            UnaryOp::GeluTanh => gelu_tanh_v(x),
+            UnaryOp::Silu => silu_v(x),
+        }
+    }
+
+    fn binary_v(op: BinaryOp, a: V, b: V) -> V {
+        match op {
+            BinaryOp::Add => add(a, b),
+            BinaryOp::Sub => sub(a, b),
+            BinaryOp::Mul => mul(a, b),
+            BinaryOp::Div => div(a, b),
+            BinaryOp::Max => max_v(a, b),
+            BinaryOp::Min => min_v(a, b),
+            // Routed to libm before any backend is called.
+            BinaryOp::Pow => splat(f32::NAN),
+        }
+    }
+
+    /// Loads `LANES` elements of `s` from `i`, or fewer padded with zeros.
+    fn load_src<T: Element>(s: &Src<'_, T>, i: usize) -> V {
+        match s {
+            Src::Splat(c) => splat(*c),
+            Src::Slice(v) if i + LANES <= v.len() => {
+                // SAFETY: i + LANES <= v.len() bounds the LANES-element load.
+                unsafe { load(v.as_ptr().add(i)) }
+            }
+            Src::Slice(v) => {
+                let mut buf = [T::zeroed(); LANES];
+                buf[..v.len() - i].copy_from_slice(&v[i..]);
+                // SAFETY: buf holds LANES elements.
+                unsafe { load(buf.as_ptr()) }
+            }
+        }
+    }
+
+    fn load_slice<T: Element>(s: &[T], i: usize) -> V {
+        load_src(&Src::Slice(s), i)
+    }
+
+    /// Stores `LANES` results to `y` from `i`, or as many as fit.
+    fn store_at<T: Element>(y: &mut [T], i: usize, v: V) {
+        if i + LANES <= y.len() {
+            // SAFETY: i + LANES <= y.len() bounds the LANES-element store.
+            unsafe { store(y.as_mut_ptr().add(i), v) }
+        } else {
+            let mut buf = [T::zeroed(); LANES];
+            // SAFETY: buf holds LANES elements.
+            unsafe { store(buf.as_mut_ptr(), v) };
+            let rest = y.len() - i;
+            y[i..].copy_from_slice(&buf[..rest]);
+        }
+    }
+
+    /// `y[i] = op(x[i])`; `x.len() == y.len()` (checked by the caller).
+    pub(crate) fn unary<I: Element, O: Element>(op: UnaryOp, x: &[I], y: &mut [O]) {
+        let mut i = 0;
+        while i < y.len() {
+            let v = load_slice(x, i);
+            store_at(y, i, unary_v(op, v));
+            i += LANES;
+        }
+    }
+
+    /// `y[i] = a[i] op b[i]`; slice operands have `y.len()` elements (checked by the caller).
+    pub(crate) fn binary<A: Element, B: Element, O: Element>(
+        op: BinaryOp,
+        a: Src<'_, A>,
+        b: Src<'_, B>,
+        y: &mut [O],
+    ) {
+        let mut i = 0;
+        while i < y.len() {
+            let r = binary_v(op, load_src(&a, i), load_src(&b, i));
+            store_at(y, i, r);
+            i += LANES;
+        }
+    }
+
+    /// Which lanes of the vector at `i` hold row elements (`i < n`).
+    fn live(i: usize, n: usize) -> M {
+        lanes_below(n.saturating_sub(i).min(LANES))
+    }
+
+    /// Folds the 32 virtual accumulators pairwise (the documented order).
+    fn fold(acc: [V; NACC], f: fn(f32, f32) -> f32) -> f32 {
+        let mut lanes = [0.0f32; RED_LANES];
+        for (k, v) in acc.iter().enumerate() {
+            lanes[k * LANES..(k + 1) * LANES].copy_from_slice(&to_array(*v));
+        }
+        let mut h = RED_LANES / 2;
+        while h >= 1 {
+            for j in 0..h {
+                lanes[j] = f(lanes[j], lanes[j + h]);
+            }
+            h /= 2;
+        }
+        lanes[0]
+    }
+
+    fn row_sum<T: Element>(x: &[T]) -> f32 {
+        let mut acc = [splat(0.0); NACC];
+        let mut i = 0;
+        while i < x.len() {
+            for a in acc.iter_mut() {
+                let v = load_slice(x, i.min(x.len()));
+                *a = select(live(i, x.len()), add(*a, v), *a);
+                i += LANES;
+            }
+        }
+        fold(acc, |a, b| a + b)
+    }
+
+    /// Sum of `(x - c)^2` in the documented order.
+    fn row_sq_dev<T: Element>(x: &[T], c: f32) -> f32 {
+        let mut acc = [splat(0.0); NACC];
+        let mut i = 0;
+        while i < x.len() {
+            for a in acc.iter_mut() {
+                let d = sub(load_slice(x, i.min(x.len())), splat(c));
+                *a = select(live(i, x.len()), fma(d, d, *a), *a);
+                i += LANES;
+            }
+        }
+        fold(acc, |a, b| a + b)
+    }
+
+    fn row_sum_exp<T: Element>(x: &[T], m: f32) -> f32 {
+        let mut acc = [splat(0.0); NACC];
+        let mut i = 0;
+        while i < x.len() {
+            for a in acc.iter_mut() {
+                let e = exp_v(sub(load_slice(x, i.min(x.len())), splat(m)));
+                *a = select(live(i, x.len()), add(*a, e), *a);
+                i += LANES;
+            }
+        }
+        fold(acc, |a, b| a + b)
+    }
+
+    fn row_max<T: Element>(x: &[T]) -> f32 {
+        let mut acc = [splat(f32::NEG_INFINITY); NACC];
+        let mut i = 0;
+        while i < x.len() {
+            for a in acc.iter_mut() {
+                let v = load_slice(x, i.min(x.len()));
+                *a = select(live(i, x.len()), max_v(*a, v), *a);
+                i += LANES;
+            }
+        }
+        fold(acc, max_f32)
+    }
+
+    /// Softmax (or log-softmax) of each row of `cols` elements.
+    pub(crate) fn softmax<I: Element, O: Element>(x: &[I], y: &mut [O], cols: usize, log: bool) {
+        for (xr, yr) in x.chunks_exact(cols).zip(y.chunks_exact_mut(cols)) {
+            let m = row_max(xr);
+            let s = row_sum_exp(xr, m);
+            let mut i = 0;
+            if log {
+                let c = to_array(log_v(splat(s)))[0];
+                while i < cols {
+                    let v = sub(sub(load_slice(xr, i), splat(m)), splat(c));
+                    store_at(yr, i, v);
+                    i += LANES;
+                }
+            } else {
+                while i < cols {
+                    let e = exp_v(sub(load_slice(xr, i), splat(m)));
+                    store_at(yr, i, div(e, splat(s)));
+                    i += LANES;
+                }
+            }
+        }
+    }
+
+    /// Layer normalization of each row; `gamma` (and `beta`) have `cols` elements.
+    pub(crate) fn layer_norm<I: Element, O: Element>(
+        x: &[I],
+        y: &mut [O],
+        cols: usize,
+        gamma: &[f32],
+        beta: Option<&[f32]>,
+        eps: f32,
+    ) {
+        for (xr, yr) in x.chunks_exact(cols).zip(y.chunks_exact_mut(cols)) {
+            let mean = row_sum(xr) / cols as f32;
+            let var = row_sq_dev(xr, mean) / cols as f32;
+            let rstd = 1.0 / (var + eps).sqrt();
+            let mut i = 0;
+            while i < cols {
+                let t = mul(sub(load_slice(xr, i), splat(mean)), splat(rstd));
+                let g = load_slice(gamma, i);
+                let r = match beta {
+                    Some(b) => fma(t, g, load_slice(b, i)),
+                    None => mul(t, g),
+                };
+                store_at(yr, i, r);
+                i += LANES;
+            }
+        }
+    }
+
+    /// RMS normalization of each row; `gamma` has `cols` elements.
+    pub(crate) fn rms_norm<I: Element, O: Element>(
+        x: &[I],
+        y: &mut [O],
+        cols: usize,
+        gamma: &[f32],
+        eps: f32,
+    ) {
+        for (xr, yr) in x.chunks_exact(cols).zip(y.chunks_exact_mut(cols)) {
+            let ms = row_sq_dev(xr, 0.0) / cols as f32;
+            let rstd = 1.0 / (ms + eps).sqrt();
+            let mut i = 0;
+            while i < cols {
+                let t = mul(load_slice(xr, i), splat(rstd));
+                store_at(yr, i, mul(t, load_slice(gamma, i)));
+                i += LANES;
+            }
+        }
+    }
+
+    /// One reduction per row; `y` has one element per row (`cols > 0`).
+    pub(crate) fn reduce<I: Element, O: Element>(op: ReduceOp, x: &[I], cols: usize, y: &mut [O]) {
+        for (xr, out) in x.chunks_exact(cols).zip(y.iter_mut()) {
+            let r = match op {
+                ReduceOp::Sum => row_sum(xr),
+                ReduceOp::Mean => row_sum(xr) / cols as f32,
+                ReduceOp::Max => row_max(xr),
+            };
+            *out = O::from_f32(r);
+        }
+    }
+}
+
+/// [`max_v`] on one value, for folding lanes.
+fn max_f32(a: f32, b: f32) -> f32 {
+    if a.is_nan() || b.is_nan() {
+        a + b
+    } else if a == b {
+        f32::from_bits(a.to_bits() & b.to_bits())
+    } else if a > b {
+        a
+    } else {
+        b
+    }
+}

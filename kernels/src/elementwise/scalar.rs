@@ -1,0 +1,115 @@
+//! The scalar level: `body.rs` instantiated with one lane. This is the
+//! reference the SIMD levels are tested against bit for bit; it uses
+//! `f32::mul_add` (a true fused multiply-add) wherever the vector code uses
+//! FMA, so the operation sequences are identical.
+
+// The polynomial coefficients in body.rs are kept as published / fitted.
+#![allow(clippy::excessive_precision, clippy::approx_constant)]
+
+use super::{BinaryOp, Src, UnaryOp};
+use crate::element::Element;
+use crate::norm::ReduceOp;
+
+type V = f32;
+type M = bool;
+const LANES: usize = 1;
+
+macro_rules! simd {
+    ($($item:item)*) => { $( #[inline] $item )* };
+}
+
+fn splat(x: f32) -> V {
+    x
+}
+fn add(a: V, b: V) -> V {
+    a + b
+}
+fn sub(a: V, b: V) -> V {
+    a - b
+}
+fn mul(a: V, b: V) -> V {
+    a * b
+}
+fn div(a: V, b: V) -> V {
+    a / b
+}
+fn sqrt(a: V) -> V {
+    a.sqrt()
+}
+/// `a * b + c` with one rounding.
+fn fma(a: V, b: V, c: V) -> V {
+    a.mul_add(b, c)
+}
+/// x86 `maxps` semantics: `a > b ? a : b` (so b when either is NaN).
+fn max_raw(a: V, b: V) -> V {
+    if a > b { a } else { b }
+}
+/// x86 `minps` semantics: `a < b ? a : b`.
+fn min_raw(a: V, b: V) -> V {
+    if a < b { a } else { b }
+}
+fn and(a: V, b: V) -> V {
+    f32::from_bits(a.to_bits() & b.to_bits())
+}
+fn or(a: V, b: V) -> V {
+    f32::from_bits(a.to_bits() | b.to_bits())
+}
+fn xor(a: V, b: V) -> V {
+    f32::from_bits(a.to_bits() ^ b.to_bits())
+}
+fn round_even(a: V) -> V {
+    a.round_ties_even()
+}
+/// `2^n` for integral `n` in [-126, 127] (garbage, never used, for NaN).
+fn exp2i(n: V) -> V {
+    f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+/// The biased exponent field as a float.
+fn exponent_field(a: V) -> V {
+    ((a.to_bits() >> 23) & 0xFF) as f32
+}
+fn lt(a: V, b: V) -> M {
+    a < b
+}
+fn eq(a: V, b: V) -> M {
+    a == b
+}
+fn isnan(a: V) -> M {
+    a.is_nan()
+}
+fn select(m: M, a: V, b: V) -> V {
+    if m { a } else { b }
+}
+fn lanes_below(n: usize) -> M {
+    n > 0
+}
+fn to_array(v: V) -> [f32; LANES] {
+    [v]
+}
+/// # Safety
+/// `p` must be valid for one read.
+unsafe fn load<T: Element>(p: *const T) -> V {
+    // SAFETY: forwarded from the caller.
+    unsafe { p.read() }.to_f32()
+}
+/// # Safety
+/// `p` must be valid for one write.
+unsafe fn store<T: Element>(p: *mut T, v: V) {
+    // SAFETY: forwarded from the caller.
+    unsafe { p.write(T::from_f32(v)) }
+}
+
+include!("body.rs");
+
+/// The scalar reference of one unary op on one value.
+pub(crate) fn unary_value(op: UnaryOp, x: f32) -> f32 {
+    unary_v(op, x)
+}
+
+/// The scalar reference of one binary op on one value pair.
+pub(crate) fn binary_value(op: BinaryOp, a: f32, b: f32) -> f32 {
+    match op {
+        BinaryOp::Pow => a.powf(b),
+        _ => binary_v(op, a, b),
+    }
+}
