@@ -18,6 +18,7 @@ pub mod elementwise;
 pub mod gemm;
 pub mod isa;
 pub mod norm;
+pub mod peak;
 
 pub use element::{Element, FloatSlice, FloatSliceMut, FloatType};
 pub use isa::{Isa, IsaError, active_isa, detected_isa};

@@ -28,6 +28,10 @@
 //!   [`GemmError::Isa`] on CPUs without AVX512-FP16 and
 //!   [`GemmError::AccumulationUnsupported`] otherwise.
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod driver;
 mod epilogue;
 mod pack;
 mod scalar;
@@ -37,7 +41,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub use crate::element::Element;
 use crate::element::FloatType;
-use crate::isa::{Isa, IsaError, active_isa, detected_isa};
+#[cfg(test)]
+use crate::isa::detected_isa;
+use crate::isa::{Isa, IsaError, active_isa};
 #[allow(unused_imports)]
 pub(crate) use epilogue::erf;
 pub use pack::PackedB;
@@ -469,6 +475,16 @@ pub fn gemm_packed_at<T: Element, O: Element>(
     Ok(())
 }
 
+/// AVX-512 micro-kernels; only reached at a level that includes AVX-512 F/BW/VL.
+#[cfg(target_arch = "x86_64")]
+static AVX512: driver::Kernels = driver::Kernels {
+    mr: avx512::MR,
+    small_cols: avx512::SMALL_COLS,
+    big_tile: avx512::big_tile,
+    small_tile: avx512::small_tile,
+    dot_tile: avx512::dot_tile,
+};
+
 /// Validated entry: shapes agree, `isa` is available.
 fn run<T: Element, O: Element>(
     isa: Isa,
@@ -480,13 +496,21 @@ fn run<T: Element, O: Element>(
     epilogue: &Epilogue,
 ) {
     debug_assert_eq!(b.shape().0, a.cols);
-    let _ = detected_isa;
     if c.rows == 0 || c.cols == 0 {
         return;
     }
     match isa {
         Isa::Scalar => scalar::gemm(alpha, a, b, beta, c, epilogue),
-        _ => scalar::gemm(alpha, a, b, beta, c, epilogue),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => scalar::gemm(alpha, a, b, beta, c, epilogue),
+        // SAFETY of the kernel table: `isa` passed `Isa::require` (or is
+        // `active_isa()`), so the CPU has AVX-512 F/BW/DQ/VL.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Core | Isa::Avx512CoreBf16 | Isa::Avx512CoreFp16 => {
+            driver::run(isa, &AVX512, alpha, a, b, beta, c, epilogue)
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("no level above scalar is ever detected on this target"),
     }
 }
 

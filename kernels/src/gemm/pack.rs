@@ -74,7 +74,6 @@ impl<T: Element> PackedB<T> {
     }
 
     /// Panel `p` (all k rows).
-    #[allow(dead_code)]
     #[inline(always)]
     pub(crate) fn panel(&self, p: usize) -> &[T] {
         &self.data[p * self.k * NR..(p + 1) * self.k * NR]

@@ -1,0 +1,299 @@
+//! AVX-512 micro-kernels (levels `avx512_core` and up).
+//!
+//! * `tile`: an `MR x (16 * NV)` register tile, `acc[i][v] += a[i] * b[v]`
+//!   with `vfmadd231ps zmm` and A broadcast from the packed A panel, one FMA
+//!   chain per element in increasing k. B rows are read from `b + p * b_rs`
+//!   and widened in-register when they are bf16 (`vpmovzxwd` + shift, exact)
+//!   or f16 (`vcvtph2ps`, exact). The large-m path calls it with f32 B panels
+//!   (14 x 32 tile); the small-m path calls it straight on bf16/f16 weights
+//!   so they stream at half the bytes.
+//! * `dot_tile`: small m against column-contiguous B (`[out, in]` weights):
+//!   16-lane partial sums over k per (row, column), reduced at the end.
+//!
+//! Callers must have checked the level with `Isa::require` (see `gemm::run`).
+
+use std::arch::x86_64::*;
+
+use crate::element::FloatType;
+
+/// Rows of the large-m register tile.
+pub(super) const MR: usize = 14;
+/// Columns handled by one small-m tile call (four zmm).
+pub(super) const SMALL_COLS: usize = 64;
+
+/// Element-type tags for the const generic `BT`.
+const F32: u8 = 0;
+const BF16: u8 = 1;
+const F16: u8 = 2;
+
+fn tag(t: FloatType) -> u8 {
+    match t {
+        FloatType::F32 => F32,
+        FloatType::Bf16 => BF16,
+        FloatType::F16 => F16,
+    }
+}
+
+/// Lanes `0..cols - 16 * v` of vector `v`, clamped to 0..=16.
+#[inline(always)]
+fn lane_mask(cols: usize, v: usize) -> u16 {
+    let left = cols.saturating_sub(16 * v);
+    if left >= 16 {
+        0xFFFF
+    } else {
+        ((1u32 << left) - 1) as u16
+    }
+}
+
+/// Loads 16 elements of type `BT` at element pointer `p` (lanes outside `mask`
+/// are zero and not read) and widens them to f32.
+///
+/// # Safety
+/// The lanes in `mask` must be readable.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn load16<const BT: u8>(p: *const u8, mask: u16) -> __m512 {
+    // SAFETY: the caller guarantees the masked lanes are readable; masked-off
+    // lanes are not accessed by these instructions.
+    unsafe {
+        match BT {
+            F32 => {
+                if mask == 0xFFFF {
+                    _mm512_loadu_ps(p.cast())
+                } else {
+                    _mm512_maskz_loadu_ps(mask, p.cast())
+                }
+            }
+            BF16 => {
+                let h = _mm256_maskz_loadu_epi16(mask, p.cast());
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+            }
+            _ => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p.cast())),
+        }
+    }
+}
+
+/// `out[i][0..16*NV] (+)= sum_p a[p*MR + i] * b[p*b_rs + 0..16*NV]`, `p < kc`.
+///
+/// # Safety
+/// `a` holds `kc * MR` f32; for each `p < kc` the first `cols` elements (of
+/// type `BT`) at `b + p * b_rs` are readable; `out` rows `i < MR` at stride
+/// `ldo` hold `16 * NV` f32 (read when `load`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn tile<const MR_: usize, const NV: usize, const BT: u8>(
+    kc: usize,
+    a: *const f32,
+    b: *const u8,
+    b_rs: usize,
+    cols: usize,
+    out: *mut f32,
+    ldo: usize,
+    load: bool,
+) {
+    let size = if BT == F32 { 4 } else { 2 };
+    let mut masks = [0u16; NV];
+    for (v, m) in masks.iter_mut().enumerate() {
+        *m = lane_mask(cols, v);
+    }
+    let mut acc = [[_mm512_setzero_ps(); NV]; MR_];
+    // SAFETY: all pointer arithmetic stays within the extents the caller guarantees.
+    unsafe {
+        if load {
+            for (i, row) in acc.iter_mut().enumerate() {
+                for (v, x) in row.iter_mut().enumerate() {
+                    *x = _mm512_loadu_ps(out.add(i * ldo + 16 * v));
+                }
+            }
+        }
+        let mut ap = a;
+        let mut bp = b;
+        for _ in 0..kc {
+            let mut bv = [_mm512_setzero_ps(); NV];
+            for (v, x) in bv.iter_mut().enumerate() {
+                *x = load16::<BT>(bp.add(16 * v * size), masks[v]);
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = _mm512_set1_ps(*ap.add(i));
+                for (v, x) in row.iter_mut().enumerate() {
+                    *x = _mm512_fmadd_ps(ai, bv[v], *x);
+                }
+            }
+            ap = ap.add(MR_);
+            bp = bp.add(b_rs * size);
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (v, x) in row.iter().enumerate() {
+                _mm512_storeu_ps(out.add(i * ldo + 16 * v), *x);
+            }
+        }
+    }
+}
+
+/// Large-m tile: `mr <= MR` rows by 32 columns of an f32 B panel (row stride 32).
+///
+/// # Safety
+/// As [`tile`] with `cols = 32`, `b_rs = 32`, and the CPU supports AVX-512 F/BW/VL.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn big_tile(
+    mr: usize,
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    out: *mut f32,
+    ldo: usize,
+    load: bool,
+) {
+    let b = b.cast::<u8>();
+    macro_rules! go {
+        ($($n:literal)*) => {
+            match mr {
+                // SAFETY: forwarded from the caller's contract.
+                $($n => unsafe { tile::<$n, 2, F32>(kc, a, b, 32, 32, out, ldo, load) },)*
+                _ => unreachable!("tile rows {mr} > {MR}"),
+            }
+        };
+    }
+    go!(1 2 3 4 5 6 7 8 9 10 11 12 13 14)
+}
+
+/// Small-m tile: `mr <= 4` rows by `cols <= 64` columns of B of type `bt`
+/// read at `b + p * b_rs` (elements), over all `kc` in one pass (no reload).
+/// Writes 32 columns of `out` per row when `cols <= 32`, else 64.
+///
+/// # Safety
+/// As [`tile`], and the CPU supports AVX-512 F/BW/VL.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn small_tile(
+    bt: FloatType,
+    mr: usize,
+    kc: usize,
+    a: *const f32,
+    b: *const u8,
+    b_rs: usize,
+    cols: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    // Two zmm per row when 32 columns suffice (a packed panel): no FMAs on
+    // masked-off lanes, and only 32 columns of `out` are written.
+    macro_rules! go {
+        ($bt:expr, $($n:literal)*) => {
+            match (mr, cols <= 32) {
+                // SAFETY: forwarded from the caller's contract.
+                $(($n, true) => unsafe { tile::<$n, 2, $bt>(kc, a, b, b_rs, cols, out, ldo, false) },)*
+                // SAFETY: forwarded from the caller's contract.
+                $(($n, false) => unsafe { tile::<$n, 4, $bt>(kc, a, b, b_rs, cols, out, ldo, false) },)*
+                _ => unreachable!("small tile rows {mr} > 4"),
+            }
+        };
+    }
+    match tag(bt) {
+        F32 => go!(F32, 1 2 3 4),
+        BF16 => go!(BF16, 1 2 3 4),
+        _ => go!(F16, 1 2 3 4),
+    }
+}
+
+/// `out[i * ldo + jj] = sum_p a[i * k + p] * w[jj * w_rs + p]` for `i < MR_`,
+/// `jj < NJ`, with 16-lane partial sums.
+///
+/// # Safety
+/// `a` holds `MR_ * k` f32; each of the `NJ` rows of `w` holds `k` readable
+/// elements of type `BT`; `out` is writable for the `MR_ x NJ` block.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn dot_block<const MR_: usize, const NJ: usize, const BT: u8>(
+    k: usize,
+    a: *const f32,
+    w: *const u8,
+    w_rs: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    let size = if BT == F32 { 4 } else { 2 };
+    let mut acc = [[_mm512_setzero_ps(); NJ]; MR_];
+    // SAFETY: pointer arithmetic stays within the extents the caller guarantees.
+    unsafe {
+        let mut p = 0;
+        while p < k {
+            let mask = lane_mask(k - p, 0);
+            let mut wv = [_mm512_setzero_ps(); NJ];
+            for (jj, x) in wv.iter_mut().enumerate() {
+                *x = load16::<BT>(w.add((jj * w_rs + p) * size), mask);
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                let av = _mm512_maskz_loadu_ps(mask, a.add(i * k + p));
+                for (jj, x) in row.iter_mut().enumerate() {
+                    *x = _mm512_fmadd_ps(av, wv[jj], *x);
+                }
+            }
+            p += 16;
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (jj, x) in row.iter().enumerate() {
+                *out.add(i * ldo + jj) = _mm512_reduce_add_ps(*x);
+            }
+        }
+    }
+}
+
+/// Small m (`m <= 4`) against column-contiguous B: `nj <= 4` output columns.
+///
+/// # Safety
+/// As [`dot_block`] with `MR_ = m`, `NJ = nj`, and the CPU supports AVX-512 F/BW/VL.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn dot_tile(
+    bt: FloatType,
+    m: usize,
+    nj: usize,
+    k: usize,
+    a: *const f32,
+    w: *const u8,
+    w_rs: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    macro_rules! go {
+        ($bt:expr) => {
+            // SAFETY (all arms): forwarded from the caller's contract.
+            match (m, nj) {
+                (1, 4) => unsafe { dot_block::<1, 4, $bt>(k, a, w, w_rs, out, ldo) },
+                (2, 4) => unsafe { dot_block::<2, 4, $bt>(k, a, w, w_rs, out, ldo) },
+                (3, 4) => unsafe { dot_block::<3, 4, $bt>(k, a, w, w_rs, out, ldo) },
+                (4, 4) => unsafe { dot_block::<4, 4, $bt>(k, a, w, w_rs, out, ldo) },
+                (1, _) => unsafe { dot_block::<1, 1, $bt>(k, a, w, w_rs, out, ldo) },
+                (2, _) => unsafe { dot_block::<2, 1, $bt>(k, a, w, w_rs, out, ldo) },
+                (3, _) => unsafe { dot_block::<3, 1, $bt>(k, a, w, w_rs, out, ldo) },
+                (4, _) => unsafe { dot_block::<4, 1, $bt>(k, a, w, w_rs, out, ldo) },
+                _ => unreachable!("dot tile rows {m} > 4"),
+            }
+        };
+    }
+    if nj == 4 || nj == 1 {
+        match tag(bt) {
+            F32 => go!(F32),
+            BF16 => go!(BF16),
+            _ => go!(F16),
+        }
+    } else {
+        // Two or three columns left: one column per call, same sums per column.
+        let size = if bt == FloatType::F32 { 4 } else { 2 };
+        for jj in 0..nj {
+            // SAFETY: column jj's row of w and out column jj are within the caller's extents.
+            unsafe {
+                dot_tile(
+                    bt,
+                    m,
+                    1,
+                    k,
+                    a,
+                    w.add(jj * w_rs * size),
+                    w_rs,
+                    out.add(jj),
+                    ldo,
+                )
+            };
+        }
+    }
+}

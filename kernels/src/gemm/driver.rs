@@ -1,0 +1,595 @@
+//! The blocked, threaded driver shared by the SIMD levels.
+//!
+//! Large m: A is packed once into f32 row tiles of `MR` rows (k-major inside a
+//! tile), B once into f32 column panels of 32 (bf16/f16 widened exactly while
+//! packing, or reused as is for an f32 [`PackedB`]). C is cut into blocks of
+//! `MC x NC` that threads take from a shared counter; inside a block the k
+//! loop is blocked by `KC`, partial sums live in an f32 workspace, and the
+//! epilogue runs on each register tile right after its last k block, while
+//! the tile is still in L1.
+//!
+//! Small m (`<= SMALL_M`): no packing of B. Row-contiguous B and packed B are
+//! streamed row by row with bf16/f16 widened in registers, so half-width
+//! weights read half the bytes; column-contiguous B (`w.t()`) goes through
+//! 16-lane dot products.
+//!
+//! Work is split over M/N only, never k, and every k loop is the same FMA
+//! chain per element, so results do not depend on the thread count.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::pack::NR;
+use super::{
+    Activation, BSource, Element, Epilogue, MatMut, MatRef, PackedB, epilogue, num_threads,
+};
+use crate::convert;
+use crate::element::FloatType;
+use crate::isa::Isa;
+
+/// k block: a 32-column f32 B panel of `KC` rows is 24 KiB, within Zen 4's 32 KiB L1D.
+const KC: usize = 192;
+/// Register tiles per M block.
+const MC_TILES: usize = 8;
+/// 32-column panels per N block.
+const NC_PANELS: usize = 8;
+/// Largest m that takes the streaming path.
+pub(super) const SMALL_M: usize = 4;
+/// Below this many flops one thread does all the work.
+const PAR_MIN_FLOPS: usize = 1 << 22;
+/// Columns per work item on the small-m path.
+const SMALL_ITEM_COLS: usize = 256;
+
+/// The per-level micro-kernels the driver calls.
+pub(super) struct Kernels {
+    /// Rows of a large-m register tile.
+    pub mr: usize,
+    /// Columns one `small_tile` call covers at most.
+    pub small_cols: usize,
+    /// `(mr, kc, a, b, out, ldo, load)`: an `mr x 32` tile over an f32 panel.
+    pub big_tile: unsafe fn(usize, usize, *const f32, *const f32, *mut f32, usize, bool),
+    /// `(bt, mr, k, a, b, b_rs, cols, out, ldo)`: small-m rows over strided B rows.
+    #[allow(clippy::type_complexity)]
+    pub small_tile:
+        unsafe fn(FloatType, usize, usize, *const f32, *const u8, usize, usize, *mut f32, usize),
+    /// `(bt, m, nj, k, a, w, w_rs, out, ldo)`: small-m dot products with `nj <= 4` rows of `w`.
+    #[allow(clippy::type_complexity)]
+    pub dot_tile:
+        unsafe fn(FloatType, usize, usize, usize, *const f32, *const u8, usize, *mut f32, usize),
+}
+
+/// A pointer that may cross threads; every use writes a disjoint block.
+#[derive(Clone, Copy)]
+struct SendPtr<T>(*mut T);
+// SAFETY: the driver hands each work item a disjoint block of C, so no two
+// threads touch the same element.
+unsafe impl<T> Send for SendPtr<T> {}
+// SAFETY: as above.
+unsafe impl<T> Sync for SendPtr<T> {}
+
+impl<T> SendPtr<T> {
+    /// The pointer (a method, so closures capture the whole `SendPtr`).
+    #[inline(always)]
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+/// The thread pool for `n` threads, built once per distinct `n`.
+fn pool(n: usize) -> Arc<rayon::ThreadPool> {
+    static POOLS: Mutex<Vec<Arc<rayon::ThreadPool>>> = Mutex::new(Vec::new());
+    let mut pools = POOLS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = pools.iter().find(|p| p.current_num_threads() == n) {
+        return p.clone();
+    }
+    let p = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .thread_name(|i| format!("mixprec-gemm-{i}"))
+            .build()
+            .expect("mixprec: cannot start GEMM threads"),
+    );
+    pools.push(p.clone());
+    p
+}
+
+thread_local! {
+    /// Per-thread f32 workspace, kept between calls so large GEMMs do not
+    /// page-fault fresh buffers every time.
+    static WORKSPACE: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    /// The calling thread's packed A and B buffers, kept between calls.
+    static PACK_A: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    static PACK_B: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Takes a thread-local buffer of at least `len` elements (contents unspecified).
+fn take_buf(
+    key: &'static std::thread::LocalKey<std::cell::Cell<Vec<f32>>>,
+    len: usize,
+) -> Vec<f32> {
+    let mut v = key.with(|c| c.take());
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    v
+}
+
+/// Gives a buffer back to its thread-local slot.
+fn put_buf(key: &'static std::thread::LocalKey<std::cell::Cell<Vec<f32>>>, v: Vec<f32>) {
+    key.with(|c| c.set(v));
+}
+
+/// Runs `f(item, workspace)` for every item on up to `threads` threads; each
+/// thread's workspace holds `ws_len` f32.
+fn parallel_for(threads: usize, items: usize, ws_len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let threads = threads.min(items);
+    let worker = |next: &AtomicUsize| {
+        let mut ws = take_buf(&WORKSPACE, ws_len);
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= items {
+                break;
+            }
+            f(i, &mut ws[..ws_len]);
+        }
+        put_buf(&WORKSPACE, ws);
+    };
+    let next = AtomicUsize::new(0);
+    if threads <= 1 {
+        worker(&next);
+        return;
+    }
+    pool(threads).scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|_| worker(&next));
+        }
+    });
+}
+
+/// Epilogue parameters.
+#[derive(Clone, Copy)]
+struct Ep<'a> {
+    isa: Isa,
+    alpha: f32,
+    beta: f32,
+    bias: Option<&'a [f32]>,
+    act: Activation,
+}
+
+impl Ep<'_> {
+    /// Applies the epilogue to a `rows x cols` block of accumulators (`ws`,
+    /// stride `ldw`) and stores it at `c` (stride `ldc`); `j0` is the block's
+    /// first column in C. Same operations, same order as `epilogue::finish`.
+    ///
+    /// # Safety
+    /// `ws` is readable and `c` readable/writable for the block; `cols <= 64`.
+    unsafe fn store<O: Element>(
+        &self,
+        ws: *const f32,
+        ldw: usize,
+        rows: usize,
+        cols: usize,
+        c: *mut O,
+        ldc: usize,
+        j0: usize,
+    ) {
+        let mut buf = [0.0f32; 64];
+        let mut old = [0.0f32; 64];
+        let buf = &mut buf[..cols];
+        for r in 0..rows {
+            // SAFETY: row r of the block is within the caller's extents.
+            let (acc, crow) = unsafe {
+                (
+                    std::slice::from_raw_parts(ws.add(r * ldw), cols),
+                    std::slice::from_raw_parts_mut(c.add(r * ldc), cols),
+                )
+            };
+            for (x, a) in buf.iter_mut().zip(acc) {
+                *x = self.alpha * *a;
+            }
+            if self.beta != 0.0 {
+                let old = &mut old[..cols];
+                for (o, c) in old.iter_mut().zip(crow.iter()) {
+                    *o = c.to_f32();
+                }
+                for (x, o) in buf.iter_mut().zip(old.iter()) {
+                    *x += self.beta * *o;
+                }
+            }
+            if let Some(bias) = self.bias {
+                for (x, b) in buf.iter_mut().zip(&bias[j0..j0 + cols]) {
+                    *x += *b;
+                }
+            }
+            match self.act {
+                Activation::Identity => {}
+                Activation::Relu => buf.iter_mut().for_each(|x| *x = epilogue::relu(*x)),
+                Activation::GeluErf => buf.iter_mut().for_each(|x| *x = epilogue::gelu_erf(*x)),
+                Activation::GeluTanh => buf.iter_mut().for_each(|x| *x = epilogue::gelu_tanh(*x)),
+            }
+            store_row(self.isa, buf, crow);
+        }
+    }
+}
+
+/// Rounds `src` into `dst` per the conversion contract.
+fn store_row<O: Element>(isa: Isa, src: &[f32], dst: &mut [O]) {
+    // The level was checked by the caller, so the conversions cannot fail.
+    match O::DTYPE {
+        FloatType::F32 => dst.copy_from_slice(bytemuck::cast_slice(src)),
+        FloatType::Bf16 => {
+            convert::f32_to_bf16_at(isa, src, bytemuck::cast_slice_mut(dst)).expect("level checked")
+        }
+        FloatType::F16 => {
+            convert::f32_to_f16_at(isa, src, bytemuck::cast_slice_mut(dst)).expect("level checked")
+        }
+    }
+}
+
+/// Packs rows `r0 .. r0 + rows` of A into `dst` as f32, k-major:
+/// `dst[p * rows + i] = A[r0 + i, p]`.
+fn pack_a_tile<T: Element>(a: &MatRef<T>, r0: usize, rows: usize, dst: &mut [f32]) {
+    let k = a.cols;
+    if a.cs == 1 {
+        for i in 0..rows {
+            let row = &a.data[(r0 + i) * a.rs..(r0 + i) * a.rs + k];
+            for (p, x) in row.iter().enumerate() {
+                dst[p * rows + i] = x.to_f32();
+            }
+        }
+    } else {
+        for p in 0..k {
+            for i in 0..rows {
+                dst[p * rows + i] = a.data[(r0 + i) * a.rs + p * a.cs].to_f32();
+            }
+        }
+    }
+}
+
+/// Entry for every SIMD level; shapes and level were validated.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn run<T: Element, O: Element>(
+    isa: Isa,
+    kern: &Kernels,
+    alpha: f32,
+    a: MatRef<T>,
+    b: BSource<T>,
+    beta: f32,
+    c: MatMut<O>,
+    epi: &Epilogue,
+) {
+    let (m, n, k) = (c.rows, c.cols, a.cols);
+    let ep = Ep {
+        isa,
+        alpha,
+        beta,
+        bias: epi.bias,
+        act: epi.activation,
+    };
+    let ldc = c.rs;
+    let cp = SendPtr(c.data.as_mut_ptr());
+    if alpha == 0.0 || k == 0 {
+        // No product to form: the epilogue on zero accumulators.
+        let zeros = [0.0f32; 64];
+        for i in 0..m {
+            for j0 in (0..n).step_by(64) {
+                let cols = 64.min(n - j0);
+                // SAFETY: row i, columns j0..j0+cols of C are in bounds (validated view).
+                unsafe {
+                    ep.store(
+                        zeros.as_ptr(),
+                        0,
+                        1,
+                        cols,
+                        cp.get().add(i * ldc + j0),
+                        ldc,
+                        j0,
+                    )
+                };
+            }
+        }
+        return;
+    }
+    let threads = if 2 * m * n * k < PAR_MIN_FLOPS {
+        1
+    } else {
+        num_threads()
+    };
+    if m <= SMALL_M {
+        small(kern, &ep, threads, a, b, cp, ldc, m, n, k);
+    } else {
+        large(kern, &ep, threads, a, b, cp, ldc, m, n, k);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn small<T: Element, O: Element>(
+    kern: &Kernels,
+    ep: &Ep,
+    threads: usize,
+    a: MatRef<T>,
+    b: BSource<T>,
+    cp: SendPtr<O>,
+    ldc: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+) {
+    let bt = T::DTYPE;
+    let size = std::mem::size_of::<T>();
+    let items = n.div_ceil(SMALL_ITEM_COLS);
+    let ws_len = m * SMALL_ITEM_COLS;
+    let packed;
+    let b = match b {
+        BSource::View(v) if v.cs != 1 && v.rs == 1 => {
+            // Column-contiguous B: dot products against A's rows.
+            let mut arows = vec![0.0f32; m * k];
+            for i in 0..m {
+                for p in 0..k {
+                    arows[i * k + p] = a.at(i, p).to_f32();
+                }
+            }
+            let arows = &arows;
+            parallel_for(threads, items, ws_len, |item, ws| {
+                let j0 = item * SMALL_ITEM_COLS;
+                let w = SMALL_ITEM_COLS.min(n - j0);
+                for jj in (0..w).step_by(4) {
+                    let nj = 4.min(w - jj);
+                    // SAFETY: rows j0+jj.. of w (= columns of B) hold k elements each
+                    // (validated view); ws holds m x SMALL_ITEM_COLS.
+                    unsafe {
+                        (kern.dot_tile)(
+                            bt,
+                            m,
+                            nj,
+                            k,
+                            arows.as_ptr(),
+                            v.data.as_ptr().add((j0 + jj) * v.cs).cast(),
+                            v.cs,
+                            ws.as_mut_ptr().add(jj),
+                            SMALL_ITEM_COLS,
+                        )
+                    };
+                }
+                // SAFETY: the item's block of C is in bounds and only this item writes it.
+                unsafe { store_block(ep, ws, SMALL_ITEM_COLS, m, w, cp, ldc, j0) };
+            });
+            return;
+        }
+        BSource::View(v) if v.cs != 1 => {
+            packed = PackedB::pack(v);
+            BSource::Packed(&packed)
+        }
+        other => other,
+    };
+    // Rows of A interleaved for broadcasting: ainter[p * m + i].
+    let mut ainter = vec![0.0f32; m * k];
+    pack_a_tile(&a, 0, m, &mut ainter);
+    let ainter = &ainter;
+    parallel_for(threads, items, ws_len, |item, ws| {
+        let j0 = item * SMALL_ITEM_COLS;
+        let w = SMALL_ITEM_COLS.min(n - j0);
+        match b {
+            BSource::View(v) => {
+                for jj in (0..w).step_by(kern.small_cols) {
+                    let cols = kern.small_cols.min(w - jj);
+                    // SAFETY: for each p < k the row p of B holds columns j0+jj..+cols
+                    // (validated view with cs == 1); ws holds m x SMALL_ITEM_COLS.
+                    unsafe {
+                        (kern.small_tile)(
+                            bt,
+                            m,
+                            k,
+                            ainter.as_ptr(),
+                            v.data.as_ptr().add(j0 + jj).cast(),
+                            v.rs,
+                            cols,
+                            ws.as_mut_ptr().add(jj),
+                            SMALL_ITEM_COLS,
+                        )
+                    };
+                }
+            }
+            BSource::Packed(pb) => {
+                for jj in (0..w).step_by(NR) {
+                    let cols = NR.min(w - jj);
+                    let panel = pb.panel((j0 + jj) / NR);
+                    // SAFETY: a panel holds k rows of NR elements; ws as above.
+                    unsafe {
+                        (kern.small_tile)(
+                            bt,
+                            m,
+                            k,
+                            ainter.as_ptr(),
+                            panel.as_ptr().cast(),
+                            NR,
+                            cols,
+                            ws.as_mut_ptr().add(jj),
+                            SMALL_ITEM_COLS,
+                        )
+                    };
+                }
+            }
+        }
+        // SAFETY: the item's block of C is in bounds and only this item writes it.
+        unsafe { store_block(ep, ws, SMALL_ITEM_COLS, m, w, cp, ldc, j0) };
+    });
+    let _ = size;
+}
+
+/// Epilogue over a `rows x cols` workspace block in chunks of 64 columns.
+///
+/// # Safety
+/// The block `rows x cols` at column `j0` of C is in bounds and owned by the caller.
+#[allow(clippy::too_many_arguments)]
+unsafe fn store_block<O: Element>(
+    ep: &Ep,
+    ws: &[f32],
+    ldw: usize,
+    rows: usize,
+    cols: usize,
+    cp: SendPtr<O>,
+    ldc: usize,
+    j0: usize,
+) {
+    for jj in (0..cols).step_by(64) {
+        let w = 64.min(cols - jj);
+        // SAFETY: forwarded from the caller; ws holds rows x ldw.
+        unsafe {
+            ep.store(
+                ws.as_ptr().add(jj),
+                ldw,
+                rows,
+                w,
+                cp.get().add(j0 + jj),
+                ldc,
+                j0 + jj,
+            )
+        };
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn large<T: Element, O: Element>(
+    kern: &Kernels,
+    ep: &Ep,
+    threads: usize,
+    a: MatRef<T>,
+    b: BSource<T>,
+    cp: SendPtr<O>,
+    ldc: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+) {
+    let mr = kern.mr;
+    // B as f32 panels: an f32 PackedB is used in place, anything else is
+    // packed (and widened) into a reused buffer.
+    let mut bbuf = Vec::new();
+    let bpack: &[f32] = match b {
+        BSource::Packed(pb) if T::DTYPE == FloatType::F32 => bytemuck::cast_slice(&pb.data),
+        _ => {
+            bbuf = take_buf(&PACK_B, n.div_ceil(NR) * NR * k);
+            pack_b_f32(ep.isa, threads, b, &mut bbuf);
+            &bbuf
+        }
+    };
+    // A as f32 row tiles: tile t at t * mr * k, element (i, p) at p * rows_t + i.
+    let tiles = m.div_ceil(mr);
+    let mut apack = take_buf(&PACK_A, m * k);
+    {
+        let ap = SendPtr(apack.as_mut_ptr());
+        let a = &a;
+        parallel_for(threads, tiles, 0, |t, _| {
+            let rows = mr.min(m - t * mr);
+            // SAFETY: tile t owns apack[t*mr*k .. t*mr*k + rows*k], disjoint per tile.
+            let dst = unsafe { std::slice::from_raw_parts_mut(ap.get().add(t * mr * k), rows * k) };
+            pack_a_tile(a, t * mr, rows, dst);
+        });
+    }
+    let mc = mr * MC_TILES;
+    let nc = NR * NC_PANELS;
+    let mblocks = m.div_ceil(mc);
+    let nblocks = n.div_ceil(nc);
+    parallel_for(threads, mblocks * nblocks, mc * nc, |item, ws| {
+        let (ib, jb) = (item / nblocks, item % nblocks);
+        let (i0, j0) = (ib * mc, jb * nc);
+        let (mcb, ncb) = (mc.min(m - i0), nc.min(n - j0));
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            let last = pc + kc == k;
+            for q in 0..ncb.div_ceil(NR) {
+                let panel = (j0 / NR) + q;
+                let bptr = bpack[panel * k * NR + pc * NR..].as_ptr();
+                for tl in 0..mcb.div_ceil(mr) {
+                    let t = i0 / mr + tl;
+                    let rows = mr.min(m - t * mr);
+                    let aptr = apack[t * mr * k + pc * rows..].as_ptr();
+                    let wsp = ws[tl * mr * nc + q * NR..].as_mut_ptr();
+                    // SAFETY: the A tile holds kc*rows f32 from pc*rows on, the B panel
+                    // kc*NR from pc*NR on; the workspace tile is rows x NR at stride nc.
+                    unsafe { (kern.big_tile)(rows, kc, aptr, bptr, wsp, nc, pc > 0) };
+                    if last {
+                        let cols = NR.min(ncb - q * NR);
+                        let (r0, c0) = (t * mr, j0 + q * NR);
+                        // SAFETY: rows r0..r0+rows, columns c0..c0+cols of C belong to this item.
+                        unsafe {
+                            ep.store(wsp, nc, rows, cols, cp.get().add(r0 * ldc + c0), ldc, c0)
+                        };
+                    }
+                }
+            }
+        }
+    });
+    put_buf(&PACK_A, apack);
+    if !bbuf.is_empty() {
+        put_buf(&PACK_B, bbuf);
+    }
+}
+
+/// Packs B into f32 panels of `NR` columns (`k` rows each, zero-padded),
+/// the layout of [`PackedB`] widened; panels are split over threads.
+fn pack_b_f32<T: Element>(isa: Isa, threads: usize, b: BSource<T>, dst: &mut [f32]) {
+    let (k, n) = match b {
+        BSource::View(v) => (v.rows, v.cols),
+        BSource::Packed(pb) => (pb.k, pb.n),
+    };
+    let panels = n.div_ceil(NR);
+    let dp = SendPtr(dst.as_mut_ptr());
+    parallel_for(
+        threads,
+        panels,
+        if T::DTYPE == FloatType::F32 { 0 } else { k },
+        |p, tmp| {
+            // SAFETY: panel p owns dst[p*k*NR .. (p+1)*k*NR], disjoint per panel.
+            let panel = unsafe { std::slice::from_raw_parts_mut(dp.get().add(p * k * NR), k * NR) };
+            let j0 = p * NR;
+            let w = NR.min(n - j0);
+            match b {
+                BSource::Packed(pb) => widen_into(isa, pb.panel(p), panel),
+                BSource::View(v) if v.cs == 1 => {
+                    for kk in 0..k {
+                        let src = &v.data[kk * v.rs + j0..kk * v.rs + j0 + w];
+                        let row = &mut panel[kk * NR..kk * NR + NR];
+                        widen_into(isa, src, &mut row[..w]);
+                        row[w..].fill(0.0);
+                    }
+                }
+                BSource::View(v) => {
+                    if w < NR {
+                        panel.fill(0.0);
+                    }
+                    for jj in 0..w {
+                        // Column j of B is contiguous when rs == 1 (a transposed
+                        // [out, in] matrix): widen it whole, then scatter.
+                        let col = (j0 + jj) * v.cs;
+                        if v.rs == 1 && T::DTYPE != FloatType::F32 {
+                            widen_into(isa, &v.data[col..col + k], &mut tmp[..k]);
+                            for kk in 0..k {
+                                panel[kk * NR + jj] = tmp[kk];
+                            }
+                        } else {
+                            for kk in 0..k {
+                                panel[kk * NR + jj] = v.data[kk * v.rs + col].to_f32();
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    );
+}
+
+/// Widens `src` into `dst` (same length) exactly.
+fn widen_into<T: Element>(isa: Isa, src: &[T], dst: &mut [f32]) {
+    // The level was checked by the caller, so the conversions cannot fail.
+    match T::DTYPE {
+        FloatType::F32 => dst.copy_from_slice(bytemuck::cast_slice(src)),
+        FloatType::Bf16 => {
+            convert::bf16_to_f32_at(isa, bytemuck::cast_slice(src), dst).expect("level checked")
+        }
+        FloatType::F16 => {
+            convert::f16_to_f32_at(isa, bytemuck::cast_slice(src), dst).expect("level checked")
+        }
+    }
+}
