@@ -94,6 +94,7 @@ const GT_C3: f32 = 0.071_354_82;
 /// Below this, x * sigmoid(x)-style products are -0 in f32 (|x| e^x < 2^-150
 /// from about -110 on); clamping there avoids `-inf * 0 = NaN`.
 const NEG_SATURATE: f32 = -200.0;
+const TWO_M64: f32 = 5.421_010_9e-20;
 
 simd! {
     fn horner<const N: usize>(x: V, c: &[f32; N]) -> V {
@@ -135,19 +136,29 @@ simd! {
         select(isnan(a), a, r)
     }
 
-    fn exp_v(x: V) -> V {
-        // Operand order makes a NaN x fall through both clamps.
-        let xc = min_raw(splat(88.8), max_raw(splat(-104.0), x));
-        let n = round_even(mul(xc, splat(LOG2E)));
-        let r = fma(n, splat(-LN2_HI), xc);
+    /// `e^x = y * 2^n` with `y = e^r`, `|r| <= ln2 / 2`, for `x` already
+    /// clamped to [-128, 88.8] (or NaN).
+    fn exp_parts(x: V) -> (V, V) {
+        let n = round_even(mul(x, splat(LOG2E)));
+        let r = fma(n, splat(-LN2_HI), x);
         let r = fma(n, splat(-LN2_LO), r);
         let z = mul(r, r);
-        let y = add(fma(horner(r, &EXP_P), z, r), splat(1.0));
-        // n is in [-150, 128]: scale in two steps so both powers are normal
-        // and a subnormal result is rounded once, in the last multiply.
+        (add(fma(horner(r, &EXP_P), z, r), splat(1.0)), n)
+    }
+
+    /// `y * 2^n` for integral `n` in [-254, 128]: two steps so both powers are
+    /// normal and a subnormal result is rounded once, in the last multiply.
+    fn scale2(y: V, n: V) -> V {
         let n1 = round_even(mul(n, splat(0.5)));
         let n2 = sub(n, n1);
         mul(mul(y, exp2i(n1)), exp2i(n2))
+    }
+
+    fn exp_v(x: V) -> V {
+        // Operand order makes a NaN x fall through both clamps.
+        let xc = min_raw(splat(88.8), max_raw(splat(-104.0), x));
+        let (y, n) = exp_parts(xc);
+        scale2(y, n)
     }
 
     fn log_v(x: V) -> V {
@@ -187,10 +198,19 @@ simd! {
     }
 
     /// `x * sigmoid(v)`, as `x e / (1 + e)` or `x / (1 + e)` with `e = e^-|v|`.
+    /// Below `v = -64`, `e^v` is (nearly) subnormal and would lose bits, so
+    /// `e^v * 2^64` is formed instead (by biasing the exponent), multiplied by
+    /// `x` and scaled back by 2^-64 at the end; the denominator is 1 to f32
+    /// precision there.
     fn x_sigmoid_v(x: V, v: V) -> V {
-        let e = exp_v(neg_v(abs_v(v)));
+        let far = lt(v, splat(-64.0));
+        let t = max_raw(splat(-128.0), select(far, v, neg_v(abs_v(v))));
+        let (y, n) = exp_parts(t);
+        let e = scale2(y, add(n, select(far, splat(64.0), splat(0.0))));
         let num = select(lt(v, splat(0.0)), e, splat(1.0));
-        div(mul(x, num), add(splat(1.0), e))
+        let den = select(far, splat(1.0), add(splat(1.0), e));
+        let r = div(mul(x, num), den);
+        select(far, mul(r, splat(TWO_M64)), r)
     }
 
     fn silu_v(x: V) -> V {
