@@ -1,1 +1,52 @@
-//! The op-graph: tensors, named ops, builder, safetensors weights, executor.
+//! The op-graph: tensors, named ops, builder, safetensors weights, precision
+//! plans, and the executor that runs each node in the dtype its plan gives.
+//!
+//! ```
+//! use mixprec::graph::{DType, Dim, GraphBuilder, PrecisionPlan, Tensor};
+//! use mixprec::kernels::FloatType;
+//! # fn main() -> Result<(), mixprec::graph::GraphError> {
+//! let w = Tensor::from_f32(&[3, 4], vec![0.5; 12])?;
+//! let mut g = GraphBuilder::new();
+//! let x = g.input("x", &[Dim::sym("batch"), 4.into()], DType::F32);
+//! let y = g.linear("fc", x, &w, None)?;
+//! let y = g.relu("act", y)?;
+//! g.output(y);
+//! let graph = g.finish()?;
+//! let model = graph.compile(&PrecisionPlan::all(&graph, FloatType::Bf16))?;
+//! let x = Tensor::from_f32(&[2, 4], vec![1.0; 8])?;
+//! let out = model.run(&[("x", &x)])?;
+//! assert_eq!(out["act"].to_f32_vec(), vec![2.0; 6]);
+//! # Ok(()) }
+//! ```
+//!
+//! # Numerics
+//! A node in bf16 or f16 stores its inputs (weights and biases included) and
+//! its outputs in that type and computes in f32 inside the kernels (GEMM
+//! accumulation, reductions, softmax and normalization statistics), rounding
+//! each output once. Data-movement ops keep their input's dtype. Graph
+//! inputs and outputs keep their declared dtypes unless
+//! [`CompileOptions::outputs_in_node_dtype`] is set.
+
+mod builder;
+mod compile;
+mod dtype;
+mod error;
+#[allow(clippy::module_inception)]
+mod graph;
+pub mod ops;
+mod plan;
+mod profile;
+mod tensor;
+mod weights;
+
+pub use builder::GraphBuilder;
+pub use compile::{CastInfo, CompileOptions, CompiledModel};
+pub use dtype::{DType, parse_float_type};
+pub use error::{GraphError, Result};
+pub use graph::{Dim, Graph, LowerableNode, Node, ValueId, ValueInfo, fixed_shape, shape_string};
+pub use mixprec_kernels::FloatType;
+pub use ops::{AutoPad, Binary, ConvAttrs, Op, PoolAttrs, ReduceKind, Unary, erf_f64};
+pub use plan::PrecisionPlan;
+pub use profile::{Profile, ProfileEntry};
+pub use tensor::{Tensor, TensorElement, numel};
+pub use weights::Weights;

@@ -1,0 +1,669 @@
+//! Compiling a graph under a precision plan into an executable model, and
+//! running it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use mixprec_kernels::FloatType;
+
+use super::dtype::DType;
+use super::error::{GraphError, Result};
+use super::graph::{Dim, Graph, ValueId, shape_string};
+use super::ops::exec::{Pool, execute, output_metas};
+use super::ops::infer::infer;
+use super::ops::linalg::{Prepared, pack, row_bias};
+use super::ops::{Meta, Op};
+use super::plan::PrecisionPlan;
+use super::profile::{Profile, ProfileEntry};
+use super::tensor::{Tensor, convert_float};
+
+/// Options of [`Graph::compile_with`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompileOptions {
+    /// Return each graph output in the storage dtype of the node producing
+    /// it (e.g. bf16) instead of casting it back to its declared dtype (f32).
+    pub outputs_in_node_dtype: bool,
+}
+
+/// A cast the compiler inserted where a value crosses a dtype boundary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CastInfo {
+    /// The graph value cast.
+    pub value: String,
+    /// Its storage dtype before.
+    pub from: DType,
+    /// The dtype after.
+    pub to: DType,
+    /// Whether it was done once at compile time (a weight or constant)
+    /// rather than on every run.
+    pub at_compile_time: bool,
+}
+
+enum StepKind {
+    Node {
+        node: usize,
+        prepared: Option<Prepared>,
+        alias_input: bool,
+    },
+    Cast,
+}
+
+struct Step {
+    kind: StepKind,
+    inputs: Vec<usize>,
+    outputs: Vec<usize>,
+    free_after: Vec<usize>,
+    label: String,
+    op_type: &'static str,
+}
+
+/// A graph compiled under a [`PrecisionPlan`]: weights converted and GEMM
+/// weights packed once, casts inserted where values cross dtype boundaries
+/// (one per value and dtype, shared by all consumers), constant
+/// sub-graphs evaluated, and buffers recycled by liveness. `Send + Sync`:
+/// one model can be run from many threads at once.
+pub struct CompiledModel {
+    graph: Graph,
+    plan: PrecisionPlan,
+    slot_dtype: Vec<DType>,
+    consts: Vec<Option<Arc<Tensor>>>,
+    steps: Vec<Step>,
+    input_slots: Vec<(ValueId, usize)>,
+    output_slots: Vec<(String, usize)>,
+    casts: Vec<CastInfo>,
+}
+
+impl std::fmt::Debug for CompiledModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledModel")
+            .field("steps", &self.steps.len())
+            .field("casts", &self.casts)
+            .field("plan", &self.plan)
+            .finish()
+    }
+}
+
+/// The op types whose output is their input's data unchanged, so a run can
+/// hand the input buffer over instead of copying.
+fn is_view_op(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Reshape { .. }
+            | Op::Flatten { .. }
+            | Op::Squeeze { .. }
+            | Op::Unsqueeze { .. }
+            | Op::Identity
+    )
+}
+
+struct Builder<'g> {
+    graph: &'g Graph,
+    slot_dtype: Vec<DType>,
+    slot_shape: Vec<Vec<Dim>>,
+    consts: Vec<Option<Arc<Tensor>>>,
+    /// `Some(s)`: this slot is an exact widening of slot `s`.
+    widened_from: Vec<Option<usize>>,
+    /// The graph value each slot holds (for cast labels).
+    slot_value: Vec<ValueId>,
+    cast_cache: HashMap<(usize, DType), usize>,
+    steps: Vec<Step>,
+    casts: Vec<CastInfo>,
+    pool: Pool,
+}
+
+impl Builder<'_> {
+    fn new_slot(
+        &mut self,
+        dtype: DType,
+        shape: Vec<Dim>,
+        value: ValueId,
+        c: Option<Arc<Tensor>>,
+    ) -> usize {
+        self.slot_dtype.push(dtype);
+        self.slot_shape.push(shape);
+        self.consts.push(c);
+        self.widened_from.push(None);
+        self.slot_value.push(value);
+        self.slot_dtype.len() - 1
+    }
+
+    /// The slot holding `slot`'s value in `dtype`, inserting (or reusing) a cast.
+    fn as_dtype(&mut self, slot: usize, dtype: DType) -> Result<usize> {
+        if self.slot_dtype[slot] == dtype {
+            return Ok(slot);
+        }
+        // A cast back to where an exact widening came from is the original.
+        if let Some(o) = self.widened_from[slot]
+            && self.slot_dtype[o] == dtype
+        {
+            return Ok(o);
+        }
+        if let Some(&s) = self.cast_cache.get(&(slot, dtype)) {
+            return Ok(s);
+        }
+        let from = self.slot_dtype[slot];
+        let value = self.slot_value[slot];
+        let shape = self.slot_shape[slot].clone();
+        let at_compile_time = self.consts[slot].is_some();
+        let c = match &self.consts[slot] {
+            Some(t) => {
+                let mut out = Tensor::zeros(dtype, t.shape());
+                super::ops::elementwise::cast(t, &mut out);
+                Some(Arc::new(out))
+            }
+            None => None,
+        };
+        let s = self.new_slot(dtype, shape, value, c);
+        if from.is_float() && dtype == DType::F32 {
+            self.widened_from[s] = Some(self.widened_from[slot].unwrap_or(slot));
+        }
+        self.cast_cache.insert((slot, dtype), s);
+        let vname = self.graph.value(value).name.clone();
+        self.casts.push(CastInfo {
+            value: vname.clone(),
+            from,
+            to: dtype,
+            at_compile_time,
+        });
+        if !at_compile_time {
+            self.steps.push(Step {
+                kind: StepKind::Cast,
+                inputs: vec![slot],
+                outputs: vec![s],
+                free_after: Vec::new(),
+                label: format!("cast:{vname}->{dtype}"),
+                op_type: "Cast",
+            });
+        }
+        Ok(s)
+    }
+}
+
+impl Graph {
+    /// Compiles the graph under `plan` (see [`CompiledModel`]). Errors if
+    /// the plan names an unknown node or lowers a non-compute node.
+    pub fn compile(&self, plan: &PrecisionPlan) -> Result<CompiledModel> {
+        self.compile_with(plan, &CompileOptions::default())
+    }
+
+    /// [`Graph::compile`] with options.
+    pub fn compile_with(
+        &self,
+        plan: &PrecisionPlan,
+        options: &CompileOptions,
+    ) -> Result<CompiledModel> {
+        plan.validate(self)?;
+        // Only nodes the outputs depend on run.
+        let mut needed = vec![false; self.nodes.len()];
+        let mut want: HashSet<ValueId> = self.outputs.iter().copied().collect();
+        for (i, n) in self.nodes.iter().enumerate().rev() {
+            if n.outputs.iter().any(|o| want.contains(o)) {
+                needed[i] = true;
+                want.extend(n.inputs.iter().copied());
+            }
+        }
+        let mut b = Builder {
+            graph: self,
+            slot_dtype: Vec::new(),
+            slot_shape: Vec::new(),
+            consts: Vec::new(),
+            widened_from: Vec::new(),
+            slot_value: Vec::new(),
+            cast_cache: HashMap::new(),
+            steps: Vec::new(),
+            casts: Vec::new(),
+            pool: Pool::default(),
+        };
+        let mut value_slot: HashMap<ValueId, usize> = HashMap::new();
+        let mut input_slots = Vec::new();
+        for &v in &self.inputs {
+            let vi = self.value(v);
+            let s = b.new_slot(vi.dtype, vi.shape.clone(), v, None);
+            value_slot.insert(v, s);
+            input_slots.push((v, s));
+        }
+        let const_slot = |b: &mut Builder,
+                          v: ValueId,
+                          value_slot: &mut HashMap<ValueId, usize>|
+         -> Option<usize> {
+            if let Some(&s) = value_slot.get(&v) {
+                return Some(s);
+            }
+            let t = self.known.get(&v)?.clone();
+            let s = b.new_slot(t.dtype(), super::graph::fixed_shape(t.shape()), v, Some(t));
+            value_slot.insert(v, s);
+            Some(s)
+        };
+        for (ni, node) in self.nodes.iter().enumerate() {
+            if !needed[ni] {
+                continue;
+            }
+            // Folded at build time (shape arithmetic): the outputs are constants.
+            if node.outputs.iter().all(|o| self.known.contains_key(o)) {
+                for &o in &node.outputs {
+                    const_slot(&mut b, o, &mut value_slot);
+                }
+                continue;
+            }
+            let mut ins = Vec::with_capacity(node.inputs.len());
+            for &v in &node.inputs {
+                let s = const_slot(&mut b, v, &mut value_slot).ok_or_else(|| {
+                    GraphError::UnknownValue {
+                        node: node.name.clone(),
+                        value: self.value(v).name.clone(),
+                    }
+                })?;
+                ins.push(s);
+            }
+            // Storage dtypes of the inputs.
+            let float_in: Vec<usize> = (0..ins.len())
+                .filter(|&i| node.op.float_data_input(i) && b.slot_dtype[ins[i]].is_float())
+                .collect();
+            let target: Option<DType> = if self.is_lowerable(node) {
+                Some(plan.dtype_of(&node.name).into())
+            } else if matches!(node.op, Op::Cast { .. }) || float_in.len() < 2 {
+                None
+            } else {
+                // Movement ops and Equal with several float inputs need one
+                // dtype: keep it if they agree, else f32.
+                let first = b.slot_dtype[ins[float_in[0]]];
+                if float_in.iter().all(|&i| b.slot_dtype[ins[i]] == first) {
+                    None
+                } else {
+                    Some(DType::F32)
+                }
+            };
+            if let Some(t) = target {
+                for &i in &float_in {
+                    ins[i] = b.as_dtype(ins[i], t)?;
+                }
+            }
+            // Output storage types: the op's inference on storage dtypes.
+            let metas: Vec<Meta> = ins
+                .iter()
+                .map(|&s| Meta {
+                    dtype: b.slot_dtype[s],
+                    shape: b.slot_shape[s].clone(),
+                })
+                .collect();
+            let refs: Vec<&Meta> = metas.iter().collect();
+            let known: Vec<Option<&Tensor>> = ins.iter().map(|&s| b.consts[s].as_deref()).collect();
+            let mut k = 0usize;
+            let name = node.name.clone();
+            let outs = infer(&node.op, &node.name, &refs, &known, &mut || {
+                k += 1;
+                Dim::Symbolic(format!("{name}:c{k}"))
+            })?;
+            if ins.iter().all(|&s| b.consts[s].is_some()) {
+                // Constant sub-graph: evaluate once with the same kernels.
+                let args: Vec<&Tensor> = ins
+                    .iter()
+                    .map(|&s| b.consts[s].as_deref().expect("const"))
+                    .collect();
+                let res = execute(&node.op, &node.name, &args, &mut b.pool, None)?;
+                for ((&o, m), t) in node.outputs.iter().zip(outs).zip(res) {
+                    let s = b.new_slot(m.dtype, m.shape, o, Some(Arc::new(t)));
+                    value_slot.insert(o, s);
+                }
+                continue;
+            }
+            let prepared = match &node.op {
+                Op::Gemm { trans_b, beta, .. } => match b.consts[ins[1]].as_deref() {
+                    Some(w) => {
+                        let n = if *trans_b { w.shape()[0] } else { w.shape()[1] };
+                        let bias = ins
+                            .get(2)
+                            .and_then(|&c| b.consts[c].as_deref())
+                            .and_then(|c| row_bias(c, n, *beta));
+                        Some(Prepared::Packed {
+                            b: pack(w, *trans_b)?,
+                            bias,
+                        })
+                    }
+                    None => None,
+                },
+                Op::MatMul => match b.consts[ins[1]].as_deref() {
+                    Some(w) if w.shape().len() == 2 => Some(Prepared::Packed {
+                        b: pack(w, false)?,
+                        bias: None,
+                    }),
+                    _ => None,
+                },
+                _ => None,
+            };
+            let mut outputs = Vec::new();
+            for (&o, m) in node.outputs.iter().zip(outs) {
+                let s = b.new_slot(m.dtype, m.shape, o, None);
+                value_slot.insert(o, s);
+                outputs.push(s);
+            }
+            b.steps.push(Step {
+                kind: StepKind::Node {
+                    node: ni,
+                    prepared,
+                    alias_input: false,
+                },
+                inputs: ins,
+                outputs,
+                free_after: Vec::new(),
+                label: node.name.clone(),
+                op_type: node.op.op_type(),
+            });
+        }
+        let mut output_slots = Vec::new();
+        for &v in &self.outputs {
+            let vi = self.value(v);
+            let s = match const_slot(&mut b, v, &mut value_slot) {
+                Some(s) => s,
+                None => {
+                    return Err(GraphError::UnknownValue {
+                        node: "<graph output>".into(),
+                        value: vi.name.clone(),
+                    });
+                }
+            };
+            let s = if options.outputs_in_node_dtype || !vi.dtype.is_float() {
+                s
+            } else {
+                b.as_dtype(s, vi.dtype)?
+            };
+            output_slots.push((vi.name.clone(), s));
+        }
+        // Liveness: free each run-time slot after its last reader, except
+        // outputs, inputs and constants (not owned by the run).
+        let n_slots = b.slot_dtype.len();
+        let mut last_use: Vec<Option<usize>> = vec![None; n_slots];
+        for (i, st) in b.steps.iter().enumerate() {
+            for &s in &st.inputs {
+                last_use[s] = Some(i);
+            }
+        }
+        let keep: HashSet<usize> = output_slots
+            .iter()
+            .map(|o| o.1)
+            .chain(input_slots.iter().map(|i| i.1))
+            .chain((0..n_slots).filter(|&s| b.consts[s].is_some()))
+            .collect();
+        for (s, lu) in last_use.iter().enumerate() {
+            if let Some(i) = lu
+                && !keep.contains(&s)
+            {
+                b.steps[*i].free_after.push(s);
+            }
+        }
+        for st in &mut b.steps {
+            if let StepKind::Node {
+                node, alias_input, ..
+            } = &mut st.kind
+            {
+                *alias_input = is_view_op(&self.nodes[*node].op)
+                    && st.free_after.contains(&st.inputs[0])
+                    && st.inputs[1..].iter().all(|s| *s != st.inputs[0]);
+            }
+        }
+        Ok(CompiledModel {
+            graph: self.clone(),
+            plan: plan.clone(),
+            slot_dtype: b.slot_dtype,
+            consts: b.consts,
+            steps: b.steps,
+            input_slots,
+            output_slots,
+            casts: b.casts,
+        })
+    }
+}
+
+enum Val<'a> {
+    Ref(&'a Tensor),
+    Own(Tensor),
+}
+
+impl Val<'_> {
+    fn get(&self) -> &Tensor {
+        match self {
+            Val::Ref(t) => t,
+            Val::Own(t) => t,
+        }
+    }
+}
+
+impl CompiledModel {
+    /// The plan it was compiled under.
+    pub fn plan(&self) -> &PrecisionPlan {
+        &self.plan
+    }
+
+    /// The graph it was compiled from.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// The casts inserted (at compile time for weights, or per run).
+    pub fn casts(&self) -> &[CastInfo] {
+        &self.casts
+    }
+
+    /// Number of casts executed on every run.
+    pub fn num_runtime_casts(&self) -> usize {
+        self.steps
+            .iter()
+            .filter(|s| matches!(s.kind, StepKind::Cast))
+            .count()
+    }
+
+    /// Number of steps executed per run (nodes plus casts).
+    pub fn num_steps(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Storage dtype of each graph output as returned by `run`.
+    pub fn output_dtypes(&self) -> Vec<(String, DType)> {
+        self.output_slots
+            .iter()
+            .map(|(n, s)| (n.clone(), self.slot_dtype[*s]))
+            .collect()
+    }
+
+    /// Runs the model. `inputs` names every graph input once; float and
+    /// integer inputs must have the declared dtype and a shape matching the
+    /// declared one (symbolic dims bind to one size per run). Returns the
+    /// outputs by name.
+    pub fn run(&self, inputs: &[(&str, &Tensor)]) -> Result<HashMap<String, Tensor>> {
+        self.run_inner(inputs, None)
+    }
+
+    /// [`CompiledModel::run`] with inputs in a map.
+    pub fn run_map(&self, inputs: &HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
+        let v: Vec<(&str, &Tensor)> = inputs.iter().map(|(k, t)| (k.as_str(), t)).collect();
+        self.run_inner(&v, None)
+    }
+
+    /// Runs and returns the outputs in graph output order.
+    pub fn run_ordered(&self, inputs: &[(&str, &Tensor)]) -> Result<Vec<Tensor>> {
+        let mut m = self.run_inner(inputs, None)?;
+        Ok(self
+            .output_slots
+            .iter()
+            .map(|(n, _)| m.remove(n).expect("every output returned"))
+            .collect())
+    }
+
+    /// Runs and also times every step (nodes and inserted casts).
+    pub fn run_profiled(
+        &self,
+        inputs: &[(&str, &Tensor)],
+    ) -> Result<(HashMap<String, Tensor>, Profile)> {
+        let mut p = Profile::default();
+        let t0 = Instant::now();
+        let out = self.run_inner(inputs, Some(&mut p.entries))?;
+        p.total_seconds = t0.elapsed().as_secs_f64();
+        Ok((out, p))
+    }
+
+    fn check_inputs<'a>(&self, inputs: &[(&str, &'a Tensor)]) -> Result<Vec<&'a Tensor>> {
+        let g = &self.graph;
+        let mut given: HashMap<&str, &Tensor> = HashMap::new();
+        for (name, t) in inputs {
+            if !g.inputs.iter().any(|v| g.value(*v).name == *name) {
+                return Err(GraphError::UnknownInput {
+                    name: name.to_string(),
+                });
+            }
+            given.insert(name, t);
+        }
+        let mut bound: HashMap<&str, usize> = HashMap::new();
+        let mut out = Vec::new();
+        for (v, _) in &self.input_slots {
+            let vi = g.value(*v);
+            let t = *given
+                .get(vi.name.as_str())
+                .ok_or_else(|| GraphError::MissingInput {
+                    name: vi.name.clone(),
+                })?;
+            if t.dtype() != vi.dtype {
+                return Err(GraphError::InputDType {
+                    name: vi.name.clone(),
+                    expected: vi.dtype,
+                    actual: t.dtype(),
+                });
+            }
+            let bad = || GraphError::InputShape {
+                name: vi.name.clone(),
+                expected: shape_string(&vi.shape),
+                actual: t.shape().to_vec(),
+            };
+            if t.shape().len() != vi.shape.len() {
+                return Err(bad());
+            }
+            for (d, &n) in vi.shape.iter().zip(t.shape()) {
+                match d {
+                    Dim::Fixed(f) if *f != n => return Err(bad()),
+                    Dim::Symbolic(s) => match bound.get(s.as_str()) {
+                        Some(&m) if m != n => {
+                            return Err(GraphError::SymbolConflict {
+                                symbol: s.clone(),
+                                first: m,
+                                second: n,
+                            });
+                        }
+                        _ => {
+                            bound.insert(s, n);
+                        }
+                    },
+                    _ => {}
+                }
+            }
+            out.push(t);
+        }
+        Ok(out)
+    }
+
+    fn run_inner(
+        &self,
+        inputs: &[(&str, &Tensor)],
+        mut profile: Option<&mut Vec<ProfileEntry>>,
+    ) -> Result<HashMap<String, Tensor>> {
+        let given = self.check_inputs(inputs)?;
+        let mut table: Vec<Option<Val<'_>>> = self
+            .consts
+            .iter()
+            .map(|c| c.as_deref().map(Val::Ref))
+            .collect();
+        for ((_, s), t) in self.input_slots.iter().zip(given) {
+            table[*s] = Some(Val::Ref(t));
+        }
+        let mut pool = Pool::default();
+        for st in &self.steps {
+            let t0 = profile.as_ref().map(|_| Instant::now());
+            let results: Vec<Tensor> = match &st.kind {
+                StepKind::Cast => {
+                    let x = table[st.inputs[0]].as_ref().expect("slot filled").get();
+                    let mut out = pool.alloc(self.slot_dtype[st.outputs[0]], x.shape());
+                    match (x.as_float_slice(), out.dtype().is_float()) {
+                        (Some(src), true) => {
+                            convert_float(src, out.as_float_slice_mut().expect("float"))
+                        }
+                        _ => super::ops::elementwise::cast(x, &mut out),
+                    }
+                    vec![out]
+                }
+                StepKind::Node {
+                    node,
+                    prepared,
+                    alias_input,
+                } => {
+                    let n = &self.graph.nodes[*node];
+                    if *alias_input && matches!(table[st.inputs[0]], Some(Val::Own(_))) {
+                        let args: Vec<&Tensor> = st
+                            .inputs
+                            .iter()
+                            .map(|&s| table[s].as_ref().expect("slot filled").get())
+                            .collect();
+                        let metas = output_metas(&n.op, &n.name, &args)?;
+                        let Some(Val::Own(mut t)) = table[st.inputs[0]].take() else {
+                            unreachable!("checked Own")
+                        };
+                        t.set_shape(&metas[0].1);
+                        vec![t]
+                    } else {
+                        let args: Vec<&Tensor> = st
+                            .inputs
+                            .iter()
+                            .map(|&s| table[s].as_ref().expect("slot filled").get())
+                            .collect();
+                        execute(&n.op, &n.name, &args, &mut pool, prepared.as_ref())?
+                    }
+                }
+            };
+            if let (Some(p), Some(t0)) = (profile.as_deref_mut(), t0) {
+                let secs = t0.elapsed().as_secs_f64();
+                let read: usize = st
+                    .inputs
+                    .iter()
+                    .filter_map(|&s| table[s].as_ref())
+                    .map(|v| v.get().byte_len())
+                    .sum();
+                let written: usize = results.iter().map(Tensor::byte_len).sum();
+                let node_dtype = results.first().map(Tensor::dtype).unwrap_or(DType::F32);
+                p.push(ProfileEntry {
+                    name: st.label.clone(),
+                    op_type: st.op_type,
+                    inserted_cast: matches!(st.kind, StepKind::Cast),
+                    dtype: node_dtype,
+                    seconds: secs,
+                    bytes: read + written,
+                });
+            }
+            for (&s, t) in st.outputs.iter().zip(results) {
+                table[s] = Some(Val::Own(t));
+            }
+            for &s in &st.free_after {
+                if let Some(Val::Own(t)) = table[s].take() {
+                    pool.give(t);
+                }
+            }
+        }
+        let mut out = HashMap::new();
+        for (i, (name, s)) in self.output_slots.iter().enumerate() {
+            let shared_later = self.output_slots[i + 1..].iter().any(|(_, t)| t == s);
+            let t = match table[*s].take() {
+                Some(Val::Own(t)) if !shared_later => t,
+                Some(v) => {
+                    let c = v.get().clone();
+                    table[*s] = Some(v);
+                    c
+                }
+                None => unreachable!("outputs are never freed"),
+            };
+            out.insert(name.clone(), t);
+        }
+        Ok(out)
+    }
+
+    /// Float type a node runs in (f32 for nodes that are not lowerable).
+    pub fn node_dtype(&self, node: &str) -> FloatType {
+        self.plan.dtype_of(node)
+    }
+}

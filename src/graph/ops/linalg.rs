@@ -1,0 +1,388 @@
+//! MatMul, Gemm and Conv on the GEMM kernels.
+
+use half::{bf16, f16};
+use mixprec_kernels::gemm::{self, Epilogue, MatMut, MatRef, PackedB};
+use mixprec_kernels::{Element, FloatType};
+
+use super::ConvAttrs;
+use super::infer::geometry;
+use crate::graph::error::{GraphError, Result};
+use crate::graph::tensor::{Tensor, TensorElement, numel};
+
+/// Work done once at compile time for a node with constant operands.
+pub(crate) enum Prepared {
+    /// A constant B (k x n logical), packed in the node's precision, and the
+    /// constant C of a Gemm as an f32 bias row (`beta` applied), if any.
+    Packed {
+        b: PackedWeight,
+        bias: Option<Vec<f32>>,
+    },
+}
+
+/// A packed B in one of the three float types.
+pub(crate) enum PackedWeight {
+    F32(PackedB<f32>),
+    Bf16(PackedB<bf16>),
+    F16(PackedB<f16>),
+}
+
+fn kerr(node: &str, e: gemm::GemmError) -> GraphError {
+    GraphError::Runtime {
+        node: node.to_string(),
+        detail: format!("GEMM: {e}"),
+    }
+}
+
+fn pack_typed<T: Element + TensorElement>(b: &Tensor, trans: bool) -> Result<PackedB<T>> {
+    let s = b.shape();
+    let (r, c) = (s[0], s[1]);
+    let v = MatRef::new(b.as_slice::<T>()?, r, c, c).map_err(|e| kerr("<pack>", e))?;
+    Ok(PackedB::pack(if trans { v.t() } else { v }))
+}
+
+/// Packs a constant 2-D B (`trans`: stored as [n, k]).
+pub(crate) fn pack(b: &Tensor, trans: bool) -> Result<PackedWeight> {
+    Ok(match b.dtype().float_type() {
+        Some(FloatType::F32) => PackedWeight::F32(pack_typed(b, trans)?),
+        Some(FloatType::Bf16) => PackedWeight::Bf16(pack_typed(b, trans)?),
+        Some(FloatType::F16) => PackedWeight::F16(pack_typed(b, trans)?),
+        None => unreachable!("inference admits only float GEMM operands"),
+    })
+}
+
+/// A column bias of length n from a Gemm C that broadcasts as a row (shape
+/// `[]`, `[1]`, `[n]`, `[1, n]`, `[1, 1]`), scaled by beta; `None` otherwise.
+pub(crate) fn row_bias(c: &Tensor, n: usize, beta: f32) -> Option<Vec<f32>> {
+    let s = c.shape();
+    let is_row = match s {
+        [] => true,
+        [x] => *x == 1 || *x == n,
+        [1, x] => *x == 1 || *x == n,
+        _ => false,
+    };
+    if !is_row {
+        return None;
+    }
+    let v = c.to_f32_vec();
+    Some(if v.len() == n {
+        v.iter().map(|x| beta * x).collect()
+    } else {
+        vec![beta * v[0]; n]
+    })
+}
+
+fn view<T: Element + TensorElement>(
+    t: &Tensor,
+    off: usize,
+    rows: usize,
+    cols: usize,
+) -> Result<MatRef<'_, T>> {
+    let d = t.as_slice::<T>()?;
+    MatRef::new(&d[off..off + rows * cols], rows, cols, cols).map_err(|e| kerr("<view>", e))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_typed<T: Element + TensorElement>(
+    node: &str,
+    ins: &[&Tensor],
+    out: &mut Tensor,
+    alpha: f32,
+    beta: f32,
+    trans_a: bool,
+    trans_b: bool,
+    prepared: Option<&Prepared>,
+) -> Result<()> {
+    let a = ins[0];
+    let (m, n) = (out.shape()[0], out.shape()[1]);
+    let av = view::<T>(a, 0, a.shape()[0], a.shape()[1])?;
+    let av = if trans_a { av.t() } else { av };
+    let mut bias_owned = None;
+    let mut c_beta = 0.0;
+    match (prepared, ins.get(2)) {
+        (Some(Prepared::Packed { bias: Some(b), .. }), _) => bias_owned = Some(b.clone()),
+        (_, Some(c)) => match row_bias(c, n, beta) {
+            Some(b) => bias_owned = Some(b),
+            None => {
+                super::shape::broadcast_copy(c, out);
+                c_beta = beta;
+            }
+        },
+        _ => {}
+    }
+    let epi = Epilogue {
+        bias: bias_owned.as_deref(),
+        ..Default::default()
+    };
+    let cv = MatMut::new(out.as_slice_mut::<T>()?, m, n, n).map_err(|e| kerr(node, e))?;
+    match prepared {
+        Some(Prepared::Packed { b, .. }) => {
+            let packed = match b {
+                PackedWeight::F32(p) => typed_packed::<T, f32>(p),
+                PackedWeight::Bf16(p) => typed_packed::<T, bf16>(p),
+                PackedWeight::F16(p) => typed_packed::<T, f16>(p),
+            };
+            let packed = packed.expect("compile packs B in the node's precision");
+            gemm::gemm_packed(alpha, av, packed, c_beta, cv, &epi).map_err(|e| kerr(node, e))
+        }
+        None => {
+            let b = ins[1];
+            let bv = view::<T>(b, 0, b.shape()[0], b.shape()[1])?;
+            let bv = if trans_b { bv.t() } else { bv };
+            gemm::gemm(alpha, av, bv, c_beta, cv, &epi).map_err(|e| kerr(node, e))
+        }
+    }
+}
+
+/// Reinterprets `&PackedB<U>` as `&PackedB<T>` when they are the same type.
+fn typed_packed<T: 'static, U: 'static>(p: &PackedB<U>) -> Option<&PackedB<T>> {
+    (p as &dyn std::any::Any).downcast_ref::<PackedB<T>>()
+}
+
+/// `Gemm`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_op(
+    node: &str,
+    ins: &[&Tensor],
+    out: &mut Tensor,
+    alpha: f32,
+    beta: f32,
+    trans_a: bool,
+    trans_b: bool,
+    prepared: Option<&Prepared>,
+) -> Result<()> {
+    match out.dtype().float_type().expect("float") {
+        FloatType::F32 => {
+            gemm_typed::<f32>(node, ins, out, alpha, beta, trans_a, trans_b, prepared)
+        }
+        FloatType::Bf16 => {
+            gemm_typed::<bf16>(node, ins, out, alpha, beta, trans_a, trans_b, prepared)
+        }
+        FloatType::F16 => {
+            gemm_typed::<f16>(node, ins, out, alpha, beta, trans_a, trans_b, prepared)
+        }
+    }
+}
+
+fn matmul_typed<T: Element + TensorElement>(
+    node: &str,
+    ins: &[&Tensor],
+    out: &mut Tensor,
+    prepared: Option<&Prepared>,
+) -> Result<()> {
+    let (a, b) = (ins[0], ins[1]);
+    // Promote 1-D operands as numpy does.
+    let ash: Vec<usize> = if a.shape().len() == 1 {
+        vec![1, a.shape()[0]]
+    } else {
+        a.shape().to_vec()
+    };
+    let bsh: Vec<usize> = if b.shape().len() == 1 {
+        vec![b.shape()[0], 1]
+    } else {
+        b.shape().to_vec()
+    };
+    let (ra, rb) = (ash.len(), bsh.len());
+    let (m, k, n) = (ash[ra - 2], ash[ra - 1], bsh[rb - 1]);
+    let ad = a.as_slice::<T>()?;
+    let od = out.as_slice_mut::<T>()?;
+    let epi = Epilogue::default();
+    if rb == 2 {
+        // One GEMM over all rows of A: its batch dims are contiguous.
+        let rows = ad.len() / k.max(1);
+        let rows = if k == 0 { numel(&ash[..ra - 1]) } else { rows };
+        let av = MatRef::new(ad, rows, k, k).map_err(|e| kerr(node, e))?;
+        let cv = MatMut::new(od, rows, n, n).map_err(|e| kerr(node, e))?;
+        return match prepared {
+            Some(Prepared::Packed { b: pw, .. }) => {
+                let p = match pw {
+                    PackedWeight::F32(p) => typed_packed::<T, f32>(p),
+                    PackedWeight::Bf16(p) => typed_packed::<T, bf16>(p),
+                    PackedWeight::F16(p) => typed_packed::<T, f16>(p),
+                }
+                .expect("compile packs B in the node's precision");
+                gemm::gemm_packed(1.0, av, p, 0.0, cv, &epi).map_err(|e| kerr(node, e))
+            }
+            None => {
+                let bv = MatRef::new(b.as_slice::<T>()?, k, n, n).map_err(|e| kerr(node, e))?;
+                gemm::gemm(1.0, av, bv, 0.0, cv, &epi).map_err(|e| kerr(node, e))
+            }
+        };
+    }
+    let bd = b.as_slice::<T>()?;
+    // Batched with broadcasting: walk the output batch index and map it to
+    // the (possibly broadcast) batch offsets of A and B.
+    let abatch = &ash[..ra - 2];
+    let bbatch = &bsh[..rb - 2];
+    let r = abatch.len().max(bbatch.len());
+    let pad = |s: &[usize]| -> Vec<usize> {
+        let mut v = vec![1; r - s.len()];
+        v.extend_from_slice(s);
+        v
+    };
+    let (pa, pb) = (pad(abatch), pad(bbatch));
+    let obatch: Vec<usize> = (0..r).map(|i| pa[i].max(pb[i])).collect();
+    let strides = |s: &[usize]| -> Vec<usize> {
+        let mut st = vec![0; r];
+        let mut acc = 1;
+        for i in (0..r).rev() {
+            st[i] = if s[i] == 1 { 0 } else { acc };
+            acc *= s[i];
+        }
+        st
+    };
+    let (sa, sb) = (strides(&pa), strides(&pb));
+    let nb = numel(&obatch);
+    let mut idx = vec![0usize; r];
+    for bi in 0..nb {
+        let ia: usize = (0..r).map(|i| idx[i] * sa[i]).sum();
+        let ib: usize = (0..r).map(|i| idx[i] * sb[i]).sum();
+        let av =
+            MatRef::new(&ad[ia * m * k..(ia + 1) * m * k], m, k, k).map_err(|e| kerr(node, e))?;
+        let bv =
+            MatRef::new(&bd[ib * k * n..(ib + 1) * k * n], k, n, n).map_err(|e| kerr(node, e))?;
+        let cv = MatMut::new(&mut od[bi * m * n..(bi + 1) * m * n], m, n, n)
+            .map_err(|e| kerr(node, e))?;
+        gemm::gemm(1.0, av, bv, 0.0, cv, &epi).map_err(|e| kerr(node, e))?;
+        for i in (0..r).rev() {
+            idx[i] += 1;
+            if idx[i] < obatch[i] {
+                break;
+            }
+            idx[i] = 0;
+        }
+    }
+    Ok(())
+}
+
+/// `MatMul` (numpy semantics).
+pub(crate) fn matmul(
+    node: &str,
+    ins: &[&Tensor],
+    out: &mut Tensor,
+    prepared: Option<&Prepared>,
+) -> Result<()> {
+    match out.dtype().float_type().expect("float") {
+        FloatType::F32 => matmul_typed::<f32>(node, ins, out, prepared),
+        FloatType::Bf16 => matmul_typed::<bf16>(node, ins, out, prepared),
+        FloatType::F16 => matmul_typed::<f16>(node, ins, out, prepared),
+    }
+}
+
+fn conv_typed<T: Element + TensorElement>(
+    node: &str,
+    attrs: &ConvAttrs,
+    ins: &[&Tensor],
+    out: &mut Tensor,
+) -> Result<()> {
+    let (x, w) = (ins[0], ins[1]);
+    // 1-D is 2-D with height 1.
+    let xs = x.shape();
+    let (nb, c, h, wd) = if xs.len() == 3 {
+        (xs[0], xs[1], 1, xs[2])
+    } else {
+        (xs[0], xs[1], xs[2], xs[3])
+    };
+    let ws = w.shape();
+    let (mo, cg, kh, kw) = if ws.len() == 3 {
+        (ws[0], ws[1], 1, ws[2])
+    } else {
+        (ws[0], ws[1], ws[2], ws[3])
+    };
+    let group = attrs.group.max(1);
+    let spatial: Vec<Option<usize>> = xs[2..].iter().map(|&d| Some(d)).collect();
+    let g = geometry(
+        node,
+        &spatial,
+        &ws[2..],
+        &attrs.strides,
+        &attrs.pads,
+        &attrs.dilations,
+        attrs.auto_pad,
+        false,
+    )?;
+    let two = |v: &[usize], d: usize| {
+        if v.len() == 1 {
+            (d, v[0])
+        } else {
+            (v[0], v[1])
+        }
+    };
+    let (sh, sw) = two(&g.strides, 1);
+    let (dh, dw) = two(&g.dilations, 1);
+    let (ph, pw) = two(&g.pad_begin, 0);
+    let outs: Vec<usize> = g.out.iter().map(|o| o.expect("concrete")).collect();
+    let (oh, ow) = two(&outs, 1);
+    let mg = mo / group;
+    let kk = cg * kh * kw;
+    let ohw = oh * ow;
+    let xd = x.as_slice::<T>()?;
+    let wdat = w.as_slice::<T>()?;
+    let bias: Option<Vec<f32>> = ins.get(2).map(|b| b.to_f32_vec());
+    let od = out.as_slice_mut::<T>()?;
+    let direct =
+        kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && oh == h && ow == wd;
+    let mut col: Vec<T> = if direct {
+        Vec::new()
+    } else {
+        vec![T::from_f32(0.0); kk * ohw]
+    };
+    for n in 0..nb {
+        for gi in 0..group {
+            let xoff = (n * c + gi * cg) * h * wd;
+            let ooff = (n * mo + gi * mg) * ohw;
+            let cslice = &mut od[ooff..ooff + mg * ohw];
+            let beta = if let Some(b) = &bias {
+                // The bias is C, so it is stored (rounded) like any input.
+                for (oc, row) in cslice.chunks_mut(ohw).enumerate() {
+                    row.fill(T::from_f32(b[gi * mg + oc]));
+                }
+                1.0
+            } else {
+                0.0
+            };
+            let bsrc: &[T] = if direct {
+                &xd[xoff..xoff + cg * h * wd]
+            } else {
+                for ci in 0..cg {
+                    for ki in 0..kh {
+                        for kj in 0..kw {
+                            let row = (ci * kh + ki) * kw + kj;
+                            let dst = &mut col[row * ohw..(row + 1) * ohw];
+                            for o_h in 0..oh {
+                                let ih = (o_h * sh + ki * dh) as isize - ph as isize;
+                                for o_w in 0..ow {
+                                    let iw = (o_w * sw + kj * dw) as isize - pw as isize;
+                                    dst[o_h * ow + o_w] = if ih >= 0
+                                        && (ih as usize) < h
+                                        && iw >= 0
+                                        && (iw as usize) < wd
+                                    {
+                                        xd[xoff + (ci * h + ih as usize) * wd + iw as usize]
+                                    } else {
+                                        T::from_f32(0.0)
+                                    };
+                                }
+                            }
+                        }
+                    }
+                }
+                &col
+            };
+            let av = MatRef::new(&wdat[gi * mg * kk..(gi + 1) * mg * kk], mg, kk, kk)
+                .map_err(|e| kerr(node, e))?;
+            let bv = MatRef::new(bsrc, kk, ohw, ohw).map_err(|e| kerr(node, e))?;
+            let cv = MatMut::new(cslice, mg, ohw, ohw).map_err(|e| kerr(node, e))?;
+            gemm::gemm(1.0, av, bv, beta, cv, &Epilogue::default()).map_err(|e| kerr(node, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// `Conv` 1-D / 2-D by im2col + GEMM (a 1x1 stride-1 conv skips im2col).
+pub(crate) fn conv(node: &str, attrs: &ConvAttrs, ins: &[&Tensor], out: &mut Tensor) -> Result<()> {
+    match out.dtype().float_type().expect("float") {
+        FloatType::F32 => conv_typed::<f32>(node, attrs, ins, out),
+        FloatType::Bf16 => conv_typed::<bf16>(node, attrs, ins, out),
+        FloatType::F16 => conv_typed::<f16>(node, attrs, ins, out),
+    }
+}

@@ -1,0 +1,492 @@
+//! Owned, contiguous, 64-byte-aligned tensors.
+
+use std::fmt;
+
+use bytemuck::{Pod, Zeroable};
+use half::{bf16, f16};
+use mixprec_kernels::{FloatSlice, FloatSliceMut, FloatType, convert};
+
+use super::dtype::DType;
+use super::error::{GraphError, Result};
+
+/// One cache line of storage. A `Vec<Block>` is 64-byte aligned, and
+/// `bytemuck` views it as any element type without `unsafe`.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Pod, Zeroable)]
+pub(crate) struct Block([u8; 64]);
+
+const BLOCK: usize = 64;
+
+fn blocks_for(bytes: usize) -> usize {
+    bytes.div_ceil(BLOCK)
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::bf16 {}
+    impl Sealed for half::f16 {}
+    impl Sealed for i64 {}
+    impl Sealed for i32 {}
+}
+
+/// A Rust type that is the storage of one [`DType`]: `f32`, `half::bf16`,
+/// `half::f16`, `i64`, `i32`. (Booleans are bytes; see [`Tensor::from_bool`].)
+pub trait TensorElement: Pod + sealed::Sealed {
+    /// The dtype this type stores.
+    const DTYPE: DType;
+}
+impl TensorElement for f32 {
+    const DTYPE: DType = DType::F32;
+}
+impl TensorElement for bf16 {
+    const DTYPE: DType = DType::Bf16;
+}
+impl TensorElement for f16 {
+    const DTYPE: DType = DType::F16;
+}
+impl TensorElement for i64 {
+    const DTYPE: DType = DType::I64;
+}
+impl TensorElement for i32 {
+    const DTYPE: DType = DType::I32;
+}
+
+/// A dense tensor: shape, dtype and contiguous row-major storage whose first
+/// element is 64-byte aligned.
+///
+/// A rank-0 tensor (shape `[]`) holds one element.
+#[derive(Clone)]
+pub struct Tensor {
+    shape: Vec<usize>,
+    dtype: DType,
+    data: Vec<Block>,
+}
+
+/// Number of elements of a shape (1 for rank 0).
+pub fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+impl Tensor {
+    /// A tensor of zeros (all-zero bits: 0.0, 0 or false).
+    pub fn zeros(dtype: DType, shape: &[usize]) -> Tensor {
+        let bytes = numel(shape) * dtype.size();
+        Tensor {
+            shape: shape.to_vec(),
+            dtype,
+            data: vec![Block::zeroed(); blocks_for(bytes)],
+        }
+    }
+
+    /// Builds a tensor around storage taken from a buffer pool; its contents
+    /// are unspecified until written.
+    pub(crate) fn from_blocks(dtype: DType, shape: &[usize], mut data: Vec<Block>) -> Tensor {
+        let blocks = blocks_for(numel(shape) * dtype.size());
+        data.resize(blocks, Block::zeroed());
+        Tensor {
+            shape: shape.to_vec(),
+            dtype,
+            data,
+        }
+    }
+
+    /// Gives the storage back (for a buffer pool).
+    pub(crate) fn into_blocks(self) -> Vec<Block> {
+        self.data
+    }
+
+    /// Copies `data` into a new tensor of the given shape.
+    ///
+    /// Errors with [`GraphError::DataLength`] when `data.len()` is not the
+    /// product of `shape`.
+    pub fn from_slice<T: TensorElement>(shape: &[usize], data: &[T]) -> Result<Tensor> {
+        let n = numel(shape);
+        if n != data.len() {
+            return Err(GraphError::DataLength {
+                shape: shape.to_vec(),
+                expected: n,
+                actual: data.len(),
+            });
+        }
+        let mut t = Tensor::zeros(T::DTYPE, shape);
+        t.bytes_mut().copy_from_slice(bytemuck::cast_slice(data));
+        Ok(t)
+    }
+
+    /// An f32 tensor from a vector (or slice) of values.
+    pub fn from_f32(shape: &[usize], data: impl AsRef<[f32]>) -> Result<Tensor> {
+        Tensor::from_slice(shape, data.as_ref())
+    }
+
+    /// A bf16 tensor from `half::bf16` values.
+    pub fn from_bf16(shape: &[usize], data: &[bf16]) -> Result<Tensor> {
+        Tensor::from_slice(shape, data)
+    }
+
+    /// An f16 tensor from `half::f16` values.
+    pub fn from_f16(shape: &[usize], data: &[f16]) -> Result<Tensor> {
+        Tensor::from_slice(shape, data)
+    }
+
+    /// An i64 tensor.
+    pub fn from_i64(shape: &[usize], data: &[i64]) -> Result<Tensor> {
+        Tensor::from_slice(shape, data)
+    }
+
+    /// An i32 tensor.
+    pub fn from_i32(shape: &[usize], data: &[i32]) -> Result<Tensor> {
+        Tensor::from_slice(shape, data)
+    }
+
+    /// A bool tensor.
+    pub fn from_bool(shape: &[usize], data: &[bool]) -> Result<Tensor> {
+        let n = numel(shape);
+        if n != data.len() {
+            return Err(GraphError::DataLength {
+                shape: shape.to_vec(),
+                expected: n,
+                actual: data.len(),
+            });
+        }
+        let mut t = Tensor::zeros(DType::Bool, shape);
+        for (d, &b) in t.bytes_mut().iter_mut().zip(data) {
+            *d = b as u8;
+        }
+        Ok(t)
+    }
+
+    /// A rank-0 f32 tensor.
+    pub fn scalar_f32(x: f32) -> Tensor {
+        Tensor::from_f32(&[], [x]).expect("one element")
+    }
+
+    /// A rank-1 i64 tensor (shape `[data.len()]`), as shape inputs want.
+    pub fn vec_i64(data: &[i64]) -> Tensor {
+        Tensor::from_i64(&[data.len()], data).expect("length matches")
+    }
+
+    /// Builds a tensor of `dtype` from raw little-endian bytes (e.g. a
+    /// safetensors or ONNX raw_data buffer; any alignment).
+    pub fn from_bytes(dtype: DType, shape: &[usize], bytes: &[u8]) -> Result<Tensor> {
+        let n = numel(shape);
+        if n * dtype.size() != bytes.len() {
+            return Err(GraphError::DataLength {
+                shape: shape.to_vec(),
+                expected: n,
+                actual: bytes.len() / dtype.size(),
+            });
+        }
+        let mut t = Tensor::zeros(dtype, shape);
+        t.bytes_mut().copy_from_slice(bytes);
+        Ok(t)
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        numel(&self.shape)
+    }
+
+    /// Whether the tensor has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Size of the data in bytes.
+    pub fn byte_len(&self) -> usize {
+        self.len() * self.dtype.size()
+    }
+
+    /// The raw little-endian bytes of the elements.
+    pub fn bytes(&self) -> &[u8] {
+        let n = self.byte_len();
+        &bytemuck::cast_slice::<Block, u8>(&self.data)[..n]
+    }
+
+    /// The raw bytes, mutably.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        let n = self.byte_len();
+        &mut bytemuck::cast_slice_mut::<Block, u8>(&mut self.data)[..n]
+    }
+
+    /// The same data under another shape with the same element count.
+    pub fn reshape(mut self, shape: &[usize]) -> Result<Tensor> {
+        if numel(shape) != self.len() {
+            return Err(GraphError::DataLength {
+                shape: shape.to_vec(),
+                expected: numel(shape),
+                actual: self.len(),
+            });
+        }
+        self.shape = shape.to_vec();
+        Ok(self)
+    }
+
+    pub(crate) fn set_shape(&mut self, shape: &[usize]) {
+        debug_assert_eq!(numel(shape), self.len());
+        self.shape = shape.to_vec();
+    }
+
+    /// The elements as `T`, without copying; errors if `T` is not this dtype.
+    pub fn as_slice<T: TensorElement>(&self) -> Result<&[T]> {
+        if T::DTYPE != self.dtype {
+            return Err(GraphError::DTypeMismatch {
+                context: "Tensor::as_slice".into(),
+                expected: T::DTYPE,
+                actual: self.dtype,
+            });
+        }
+        Ok(&bytemuck::cast_slice::<Block, T>(&self.data)[..self.len()])
+    }
+
+    /// The elements as `T`, mutably; errors if `T` is not this dtype.
+    pub fn as_slice_mut<T: TensorElement>(&mut self) -> Result<&mut [T]> {
+        if T::DTYPE != self.dtype {
+            return Err(GraphError::DTypeMismatch {
+                context: "Tensor::as_slice_mut".into(),
+                expected: T::DTYPE,
+                actual: self.dtype,
+            });
+        }
+        let n = self.len();
+        Ok(&mut bytemuck::cast_slice_mut::<Block, T>(&mut self.data)[..n])
+    }
+
+    /// The f32 elements; errors unless the dtype is f32.
+    pub fn as_f32(&self) -> Result<&[f32]> {
+        self.as_slice()
+    }
+
+    /// The bf16 elements; errors unless the dtype is bf16.
+    pub fn as_bf16(&self) -> Result<&[bf16]> {
+        self.as_slice()
+    }
+
+    /// The f16 elements; errors unless the dtype is f16.
+    pub fn as_f16(&self) -> Result<&[f16]> {
+        self.as_slice()
+    }
+
+    /// The i64 elements; errors unless the dtype is i64.
+    pub fn as_i64(&self) -> Result<&[i64]> {
+        self.as_slice()
+    }
+
+    /// The i32 elements; errors unless the dtype is i32.
+    pub fn as_i32(&self) -> Result<&[i32]> {
+        self.as_slice()
+    }
+
+    /// The booleans as bytes (0 or 1); errors unless the dtype is bool.
+    pub fn as_bool_bytes(&self) -> Result<&[u8]> {
+        if self.dtype != DType::Bool {
+            return Err(GraphError::DTypeMismatch {
+                context: "Tensor::as_bool_bytes".into(),
+                expected: DType::Bool,
+                actual: self.dtype,
+            });
+        }
+        Ok(self.bytes())
+    }
+
+    /// A kernel view of a floating-point tensor; `None` for other dtypes.
+    pub fn as_float_slice(&self) -> Option<FloatSlice<'_>> {
+        let n = self.len();
+        Some(match self.dtype {
+            DType::F32 => FloatSlice::F32(&bytemuck::cast_slice(&self.data)[..n]),
+            DType::Bf16 => FloatSlice::Bf16(&bytemuck::cast_slice(&self.data)[..n]),
+            DType::F16 => FloatSlice::F16(&bytemuck::cast_slice(&self.data)[..n]),
+            _ => return None,
+        })
+    }
+
+    /// A mutable kernel view of a floating-point tensor; `None` for other dtypes.
+    pub fn as_float_slice_mut(&mut self) -> Option<FloatSliceMut<'_>> {
+        let n = self.len();
+        Some(match self.dtype {
+            DType::F32 => FloatSliceMut::F32(&mut bytemuck::cast_slice_mut(&mut self.data)[..n]),
+            DType::Bf16 => FloatSliceMut::Bf16(&mut bytemuck::cast_slice_mut(&mut self.data)[..n]),
+            DType::F16 => FloatSliceMut::F16(&mut bytemuck::cast_slice_mut(&mut self.data)[..n]),
+            _ => return None,
+        })
+    }
+
+    /// All elements widened to f32 (exact for bf16/f16; integers convert as
+    /// `as f32`; booleans give 0.0/1.0).
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        match self.dtype {
+            DType::F32 | DType::Bf16 | DType::F16 => {
+                let mut out = vec![0f32; self.len()];
+                float_to_f32(self.as_float_slice().expect("float"), &mut out);
+                out
+            }
+            DType::I64 => self
+                .as_i64()
+                .expect("i64")
+                .iter()
+                .map(|&v| v as f32)
+                .collect(),
+            DType::I32 => self
+                .as_i32()
+                .expect("i32")
+                .iter()
+                .map(|&v| v as f32)
+                .collect(),
+            DType::Bool => self.bytes().iter().map(|&v| v as f32).collect(),
+        }
+    }
+
+    /// All elements as i64 (floats truncate toward zero like `as i64`;
+    /// booleans give 0/1).
+    pub fn to_i64_vec(&self) -> Vec<i64> {
+        match self.dtype {
+            DType::I64 => self.as_i64().expect("i64").to_vec(),
+            DType::I32 => self
+                .as_i32()
+                .expect("i32")
+                .iter()
+                .map(|&v| v as i64)
+                .collect(),
+            DType::Bool => self.bytes().iter().map(|&v| v as i64).collect(),
+            _ => self.to_f32_vec().iter().map(|&v| v as i64).collect(),
+        }
+    }
+
+    /// A copy converted to another float type with the kernels' rounding
+    /// (round to nearest even). Errors if this tensor is not floating point.
+    pub fn to_float_type(&self, to: FloatType) -> Result<Tensor> {
+        let src = self
+            .as_float_slice()
+            .ok_or_else(|| GraphError::DTypeMismatch {
+                context: "Tensor::to_float_type".into(),
+                expected: DType::F32,
+                actual: self.dtype,
+            })?;
+        let mut out = Tensor::zeros(to.into(), &self.shape);
+        convert_float(src, out.as_float_slice_mut().expect("float"));
+        Ok(out)
+    }
+}
+
+impl fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Tensor({}, {:?}", self.dtype, self.shape)?;
+        if self.len() <= 16 {
+            match self.dtype {
+                DType::I64 | DType::I32 | DType::Bool => write!(f, ", {:?}", self.to_i64_vec())?,
+                _ => write!(f, ", {:?}", self.to_f32_vec())?,
+            }
+        }
+        f.write_str(")")
+    }
+}
+
+/// Widens any float slice into f32 with the conversion kernels.
+///
+/// # Panics
+/// If the lengths differ.
+pub(crate) fn float_to_f32(src: FloatSlice<'_>, dst: &mut [f32]) {
+    match src {
+        FloatSlice::F32(s) => dst.copy_from_slice(s),
+        FloatSlice::Bf16(s) => convert::bf16_to_f32(s, dst),
+        FloatSlice::F16(s) => convert::f16_to_f32(s, dst),
+    }
+}
+
+/// Rounds f32 values into any float slice (round to nearest even).
+///
+/// # Panics
+/// If the lengths differ.
+pub(crate) fn f32_to_float(src: &[f32], dst: FloatSliceMut<'_>) {
+    match dst {
+        FloatSliceMut::F32(d) => d.copy_from_slice(src),
+        FloatSliceMut::Bf16(d) => convert::f32_to_bf16(src, d),
+        FloatSliceMut::F16(d) => convert::f32_to_f16(src, d),
+    }
+}
+
+/// Converts between any two float types; bf16 <-> f16 goes through f32, which
+/// is exact on the widening side, so it rounds once.
+///
+/// # Panics
+/// If the lengths differ.
+pub(crate) fn convert_float(src: FloatSlice<'_>, dst: FloatSliceMut<'_>) {
+    match (src, dst) {
+        (FloatSlice::F32(s), d) => f32_to_float(s, d),
+        (s, FloatSliceMut::F32(d)) => float_to_f32(s, d),
+        (FloatSlice::Bf16(s), FloatSliceMut::Bf16(d)) => d.copy_from_slice(s),
+        (FloatSlice::F16(s), FloatSliceMut::F16(d)) => d.copy_from_slice(s),
+        (s, d) => {
+            // Chunked so a large tensor does not need a full f32 copy.
+            let mut tmp = vec![0f32; s.len().min(4096)];
+            let n = s.len();
+            let mut d = d;
+            let mut i = 0;
+            while i < n {
+                let e = (i + 4096).min(n);
+                let t = &mut tmp[..e - i];
+                float_to_f32(sub(s, i, e), t);
+                f32_to_float(t, sub_mut(&mut d, i, e));
+                i = e;
+            }
+        }
+    }
+}
+
+/// `s[start..end]` of a float slice.
+pub(crate) fn sub(s: FloatSlice<'_>, start: usize, end: usize) -> FloatSlice<'_> {
+    match s {
+        FloatSlice::F32(x) => FloatSlice::F32(&x[start..end]),
+        FloatSlice::Bf16(x) => FloatSlice::Bf16(&x[start..end]),
+        FloatSlice::F16(x) => FloatSlice::F16(&x[start..end]),
+    }
+}
+
+/// `s[start..end]` of a mutable float slice.
+pub(crate) fn sub_mut<'a>(
+    s: &'a mut FloatSliceMut<'_>,
+    start: usize,
+    end: usize,
+) -> FloatSliceMut<'a> {
+    match s {
+        FloatSliceMut::F32(x) => FloatSliceMut::F32(&mut x[start..end]),
+        FloatSliceMut::Bf16(x) => FloatSliceMut::Bf16(&mut x[start..end]),
+        FloatSliceMut::F16(x) => FloatSliceMut::F16(&mut x[start..end]),
+    }
+}
+
+/// Element `i` of a float slice, widened to f32.
+pub(crate) fn get_f32(s: FloatSlice<'_>, i: usize) -> f32 {
+    match s {
+        FloatSlice::F32(x) => x[i],
+        FloatSlice::Bf16(x) => x[i].to_f32(),
+        FloatSlice::F16(x) => x[i].to_f32(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_is_aligned_and_typed() {
+        let t = Tensor::from_f32(&[2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+        assert_eq!(t.as_f32().unwrap().as_ptr() as usize % 64, 0);
+        assert!(matches!(t.as_i64(), Err(GraphError::DTypeMismatch { .. })));
+        assert!(Tensor::from_f32(&[2, 2], vec![1.0]).is_err());
+        let b = t.to_float_type(FloatType::Bf16).unwrap();
+        assert_eq!(b.to_f32_vec(), t.to_f32_vec());
+        let h = b.to_float_type(FloatType::F16).unwrap();
+        assert_eq!(h.to_f32_vec(), t.to_f32_vec());
+    }
+}
