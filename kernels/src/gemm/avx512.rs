@@ -297,3 +297,98 @@ pub(super) unsafe fn dot_tile(
         }
     }
 }
+
+/// `out[i][0..cols] = sum_p a[p*MR_ + i] * b[p*b_rs + 0..cols]` with the
+/// accumulators in memory (`out`, stride `ldo`, zeroed here): one pass over
+/// each B row segment, so row-major weights stream sequentially. Each element
+/// is the same FMA chain in increasing p as in [`tile`].
+///
+/// # Safety
+/// `a` holds `k * MR_` f32; row p of B has `cols` readable elements at
+/// `b + p * b_rs`; `out` holds `MR_` rows of `cols.next_multiple_of(16)` f32.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn axpy_block<const MR_: usize, const BT: u8>(
+    k: usize,
+    a: *const f32,
+    b: *const u8,
+    b_rs: usize,
+    cols: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    let size = if BT == F32 { 4 } else { 2 };
+    let nv = cols.div_ceil(16);
+    // SAFETY: all accesses stay within the extents the caller guarantees.
+    unsafe {
+        for i in 0..MR_ {
+            for v in 0..nv {
+                _mm512_storeu_ps(out.add(i * ldo + 16 * v), _mm512_setzero_ps());
+            }
+        }
+        // Four B rows per sweep: each accumulator is loaded and stored once per
+        // four FMAs, and the four row streams are sequential.
+        let mut p = 0;
+        while p < k {
+            let rows = 4.min(k - p);
+            let mut ai = [[_mm512_setzero_ps(); MR_]; 4];
+            for (r, row) in ai.iter_mut().enumerate().take(rows) {
+                for (i, x) in row.iter_mut().enumerate() {
+                    *x = _mm512_set1_ps(*a.add((p + r) * MR_ + i));
+                }
+            }
+            let row0 = b.add(p * b_rs * size);
+            for v in 0..nv {
+                let mask = lane_mask(cols, v);
+                let mut bv = [_mm512_setzero_ps(); 4];
+                for (r, x) in bv.iter_mut().enumerate().take(rows) {
+                    *x = load16::<BT>(row0.add((r * b_rs + 16 * v) * size), mask);
+                }
+                for i in 0..MR_ {
+                    let o = out.add(i * ldo + 16 * v);
+                    let mut acc = _mm512_loadu_ps(o);
+                    for r in 0..rows {
+                        acc = _mm512_fmadd_ps(ai[r][i], bv[r], acc);
+                    }
+                    _mm512_storeu_ps(o, acc);
+                }
+            }
+            p += 4;
+        }
+    }
+}
+
+/// Small-m rows (`mr <= 4`) against row-contiguous B, accumulating in `out`.
+///
+/// # Safety
+/// As [`axpy_block`] with `MR_ = mr`, and the CPU supports AVX-512 F/BW/VL.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn axpy_rows(
+    bt: FloatType,
+    mr: usize,
+    k: usize,
+    a: *const f32,
+    b: *const u8,
+    b_rs: usize,
+    cols: usize,
+    out: *mut f32,
+    ldo: usize,
+) {
+    macro_rules! go {
+        ($bt:expr) => {
+            match mr {
+                // SAFETY (all arms): forwarded from the caller's contract.
+                1 => unsafe { axpy_block::<1, $bt>(k, a, b, b_rs, cols, out, ldo) },
+                2 => unsafe { axpy_block::<2, $bt>(k, a, b, b_rs, cols, out, ldo) },
+                3 => unsafe { axpy_block::<3, $bt>(k, a, b, b_rs, cols, out, ldo) },
+                4 => unsafe { axpy_block::<4, $bt>(k, a, b, b_rs, cols, out, ldo) },
+                _ => unreachable!("axpy rows {mr} > 4"),
+            }
+        };
+    }
+    match tag(bt) {
+        F32 => go!(F32),
+        BF16 => go!(BF16),
+        _ => go!(F16),
+    }
+}

@@ -34,7 +34,12 @@ const MC_TILES: usize = 8;
 /// 32-column panels per N block.
 const NC_PANELS: usize = 8;
 /// Largest m that takes the streaming path.
-pub(super) const SMALL_M: usize = 4;
+pub(super) const SMALL_M: usize = 16;
+/// Rows per pass of the small-m kernels.
+const SMALL_ROWS: usize = 4;
+/// Most columns per work item of the row-contiguous small-m path: wide items
+/// keep each B row segment long and sequential for the prefetchers.
+const AXPY_COLS: usize = 4096;
 /// Below this many flops one thread does all the work.
 const PAR_MIN_FLOPS: usize = 1 << 22;
 /// Columns per work item on the small-m path.
@@ -51,6 +56,11 @@ pub(super) struct Kernels {
     /// `(bt, mr, k, a, b, b_rs, cols, out, ldo)`: small-m rows over strided B rows.
     #[allow(clippy::type_complexity)]
     pub small_tile:
+        unsafe fn(FloatType, usize, usize, *const f32, *const u8, usize, usize, *mut f32, usize),
+    /// `(bt, mr, k, a, b, b_rs, cols, out, ldo)`: small-m rows over row-contiguous B,
+    /// accumulators in `out` (rows padded to a multiple of 16).
+    #[allow(clippy::type_complexity)]
+    pub axpy_rows:
         unsafe fn(FloatType, usize, usize, *const f32, *const u8, usize, usize, *mut f32, usize),
     /// `(bt, m, nj, k, a, w, w_rs, out, ldo)`: small-m dot products with `nj <= 4` rows of `w`.
     #[allow(clippy::type_complexity)]
@@ -296,7 +306,26 @@ pub(super) fn run<T: Element, O: Element>(
         num_threads()
     };
     if m <= SMALL_M {
-        small(kern, &ep, threads, a, b, cp, ldc, m, n, k);
+        // Passes of up to SMALL_ROWS rows, each streaming B once.
+        let packed;
+        let b = match b {
+            BSource::View(v) if v.cs != 1 && v.rs != 1 => {
+                packed = PackedB::pack(v);
+                BSource::Packed(&packed)
+            }
+            other => other,
+        };
+        for r0 in (0..m).step_by(SMALL_ROWS) {
+            let rows = SMALL_ROWS.min(m - r0);
+            let a_rows = MatRef {
+                data: &a.data[r0 * a.rs..],
+                rows,
+                ..a
+            };
+            // SAFETY: row r0 of C is in bounds (r0 < m).
+            let c_rows = SendPtr(unsafe { cp.get().add(r0 * ldc) });
+            small(kern, &ep, threads, a_rows, b, c_rows, ldc, rows, n, k);
+        }
     } else {
         large(kern, &ep, threads, a, b, cp, ldc, m, n, k);
     }
@@ -319,7 +348,6 @@ fn small<T: Element, O: Element>(
     let size = std::mem::size_of::<T>();
     let items = n.div_ceil(SMALL_ITEM_COLS);
     let ws_len = m * SMALL_ITEM_COLS;
-    let packed;
     let b = match b {
         BSource::View(v) if v.cs != 1 && v.rs == 1 => {
             // Column-contiguous B: dot products against A's rows.
@@ -356,9 +384,36 @@ fn small<T: Element, O: Element>(
             });
             return;
         }
-        BSource::View(v) if v.cs != 1 => {
-            packed = PackedB::pack(v);
-            BSource::Packed(&packed)
+        BSource::View(v) => {
+            // Row-contiguous B: one pass over each row segment per item.
+            let mut ainter = vec![0.0f32; m * k];
+            pack_a_tile(&a, 0, m, &mut ainter);
+            let ainter = &ainter;
+            // Split n evenly over the threads, in multiples of 16 columns.
+            let width = n.div_ceil(threads).next_multiple_of(16).min(AXPY_COLS);
+            let items = n.div_ceil(width);
+            parallel_for(threads, items, m * width, |item, ws| {
+                let j0 = item * width;
+                let w = width.min(n - j0);
+                // SAFETY: for each p < k row p of B holds columns j0..j0+w (validated
+                // view, cs == 1); ws holds m rows of `width` (a multiple of 16).
+                unsafe {
+                    (kern.axpy_rows)(
+                        bt,
+                        m,
+                        k,
+                        ainter.as_ptr(),
+                        v.data.as_ptr().add(j0).cast(),
+                        v.rs,
+                        w,
+                        ws.as_mut_ptr(),
+                        width,
+                    )
+                };
+                // SAFETY: the item's block of C is in bounds and only this item writes it.
+                unsafe { store_block(ep, ws, width, m, w, cp, ldc, j0) };
+            });
+            return;
         }
         other => other,
     };

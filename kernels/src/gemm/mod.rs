@@ -482,6 +482,7 @@ static AVX512: driver::Kernels = driver::Kernels {
     small_cols: avx512::SMALL_COLS,
     big_tile: avx512::big_tile,
     small_tile: avx512::small_tile,
+    axpy_rows: avx512::axpy_rows,
     dot_tile: avx512::dot_tile,
 };
 
