@@ -21,9 +21,12 @@
 //! about `(n / 32 + 5) * 2^-24` times the sum of the terms' magnitudes for this
 //! order; for well-scaled rows (the tests use `n <= 4096`) that is a few ulp.
 //! * [`softmax`]: `m = max(x)`, `s = sum(exp(x - m))`, `y = exp(x - m) / s`.
-//!   Each output within `(4 + n / 32) * 2^-24` relative of exact; rows sum to 1
-//!   within the same. `log`: `y = (x - m) - log(s)`, absolute error within
-//!   `2^-24 * (|x - m| + |log s|) + 2 ulp`.
+//!   Each output within `(4 + n / 32 + |x - m|) * 2^-24` relative of exact
+//!   (`x - m` is rounded to f32 before the exponential); rows sum to 1 within
+//!   `(8 + n / 16) * 2^-24`. `log`: `y = (x - m) - log(s)`, absolute error within
+//!   `2^-24 * (6 + n / 32 + 2 |x - m| + 2 |log s|)` (the first terms are the
+//!   relative error of `s`, which `log` turns into an absolute one; then two
+//!   rounded subtractions).
 //!   A row with a NaN or `+inf`, or with every element `-inf`, gives NaN
 //!   outputs (as PyTorch and ONNX Runtime do).
 //! * [`layer_norm`]: two-pass mean and variance (no `E[x^2] - E[x]^2`

@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use half::{bf16, f16};
-use mixprec_kernels::{Element, FloatSlice, FloatSliceMut, FloatType};
+use mixprec_kernels::{FloatSlice, FloatSliceMut, FloatType};
 
 pub const DTYPES: [FloatType; 3] = [FloatType::F32, FloatType::Bf16, FloatType::F16];
 
