@@ -924,22 +924,21 @@ fn check_not_same_file(
             #[cfg(not(unix))]
             {
                 let _ = in_meta;
-                if let (Ok(a), Ok(b)) = (fs::canonicalize(input), fs::canonicalize(output)) {
-                    if a == b {
-                        return Err(same());
-                    }
+                if let (Ok(a), Ok(b)) = (fs::canonicalize(input), fs::canonicalize(output))
+                    && a == b
+                {
+                    return Err(same());
                 }
             }
             Ok(())
         }
         Err(_) => {
-            // The output does not exist yet, so it cannot be the input;
-            // still compare canonical paths in case of a race-free oddity
-            // such as a dangling symlink pointing at the input's path.
-            if let (Ok(a), Ok(b)) = (fs::canonicalize(input), canonical_target(output)) {
-                if a == b {
-                    return Err(same());
-                }
+            // Usually the output does not exist yet; if it could not be
+            // inspected for another reason, compare canonical paths instead.
+            if let (Ok(a), Ok(b)) = (fs::canonicalize(input), canonical_target(output))
+                && a == b
+            {
+                return Err(same());
             }
             Ok(())
         }
@@ -1188,7 +1187,8 @@ mod tests {
 
     #[test]
     fn each_layout_error_is_reported() {
-        let cases: Vec<(String, u64, fn(&FormatError) -> bool)> = vec![
+        type Check = fn(&FormatError) -> bool;
+        let cases: Vec<(String, u64, Check)> = vec![
             (format!(r#"{{"a":{}}}"#, entry("F33", &[1], 0, 4)), 4, |e| {
                 matches!(e, FormatError::UnknownDtype { .. })
             }),
