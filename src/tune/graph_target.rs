@@ -1,0 +1,179 @@
+//! The op-graph as a [`Tunable`] model.
+
+use std::cell::OnceCell;
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::graph::{CompiledModel, DType, Dim, Graph, GraphError, PrecisionPlan, Tensor};
+
+use super::target::{BoxError, DtypeMap, Tunable, TunableNode};
+
+/// Batch size of synthetic calibration inputs (for a symbolic batch dim).
+const SYNTHETIC_BATCH: usize = 8;
+
+/// A graph with its calibration inputs.
+pub struct GraphTarget<'g> {
+    graph: &'g Graph,
+    inputs: Vec<(String, Tensor)>,
+    synthetic: bool,
+    costs: OnceCell<Option<BTreeMap<String, f64>>>,
+}
+
+impl<'g> GraphTarget<'g> {
+    /// Wraps `graph` with calibration inputs (one tensor per graph input,
+    /// by name), or deterministic synthetic ones when `None`.
+    pub fn new(
+        graph: &'g Graph,
+        calibration: Option<&[(String, Tensor)]>,
+    ) -> Result<Self, GraphError> {
+        let (inputs, synthetic) = match calibration {
+            Some(c) => (c.to_vec(), false),
+            None => (synthetic_inputs(graph)?, true),
+        };
+        Ok(GraphTarget {
+            graph,
+            inputs,
+            synthetic,
+            costs: OnceCell::new(),
+        })
+    }
+
+    /// Whether the calibration inputs were made up (no calibration given).
+    pub fn is_synthetic(&self) -> bool {
+        self.synthetic
+    }
+
+    fn refs(&self) -> Vec<(&str, &Tensor)> {
+        self.inputs.iter().map(|(n, t)| (n.as_str(), t)).collect()
+    }
+
+    /// Converts a dtype map into the graph's plan type.
+    pub fn plan(map: &DtypeMap) -> PrecisionPlan {
+        let mut p = PrecisionPlan::new();
+        for (k, v) in map {
+            p.set(k.clone(), *v);
+        }
+        p
+    }
+}
+
+/// Deterministic inputs shaped like the graph's: symbolic dims become
+/// [`SYNTHETIC_BATCH`] (other symbolic names 1), floats a fixed
+/// pseudo-random stream in [-1, 1), integers and booleans zero.
+fn synthetic_inputs(graph: &Graph) -> Result<Vec<(String, Tensor)>, GraphError> {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut out = Vec::new();
+    for &id in graph.inputs() {
+        let info = graph.value(id);
+        let shape: Vec<usize> = info
+            .shape
+            .iter()
+            .enumerate()
+            .map(|(i, d)| match d {
+                Dim::Fixed(n) => *n,
+                Dim::Symbolic(_) if i == 0 => SYNTHETIC_BATCH,
+                Dim::Symbolic(_) => 1,
+            })
+            .collect();
+        let t = if info.dtype.is_float() {
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> = (0..n)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+                })
+                .collect();
+            let t = Tensor::from_f32(&shape, data)?;
+            if info.dtype == DType::F32 {
+                t
+            } else {
+                t.to_float_type(
+                    info.dtype
+                        .float_type()
+                        .unwrap_or(crate::graph::FloatType::F32),
+                )?
+            }
+        } else {
+            Tensor::zeros(info.dtype, &shape)
+        };
+        out.push((info.name.clone(), t));
+    }
+    Ok(out)
+}
+
+impl Tunable for GraphTarget<'_> {
+    type Model = CompiledModel;
+
+    fn tunable_nodes(&self) -> Vec<TunableNode> {
+        let g = self.graph;
+        let lowerable: BTreeSet<String> = g.lowerable_nodes().into_iter().map(|n| n.name).collect();
+        g.lowerable_nodes()
+            .into_iter()
+            .map(|ln| {
+                // Walk back through data-movement and shape ops to the
+                // nearest lowerable producers.
+                let mut producers = BTreeSet::new();
+                let mut stack: Vec<_> = g
+                    .node(&ln.name)
+                    .map(|n| n.inputs.clone())
+                    .unwrap_or_default();
+                let mut seen = BTreeSet::new();
+                while let Some(v) = stack.pop() {
+                    if !seen.insert(v.0) {
+                        continue;
+                    }
+                    if let Some(p) = g.producer(v) {
+                        if lowerable.contains(&p.name) {
+                            producers.insert(p.name.clone());
+                        } else {
+                            stack.extend(p.inputs.iter().copied());
+                        }
+                    }
+                }
+                TunableNode {
+                    name: ln.name,
+                    op_type: ln.op_type.to_string(),
+                    producers: producers.into_iter().collect(),
+                }
+            })
+            .collect()
+    }
+
+    fn compile(&self, plan: &DtypeMap) -> Result<CompiledModel, BoxError> {
+        Ok(self.graph.compile(&Self::plan(plan))?)
+    }
+
+    fn forward(&self, model: &CompiledModel) -> Result<Vec<f32>, BoxError> {
+        let outs = model.run_ordered(&self.refs())?;
+        let mut v = Vec::new();
+        for t in outs.iter().filter(|t| t.dtype().is_float()) {
+            v.extend(t.to_f32_vec());
+        }
+        Ok(v)
+    }
+
+    fn node_times(&self, model: &CompiledModel) -> Result<Option<BTreeMap<String, f64>>, BoxError> {
+        let (_, profile) = model.run_profiled(&self.refs())?;
+        let mut m = BTreeMap::new();
+        for e in profile.entries.iter().filter(|e| !e.inserted_cast) {
+            *m.entry(e.name.clone()).or_insert(0.0) += e.seconds;
+        }
+        Ok(Some(m))
+    }
+
+    fn node_costs(&self) -> Option<BTreeMap<String, f64>> {
+        // Bytes moved by each node in fp32: deterministic, unlike times.
+        self.costs
+            .get_or_init(|| {
+                let model = self.graph.compile(&PrecisionPlan::new()).ok()?;
+                let (_, profile) = model.run_profiled(&self.refs()).ok()?;
+                let mut m = BTreeMap::new();
+                for e in profile.entries.iter().filter(|e| !e.inserted_cast) {
+                    *m.entry(e.name.clone()).or_insert(0.0) += e.bytes as f64;
+                }
+                Some(m)
+            })
+            .clone()
+    }
+}
