@@ -29,6 +29,8 @@
 //!   [`GemmError::AccumulationUnsupported`] otherwise.
 
 #[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod driver;
@@ -486,6 +488,17 @@ static AVX512: driver::Kernels = driver::Kernels {
     dot_tile: avx512::dot_tile,
 };
 
+/// AVX2 micro-kernels; only reached at a level that includes AVX2/FMA/F16C.
+#[cfg(target_arch = "x86_64")]
+static AVX2: driver::Kernels = driver::Kernels {
+    mr: avx2::MR,
+    small_cols: avx2::SMALL_COLS,
+    big_tile: avx2::big_tile,
+    small_tile: avx2::small_tile,
+    axpy_rows: avx2::axpy_rows,
+    dot_tile: avx2::dot_tile,
+};
+
 /// Validated entry: shapes agree, `isa` is available.
 fn run<T: Element, O: Element>(
     isa: Isa,
@@ -502,8 +515,10 @@ fn run<T: Element, O: Element>(
     }
     match isa {
         Isa::Scalar => scalar::gemm(alpha, a, b, beta, c, epilogue),
+        // SAFETY of the kernel table: `isa` passed `Isa::require` (or is
+        // `active_isa()`), so the CPU has AVX2, FMA and F16C.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => scalar::gemm(alpha, a, b, beta, c, epilogue),
+        Isa::Avx2 => driver::run(isa, &AVX2, alpha, a, b, beta, c, epilogue),
         // SAFETY of the kernel table: `isa` passed `Isa::require` (or is
         // `active_isa()`), so the CPU has AVX-512 F/BW/DQ/VL.
         #[cfg(target_arch = "x86_64")]
