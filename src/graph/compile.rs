@@ -338,6 +338,13 @@ impl Graph {
                 value_slot.insert(o, s);
                 outputs.push(s);
             }
+            // An explicit Cast that widens a float exactly: a later consumer
+            // wanting the narrow type reads the original (no cast pair).
+            if let Op::Cast { to: DType::F32 } = node.op
+                && b.slot_dtype[ins[0]].is_float()
+            {
+                b.widened_from[outputs[0]] = Some(b.widened_from[ins[0]].unwrap_or(ins[0]));
+            }
             b.steps.push(Step {
                 kind: StepKind::Node {
                     node: ni,
