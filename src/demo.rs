@@ -27,8 +27,8 @@ pub const DEFAULT_MODEL: &str = "folded_off100";
 
 /// `digits.csv.gz`, embedded.
 pub const DIGITS_CSV_GZ: &[u8] = include_bytes!("../data/digits.csv.gz");
-/// `digits_mlp.safetensors`, embedded: tensors `{key}.l0.weight` [128, 64],
-/// `{key}.l0.bias` [128], `{key}.l1.weight` [10, 128], `{key}.l1.bias` [10], f32.
+/// `digits_mlp.safetensors`, embedded: tensors `{key}.l0.weight` `[128, 64]`,
+/// `{key}.l0.bias` `[128]`, `{key}.l1.weight` `[10, 128]`, `{key}.l1.bias` `[10]`, f32.
 pub const MLP_SAFETENSORS: &[u8] = include_bytes!("../data/digits_mlp.safetensors");
 /// `digits_mlp.json`, embedded.
 pub const MLP_JSON: &str = include_str!("../data/digits_mlp.json");

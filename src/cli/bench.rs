@@ -16,8 +16,11 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use half::{bf16, f16};
+use mixprec_kernels::Element;
 use mixprec_kernels::convert::{self, Conversion};
+use mixprec_kernels::gemm::{self, Accumulation, Epilogue, MatMut, MatRef};
 use mixprec_kernels::isa::Isa;
+use mixprec_kernels::peak::{PeakKind, peak_gflops};
 
 use super::{BenchArgs, CliError};
 
@@ -83,7 +86,8 @@ pub fn run(args: &BenchArgs, out: &mut impl Write) -> Result<(), CliError> {
             needs: "the op-graph layer",
         });
     }
-    let rows = measure_kernels(Budget::default());
+    let mut rows = measure_kernels(Budget::default());
+    rows.extend(measure_gemm(Budget::default()));
     let result = if args.json {
         rows.iter()
             .try_for_each(|m| writeln!(out, "{}", m.to_json()))
@@ -231,6 +235,109 @@ pub fn measure_kernels_at(budget: Budget, sizes: &[usize]) -> Vec<Measurement> {
     rows
 }
 
+/// GEMM at 1024^3 and a 1 x 4096 x 4096 GEMV (weights `[out, in]`, used as
+/// `w.t()`), f32 / bf16 / f16 inputs with f32 output, at every available
+/// level that has a SIMD GEMM path (avx512_core and up; below it the scalar
+/// reference runs, far too slow for these sizes), with the f32 FMA peak.
+/// The GEMV is memory-bound, so it gets no compute `peak_fraction`.
+pub fn measure_gemm(budget: Budget) -> Vec<Measurement> {
+    let levels: Vec<Isa> = Isa::available().filter(|&i| i >= Isa::Avx512Core).collect();
+    if levels.is_empty() {
+        return Vec::new();
+    }
+    let threads = gemm::num_threads();
+    let peak = peak_gflops(PeakKind::F32Fma, threads);
+    let mut rows = Vec::new();
+    if let Some(p) = peak {
+        rows.push(Measurement {
+            kernel: PeakKind::F32Fma.name().into(),
+            isa: Isa::Avx512Core.name().into(),
+            shape: format!("threads={threads}"),
+            value: p,
+            unit: "GFLOP/s (peak)",
+            peak_fraction: None,
+        });
+    }
+    for isa in levels {
+        rows.push(gemm_row::<f32>(
+            isa,
+            "f32",
+            [1024, 1024, 1024],
+            budget,
+            peak,
+        ));
+        rows.push(gemm_row::<bf16>(
+            isa,
+            "bf16",
+            [1024, 1024, 1024],
+            budget,
+            peak,
+        ));
+        rows.push(gemm_row::<f16>(
+            isa,
+            "f16",
+            [1024, 1024, 1024],
+            budget,
+            peak,
+        ));
+        rows.push(gemm_row::<f32>(isa, "f32", [1, 4096, 4096], budget, None));
+        rows.push(gemm_row::<bf16>(isa, "bf16", [1, 4096, 4096], budget, None));
+    }
+    rows
+}
+
+fn gemm_row<T: Element>(
+    isa: Isa,
+    dtype: &str,
+    [m, k, n]: [usize; 3],
+    budget: Budget,
+    peak: Option<f64>,
+) -> Measurement {
+    let a: Vec<T> = (0..m * k)
+        .map(|i| T::from_f32(((i % 13) as f32 - 6.0) * 0.125))
+        .collect();
+    // Weights stored [out, in] = [n, k] and used through `t()`, as layers do.
+    let w: Vec<T> = (0..n * k)
+        .map(|i| T::from_f32(((i % 7) as f32 - 3.0) * 0.25))
+        .collect();
+    let mut c = vec![0.0f32; m * n];
+    let mut call = || {
+        let a = MatRef::new(&a, m, k, k).expect("valid view");
+        let b = MatRef::new(&w, n, k, k).expect("valid view").t();
+        let c = MatMut::new(&mut c, m, n, n).expect("valid view");
+        // Shapes are consistent and `isa` is available, so this cannot fail.
+        let r = gemm::gemm_at(
+            isa,
+            Accumulation::F32,
+            1.0,
+            a,
+            b,
+            0.0,
+            c,
+            &Epilogue::default(),
+        );
+        debug_assert!(r.is_ok());
+    };
+    call();
+    let gemv = m == 1;
+    let calls = if gemv { 16 } else { 1 };
+    let secs = best_of(budget, || {
+        for _ in 0..calls {
+            call();
+        }
+    });
+    black_box(&c);
+    let gflops = (2 * m * n * k * calls) as f64 / secs / 1e9;
+    Measurement {
+        kernel: format!("{} {dtype}", if gemv { "gemv" } else { "gemm" }),
+        isa: isa.name().into(),
+        shape: format!("{m}x{k}x{n}"),
+        value: gflops,
+        unit: "GFLOP/s",
+        peak_fraction: peak.map(|p| gflops / p),
+    }
+}
+
 /// Writes the measurements as a table, one row per (level, kernel), one
 /// column pair per size.
 pub fn write_table(out: &mut impl Write, rows: &[Measurement]) -> std::io::Result<()> {
@@ -302,12 +409,32 @@ pub fn write_table(out: &mut impl Write, rows: &[Measurement]) -> std::io::Resul
             "conversion ceilings: not measured yet (memcpy is no ceiling: the AVX-512 paths beat it)"
         )?;
     }
-    // TODO(GEMM helper): add GEMM rows (f32/bf16/f16 at 1024^3 and a GEMV,
-    // GFLOP/s over `mixprec_kernels::peak`) once the fast GEMM paths land.
-    writeln!(
-        out,
-        "gemm: not measured yet (waits for the SIMD GEMM paths)"
-    )?;
+    let gemm_rows: Vec<&Measurement> = rows.iter().filter(|r| r.unit == "GFLOP/s").collect();
+    if !gemm_rows.is_empty() {
+        writeln!(
+            out,
+            "gemm, {} thread(s), f32 output, GFLOP/s (% of the vfmadd231ps zmm peak measured now)",
+            gemm::num_threads()
+        )?;
+        for r in gemm_rows {
+            write!(
+                out,
+                "{:<18} {:<11} {:>14} {:>10.1}",
+                r.isa, r.kernel, r.shape, r.value
+            )?;
+            match r.peak_fraction {
+                Some(f) => writeln!(out, " ({:>4.0}%)", 100.0 * f)?,
+                None => writeln!(out)?,
+            }
+        }
+    }
+    for r in rows.iter().filter(|r| r.unit == "GFLOP/s (peak)") {
+        writeln!(
+            out,
+            "peak {} ({}): {:.1} GFLOP/s",
+            r.kernel, r.shape, r.value
+        )?;
+    }
     Ok(())
 }
 
