@@ -129,14 +129,16 @@ mod tests {
         assert_eq!(f32_to_f16_bits(65504.0f32.to_bits()), 0x7BFF);
         assert_eq!(f32_to_f16_bits(65519.996f32.to_bits()), 0x7BFF);
         assert_eq!(f32_to_f16_bits(65520.0f32.to_bits()), 0x7C00);
-        assert_eq!(f32_to_f16_bits(2f32.powi(-24).to_bits()), 0x0001);
-        assert_eq!(f32_to_f16_bits(2f32.powi(-25).to_bits()), 0x0000); // tie to even (0)
-        assert_eq!(f32_to_f16_bits((1.5 * 2f32.powi(-25)).to_bits()), 0x0001);
-        assert_eq!(f32_to_f16_bits(2f32.powi(-14).to_bits()), 0x0400);
+        // Powers of two as bit patterns: exact on every platform, Miri included
+        // (which perturbs `powi`).
+        assert_eq!(f32_to_f16_bits(0x3380_0000), 0x0001); // 2^-24
+        assert_eq!(f32_to_f16_bits(0x3300_0000), 0x0000); // 2^-25: tie to even (0)
+        assert_eq!(f32_to_f16_bits(0x3340_0000), 0x0001); // 1.5 * 2^-25
+        assert_eq!(f32_to_f16_bits(0x3880_0000), 0x0400); // 2^-14
         assert_eq!(f32_to_f16_bits((-0.0f32).to_bits()), 0x8000);
         assert_eq!(f32_to_f16_bits(0x7F80_0001), 0x7E00);
-        assert_eq!(f16_to_f32_bits(0x0001), 2f32.powi(-24).to_bits());
-        assert_eq!(f16_to_f32_bits(0x03FF), (1023.0 * 2f32.powi(-24)).to_bits());
+        assert_eq!(f16_to_f32_bits(0x0001), 0x3380_0000);
+        assert_eq!(f16_to_f32_bits(0x03FF), 0x387F_C000); // 1023 * 2^-24
         assert_eq!(f16_to_f32_bits(0xFC00), f32::NEG_INFINITY.to_bits());
         assert_eq!(f16_to_f32_bits(0x7C01), 0x7FC0_2000);
     }
