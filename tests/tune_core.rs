@@ -487,6 +487,8 @@ proptest! {
         prop_assert!(r.trials.len() <= max_trials);
         prop_assert_eq!(target.evals.get(), r.evaluations);
         prop_assert_eq!(r.evaluations, r.trials.len() + 1);
+        // Passed exactly when some trial passed.
+        prop_assert_eq!(r.status == TuneStatus::Passed, r.trials.iter().any(|x| x.passed));
         // A reported pass meets the tolerance when evaluated again.
         let again = target.metric(&t.model);
         prop_assert_eq!(again, r.final_metric);
@@ -511,4 +513,41 @@ proptest! {
             prop_assert_eq!(r.status, TuneStatus::Passed);
         }
     }
+}
+
+#[test]
+fn nodes_measured_slower_low_go_back_to_fp32() {
+    let (mut chain, eval) = folded_chain(6);
+    chain.slow_low = Some(vec!["l03".to_string()]);
+    let config = TuningConfig {
+        tolerance: Tolerance::Absolute(0.03),
+        higher_is_better: false,
+        ..cfg(&[FloatType::Bf16, FloatType::F32], Strategy::Default)
+    };
+    let t = autotune_target(&chain, &config, rel_err_metric(&chain, &eval)).unwrap();
+    let r = &t.report;
+    assert_eq!(r.status, TuneStatus::Passed, "{r}");
+    assert_eq!(t.plan["l00"], FloatType::F32);
+    assert_eq!(t.plan["l03"], FloatType::F32, "{r}");
+    assert_eq!(
+        t.plan.values().filter(|d| **d == FloatType::Bf16).count(),
+        4
+    );
+    let last = r.trials.last().unwrap();
+    assert_eq!(last.phase, "speed");
+    assert!(last.passed);
+    let l03 = r.nodes.iter().find(|n| n.name == "l03").unwrap();
+    assert!(
+        l03.reason.as_deref().unwrap().contains("measured slower"),
+        "{r}"
+    );
+    assert_eq!(l03.time_low_s, Some(20e-6));
+
+    // Turned off, the plan ignores the measurements.
+    let config = TuningConfig {
+        prefer_measured_speed: false,
+        ..config
+    };
+    let t = autotune_target(&chain, &config, rel_err_metric(&chain, &eval)).unwrap();
+    assert_eq!(t.plan["l03"], FloatType::Bf16);
 }

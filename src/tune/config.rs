@@ -321,8 +321,16 @@ pub struct TuningConfig {
     /// the evaluation data; when `None`, deterministic synthetic inputs
     /// are used (and the report says so).
     pub calibration: Option<Calibration>,
-    /// Repetitions when measuring latency for the speedup (median). Default 5.
+    /// Repetitions when measuring latency for the speedup and the per-node
+    /// times (median). Default 5.
     pub latency_reps: usize,
+    /// Whether the default strategy's last step may keep in fp32 the nodes
+    /// its per-node profile measures slower in low precision than in fp32
+    /// (one more trial). Measured times can change between runs, so with
+    /// `true` two runs can differ when a node's times are close to the
+    /// threshold; `false` makes the plan depend only on the metric and the
+    /// calibration outputs. Default true.
+    pub prefer_measured_speed: bool,
 }
 
 impl Default for TuningConfig {
@@ -336,6 +344,7 @@ impl Default for TuningConfig {
             strategy: Strategy::Default,
             calibration: None,
             latency_reps: 5,
+            prefer_measured_speed: true,
         }
     }
 }

@@ -199,16 +199,17 @@ where
             let plan = o.winner.clone().unwrap_or_else(|| s.all_f32());
             (o, sp, plan, TuneStatus::Passed)
         }
-        (None, Some((o, sp))) => {
-            let plan = match s.best_trial() {
-                Some(p) => p,
-                None => {
-                    notes.push("no trial ran; returning the fp32 plan".to_string());
-                    s.all_f32()
-                }
-            };
-            (o, sp, plan, TuneStatus::ToleranceNotMet)
-        }
+        (None, Some((o, sp))) => match s.best_trial() {
+            // A strategy cut short may still have seen a passing plan.
+            Some(p) if s.trial_of(&p).is_some_and(|(_, m)| s.passes(m)) => {
+                (o, sp, p, TuneStatus::Passed)
+            }
+            Some(p) => (o, sp, p, TuneStatus::ToleranceNotMet),
+            None => {
+                notes.push("no trial ran; returning the fp32 plan".to_string());
+                (o, sp, s.all_f32(), TuneStatus::ToleranceNotMet)
+            }
+        },
         (None, None) => unreachable!("config_set is non-empty after validation"),
     };
     let final_metric = s.trial_of(&plan).map_or(baseline, |(_, m)| m);
@@ -304,7 +305,7 @@ where
         baseline,
         final_metric,
         evaluations: s.trials.len() + 1,
-        sensitivity_passes: s.sensitivity_passes,
+        calibration_passes: s.calibration_passes,
         trials: s.trials.clone(),
         nodes,
         latency_fp32_s: lat_fp32,

@@ -88,9 +88,9 @@ pub struct TuningReport {
     pub final_metric: f64,
     /// `eval_fn` calls, baseline included.
     pub evaluations: usize,
-    /// Forward passes on the calibration inputs used to rank nodes (no
-    /// `eval_fn`).
-    pub sensitivity_passes: usize,
+    /// Forward passes on the calibration inputs (sensitivity ranking and
+    /// per-node profiling; no `eval_fn`).
+    pub calibration_passes: usize,
     /// Every trial, in order.
     pub trials: Vec<TrialRecord>,
     /// Every lowerable node, in execution order.
@@ -149,12 +149,12 @@ impl fmt::Display for TuningReport {
         )?;
         writeln!(
             f,
-            "baseline {:.6} -> final {:.6}, {} evaluations ({} trials), {} sensitivity passes",
+            "baseline {:.6} -> final {:.6}, {} evaluations ({} trials), {} calibration passes",
             self.baseline,
             self.final_metric,
             self.evaluations,
             self.trials.len(),
-            self.sensitivity_passes
+            self.calibration_passes
         )?;
         let per: Vec<String> = self
             .nodes_per_dtype()

@@ -19,6 +19,13 @@ pub(crate) type Plan = Vec<FloatType>;
 /// before plain bisection.
 const GAP_RATIO: f64 = 4.0;
 
+/// A low node counts as measured slower than fp32 when its median time is
+/// this many times the fp32 one...
+const SLOWER_RATIO: f64 = 1.25;
+/// ...and at least this many seconds more (so noise on tiny nodes does
+/// not decide).
+const SLOWER_MIN_S: f64 = 2e-6;
+
 /// Op types that do the heavy lifting; others are cheap enough to follow
 /// their neighbours' precision when no cost model says otherwise.
 const HEAVY_OPS: [&str; 5] = ["Gemm", "MatMul", "Conv", "ConvTranspose", "Linear"];
@@ -106,9 +113,11 @@ pub(crate) struct Session<'a, T: Tunable, F> {
     deadline: Option<Instant>,
     pub trials: Vec<TrialRecord>,
     cache: HashMap<Plan, (f64, bool, usize)>,
-    pub sensitivity_passes: usize,
+    pub calibration_passes: usize,
     pub timed_out: bool,
     reference: Option<Vec<f32>>,
+    reps: usize,
+    prefer_measured: bool,
 }
 
 impl<'a, T, F, E> Session<'a, T, F>
@@ -128,9 +137,11 @@ where
             deadline: cfg.timeout.map(|t| start + t),
             trials: Vec::new(),
             cache: HashMap::new(),
-            sensitivity_passes: 0,
+            calibration_passes: 0,
             timed_out: false,
             reference: None,
+            reps: cfg.latency_reps.max(1),
+            prefer_measured: cfg.prefer_measured_speed,
         }
     }
 
@@ -237,10 +248,42 @@ where
     /// Calibration outputs of a plan (no `eval_fn`).
     pub fn forward(&mut self, plan: &[FloatType]) -> Result<Vec<f32>, TuneError<E>> {
         let model = self.compile(plan, "sensitivity")?;
-        self.sensitivity_passes += 1;
+        self.calibration_passes += 1;
         self.target
             .forward(&model)
             .map_err(|e| TuneError::model("running the calibration inputs", e))
+    }
+
+    /// Median seconds per node over `reps` profiled calibration passes, by
+    /// node index; `None` when the model cannot profile.
+    pub fn node_time_medians(
+        &mut self,
+        plan: &[FloatType],
+    ) -> Result<Option<Vec<f64>>, TuneError<E>> {
+        let model = self.compile(plan, "profiling")?;
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); self.nodes.len()];
+        for _ in 0..self.reps {
+            let Some(times) = self
+                .target
+                .node_times(&model)
+                .map_err(|e| TuneError::model("profiling the calibration inputs", e))?
+            else {
+                return Ok(None);
+            };
+            self.calibration_passes += 1;
+            for (i, n) in self.nodes.iter().enumerate() {
+                samples[i].push(times.get(&n.name).copied().unwrap_or(0.0));
+            }
+        }
+        Ok(Some(
+            samples
+                .into_iter()
+                .map(|mut v| {
+                    v.sort_by(f64::total_cmp);
+                    v.get(v.len() / 2).copied().unwrap_or(0.0)
+                })
+                .collect(),
+        ))
     }
 
     fn reference(&mut self) -> Result<Vec<f32>, TuneError<E>> {
@@ -526,7 +569,7 @@ where
             }
         }
     }
-    if exhausted {
+    if exhausted && !hi_passed {
         return Ok(out);
     }
     if !hi_passed {
@@ -671,6 +714,44 @@ where
                 ));
             }
             None => break,
+        }
+    }
+
+    // Step 5b: a node measured slower in low precision than in fp32 (its
+    // casts and conversions cost more than the halved bytes save) is
+    // better off in fp32 on both counts; try them back in fp32 together.
+    if s.prefer_measured
+        && let (Some(t32), Some(tlow)) = (
+            s.node_time_medians(&s.all_f32())?,
+            s.node_time_medians(&space.plan(low, &vec![false; m]))?,
+        )
+    {
+        let slower: Vec<usize> = (0..m)
+            .filter(|&c| !fp32[c])
+            .filter(|&c| {
+                let i = space.cand[c];
+                tlow[i] > SLOWER_RATIO * t32[i] && tlow[i] - t32[i] > SLOWER_MIN_S
+            })
+            .collect();
+        if !slower.is_empty() {
+            let mut trial_fp32 = fp32.clone();
+            for &c in &slower {
+                trial_fp32[c] = true;
+            }
+            let plan = space.plan(low, &trial_fp32);
+            let desc = describe(&s.nodes, &plan, low);
+            if let Some((true, _)) = s.trial(&plan, "speed", desc)? {
+                for &c in &slower {
+                    let i = space.cand[c];
+                    out.reasons[i] = Some(format!(
+                        "measured slower in {} ({:.1} us) than in fp32 ({:.1} us)",
+                        low.name(),
+                        tlow[i] * 1e6,
+                        t32[i] * 1e6
+                    ));
+                }
+                current = plan;
+            }
         }
     }
     out.winner = Some(current);

@@ -44,6 +44,9 @@ pub struct Chain {
     pub layers: Vec<Layer>,
     pub calibration: Vec<Vec<f32>>,
     pub forwards: Cell<usize>,
+    /// Nodes whose (fake, deterministic) profile says they run slower in
+    /// low precision than in f32; `None` = no profile.
+    pub slow_low: Option<Vec<String>>,
 }
 
 #[derive(Debug)]
@@ -58,6 +61,7 @@ impl Chain {
             layers: layers.into_iter().map(|(_, l)| l).collect(),
             calibration,
             forwards: Cell::new(0),
+            slow_low: None,
         }
     }
 
@@ -131,6 +135,26 @@ impl Tunable for Chain {
     fn forward(&self, model: &ChainModel) -> Result<Vec<f32>, BoxError> {
         self.forwards.set(self.forwards.get() + 1);
         Ok(self.run(model, &self.calibration).concat())
+    }
+
+    fn node_times(&self, m: &ChainModel) -> Result<Option<BTreeMap<String, f64>>, BoxError> {
+        let Some(slow) = &self.slow_low else {
+            return Ok(None);
+        };
+        Ok(Some(
+            self.names
+                .iter()
+                .zip(&m.dtypes)
+                .map(|(n, d)| {
+                    let t = match (*d == FloatType::F32, slow.contains(n)) {
+                        (true, _) => 10e-6,
+                        (false, true) => 20e-6,
+                        (false, false) => 5e-6,
+                    };
+                    (n.clone(), t)
+                })
+                .collect(),
+        ))
     }
 
     fn node_costs(&self) -> Option<BTreeMap<String, f64>> {
