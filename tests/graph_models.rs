@@ -8,7 +8,8 @@ use std::collections::HashMap;
 
 use graph_common::*;
 use mixprec::graph::{
-    Binary, CompileOptions, CompiledModel, DType, Dim, Graph, GraphBuilder, GraphError, Op, PrecisionPlan, Tensor, Unary,
+    Binary, CompileOptions, CompiledModel, DType, Dim, Graph, GraphBuilder, GraphError, Op,
+    PrecisionPlan, Tensor, Unary,
 };
 use mixprec::kernels::FloatType;
 use mixprec::kernels::gemm;
@@ -44,15 +45,27 @@ fn mlp(seed: u64) -> Mlp {
     let h = g.relu("act1", h).unwrap();
     let y = g.linear("fc2", h, &w2, Some(&b2)).unwrap();
     g.output(y);
-    Mlp { graph: g.finish().unwrap(), w1: f64s(&w1), b1: f64s(&b1), w2: f64s(&w2), b2: f64s(&b2) }
+    Mlp {
+        graph: g.finish().unwrap(),
+        w1: f64s(&w1),
+        b1: f64s(&b1),
+        w2: f64s(&w2),
+        b2: f64s(&b2),
+    }
 }
 
 fn mlp_ref(m: &Mlp, x: &[f64], batch: usize) -> Vec<f64> {
     let mut out = Vec::new();
     for r in 0..batch {
         let xr = &x[r * D_IN..(r + 1) * D_IN];
-        let h: Vec<f64> = (0..D_H).map(|j| (m.b1[j] + (0..D_IN).map(|i| xr[i] * m.w1[j * D_IN + i]).sum::<f64>()).max(0.0)).collect();
-        out.extend((0..D_OUT).map(|j| m.b2[j] + (0..D_H).map(|i| h[i] * m.w2[j * D_H + i]).sum::<f64>()));
+        let h: Vec<f64> = (0..D_H)
+            .map(|j| {
+                (m.b1[j] + (0..D_IN).map(|i| xr[i] * m.w1[j * D_IN + i]).sum::<f64>()).max(0.0)
+            })
+            .collect();
+        out.extend(
+            (0..D_OUT).map(|j| m.b2[j] + (0..D_H).map(|i| h[i] * m.w2[j * D_H + i]).sum::<f64>()),
+        );
     }
     out
 }
@@ -69,11 +82,20 @@ fn mlp_f32_matches_reference_and_low_precision_plans_match_f32() {
     let mut rng = Rng::new(12);
     for batch in [1, 7, 33] {
         let x = rng.tensor(&[batch, D_IN], -2.0, 2.0);
-        let f32m = m.graph.compile(&PrecisionPlan::all(&m.graph, FloatType::F32)).unwrap();
+        let f32m = m
+            .graph
+            .compile(&PrecisionPlan::all(&m.graph, FloatType::F32))
+            .unwrap();
         let y32 = run1(&f32m, "x", &x);
         assert_eq!(y32.shape(), &[batch, D_OUT]);
         assert_eq!(y32.dtype(), DType::F32);
-        assert_close(&y32.to_f32_vec(), &mlp_ref(&m, &f64s(&x), batch), 1e-5, 1e-5, "mlp f32");
+        assert_close(
+            &y32.to_f32_vec(),
+            &mlp_ref(&m, &f64s(&x), batch),
+            1e-5,
+            1e-5,
+            "mlp f32",
+        );
         for (ty, tol) in [(FloatType::Bf16, TOL_BF16), (FloatType::F16, TOL_F16)] {
             let model = m.graph.compile(&PrecisionPlan::all(&m.graph, ty)).unwrap();
             let y = run1(&model, "x", &x);
@@ -99,7 +121,9 @@ fn low_precision_node_rounds_its_inputs_and_output() {
     g.output(y);
     let graph = g.finish().unwrap();
     let xt = rng.tensor(&[3, 6], -1.0, 1.0);
-    let model = graph.compile(&PrecisionPlan::all(&graph, FloatType::Bf16)).unwrap();
+    let model = graph
+        .compile(&PrecisionPlan::all(&graph, FloatType::Bf16))
+        .unwrap();
     let got = run1(&model, "x", &xt).to_f32_vec();
     let r = |v: f32| half::bf16::from_f32(v).to_f32() as f64;
     let (xv, wv) = (xt.to_f32_vec(), w.to_f32_vec());
@@ -110,8 +134,16 @@ fn low_precision_node_rounds_its_inputs_and_output() {
             // f32 accumulation may differ from the f64 sum in the last f32
             // bits, which can flip a bf16 rounding: allow one bf16 ulp.
             let ulp = (want.abs() * 2f32.powi(-7)).max(1e-30);
-            assert!((got[i * 5 + j] - want).abs() <= ulp, "({i},{j}): {} vs {want}", got[i * 5 + j]);
-            assert_eq!(half::bf16::from_f32(got[i * 5 + j]).to_f32(), got[i * 5 + j], "output is bf16-representable");
+            assert!(
+                (got[i * 5 + j] - want).abs() <= ulp,
+                "({i},{j}): {} vs {want}",
+                got[i * 5 + j]
+            );
+            assert_eq!(
+                half::bf16::from_f32(got[i * 5 + j]).to_f32(),
+                got[i * 5 + j],
+                "output is bf16-representable"
+            );
         }
     }
 }
@@ -148,9 +180,13 @@ fn encoder_block(seed: u64) -> Block {
     let bf2 = t("b2", &[D], -0.1, 0.1);
 
     let mut g = GraphBuilder::new();
-    let x = g.input("x", &[Dim::sym("batch"), Dim::sym("seq"), D.into()], DType::F32);
+    let x = g.input(
+        "x",
+        &[Dim::sym("batch"), Dim::sym("seq"), D.into()],
+        DType::F32,
+    );
     let h = g.layer_norm("ln1", x, &g1, Some(&b1), 1e-5).unwrap();
-    let mut proj = |g: &mut GraphBuilder, name: &str, w: &Tensor, b: Option<&Tensor>, x| {
+    let proj = |g: &mut GraphBuilder, name: &str, w: &Tensor, b: Option<&Tensor>, x| {
         let wid = g.initializer(&format!("{name}.w"), w.clone());
         let y = g.matmul(name, x, wid).unwrap();
         match b {
@@ -186,7 +222,10 @@ fn encoder_block(seed: u64) -> Block {
     let f = proj(&mut g, "ff2", &w2, Some(&bf2), f);
     let y = g.add("residual2", x1, f).unwrap();
     g.output(y);
-    Block { graph: g.finish().unwrap(), params }
+    Block {
+        graph: g.finish().unwrap(),
+        params,
+    }
 }
 
 fn block_ref(b: &Block, x: &[f64], batch: usize, seq: usize) -> Vec<f64> {
@@ -196,7 +235,9 @@ fn block_ref(b: &Block, x: &[f64], batch: usize, seq: usize) -> Vec<f64> {
             .flat_map(|r| {
                 let m = r.iter().sum::<f64>() / D as f64;
                 let v = r.iter().map(|a| (a - m).powi(2)).sum::<f64>() / D as f64;
-                (0..D).map(move |j| (r[j] - m) / (v + 1e-5).sqrt() * g[j] + bb[j]).collect::<Vec<_>>()
+                (0..D)
+                    .map(move |j| (r[j] - m) / (v + 1e-5).sqrt() * g[j] + bb[j])
+                    .collect::<Vec<_>>()
             })
             .collect()
     };
@@ -204,7 +245,10 @@ fn block_ref(b: &Block, x: &[f64], batch: usize, seq: usize) -> Vec<f64> {
         x.chunks(din)
             .flat_map(|r| {
                 (0..dout)
-                    .map(|j| bias.map_or(0.0, |b| b[j]) + (0..din).map(|i| r[i] * w[i * dout + j]).sum::<f64>())
+                    .map(|j| {
+                        bias.map_or(0.0, |b| b[j])
+                            + (0..din).map(|i| r[i] * w[i * dout + j]).sum::<f64>()
+                    })
                     .collect::<Vec<_>>()
             })
             .collect()
@@ -218,12 +262,18 @@ fn block_ref(b: &Block, x: &[f64], batch: usize, seq: usize) -> Vec<f64> {
         for hd in 0..HEADS {
             for i in 0..seq {
                 let at = |t: &Vec<f64>, s: usize, d: usize| t[(bi * seq + s) * D + hd * DH + d];
-                let sc: Vec<f64> = (0..seq).map(|j| (0..DH).map(|d| at(&q, i, d) * at(&k, j, d)).sum::<f64>() / (DH as f64).sqrt()).collect();
+                let sc: Vec<f64> = (0..seq)
+                    .map(|j| {
+                        (0..DH).map(|d| at(&q, i, d) * at(&k, j, d)).sum::<f64>()
+                            / (DH as f64).sqrt()
+                    })
+                    .collect();
                 let m = sc.iter().cloned().fold(f64::MIN, f64::max);
                 let e: Vec<f64> = sc.iter().map(|s| (s - m).exp()).collect();
                 let z: f64 = e.iter().sum();
                 for d in 0..DH {
-                    ctx[(bi * seq + i) * D + hd * DH + d] = (0..seq).map(|j| e[j] / z * at(&v, j, d)).sum();
+                    ctx[(bi * seq + i) * D + hd * DH + d] =
+                        (0..seq).map(|j| e[j] / z * at(&v, j, d)).sum();
                 }
             }
         }
@@ -242,13 +292,25 @@ fn transformer_block_in_f32_bf16_f16() {
     let b = encoder_block(21);
     let mut rng = Rng::new(22);
     let f32m = b.graph.compile(&PrecisionPlan::new()).unwrap();
-    let bf = b.graph.compile(&PrecisionPlan::all(&b.graph, FloatType::Bf16)).unwrap();
-    let hf = b.graph.compile(&PrecisionPlan::all(&b.graph, FloatType::F16)).unwrap();
+    let bf = b
+        .graph
+        .compile(&PrecisionPlan::all(&b.graph, FloatType::Bf16))
+        .unwrap();
+    let hf = b
+        .graph
+        .compile(&PrecisionPlan::all(&b.graph, FloatType::F16))
+        .unwrap();
     for (batch, seq) in [(1, 1), (2, 5), (3, 7)] {
         let x = rng.tensor(&[batch, seq, D], -1.5, 1.5);
         let y32 = run1(&f32m, "x", &x);
         assert_eq!(y32.shape(), &[batch, seq, D]);
-        assert_close(&y32.to_f32_vec(), &block_ref(&b, &f64s(&x), batch, seq), 2e-5, 2e-5, "block f32");
+        assert_close(
+            &y32.to_f32_vec(),
+            &block_ref(&b, &f64s(&x), batch, seq),
+            2e-5,
+            2e-5,
+            "block f32",
+        );
         for (m, tol, ty) in [(&bf, TOL_BF16, "bf16"), (&hf, TOL_F16, "f16")] {
             let y = run1(m, "x", &x);
             let err = rel_max_err(&y.to_f32_vec(), &y32.to_f32_vec());
@@ -256,8 +318,23 @@ fn transformer_block_in_f32_bf16_f16() {
         }
     }
     // Data-movement nodes are not in plans; compute nodes are.
-    let lowerable: Vec<String> = b.graph.lowerable_nodes().into_iter().map(|n| n.name).collect();
-    for name in ["ln1", "q", "q.add", "scores", "scaled", "attn", "context", "gelu", "residual2"] {
+    let lowerable: Vec<String> = b
+        .graph
+        .lowerable_nodes()
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    for name in [
+        "ln1",
+        "q",
+        "q.add",
+        "scores",
+        "scaled",
+        "attn",
+        "context",
+        "gelu",
+        "residual2",
+    ] {
         assert!(lowerable.contains(&name.to_string()), "{name}");
     }
     for name in ["q.split", "q.t", "context.merge"] {
@@ -274,14 +351,20 @@ fn casts_inserted_for_a_mixed_plan() {
     let g = &m.graph;
     let count = |plan: &PrecisionPlan| {
         let model = g.compile(plan).unwrap();
-        (model.num_runtime_casts(), model.casts().iter().filter(|c| c.at_compile_time).count())
+        (
+            model.num_runtime_casts(),
+            model.casts().iter().filter(|c| c.at_compile_time).count(),
+        )
     };
     assert_eq!(count(&PrecisionPlan::new()), (0, 0));
     // x -> bf16 and fc2 -> f32 at run time; four weights converted once.
     assert_eq!(count(&PrecisionPlan::all(g, FloatType::Bf16)), (2, 4));
     // fc1 bf16, act1 f32, fc2 bf16: x->bf16, fc1->f32, act1->bf16, fc2->f32.
     let mut mixed = PrecisionPlan::new();
-    mixed.set("fc1", FloatType::Bf16).set("act1", FloatType::F32).set("fc2", FloatType::Bf16);
+    mixed
+        .set("fc1", FloatType::Bf16)
+        .set("act1", FloatType::F32)
+        .set("fc2", FloatType::Bf16);
     assert_eq!(count(&mixed), (4, 4));
     // Only the first layer in f32: fc1's output is cast once for act1.
     let mut p = PrecisionPlan::all(g, FloatType::F16);
@@ -290,7 +373,13 @@ fn casts_inserted_for_a_mixed_plan() {
     // A mixed plan still computes the right thing.
     let x = Rng::new(32).tensor(&[4, D_IN], -1.0, 1.0);
     let y = run1(&g.compile(&mixed).unwrap(), "x", &x);
-    let err = rel_max_err(&y.to_f32_vec(), &mlp_ref(&m, &f64s(&x), 4).iter().map(|&v| v as f32).collect::<Vec<_>>());
+    let err = rel_max_err(
+        &y.to_f32_vec(),
+        &mlp_ref(&m, &f64s(&x), 4)
+            .iter()
+            .map(|&v| v as f32)
+            .collect::<Vec<_>>(),
+    );
     assert!(err <= TOL_BF16, "{err}");
 }
 
@@ -310,10 +399,17 @@ fn one_cast_shared_by_all_consumers_and_no_cast_pairs() {
     let mut plan = PrecisionPlan::all(&graph, FloatType::Bf16);
     plan.set("c", FloatType::Bf16);
     let model = graph.compile(&plan).unwrap();
-    let casts: Vec<(String, DType, DType)> = model.casts().iter().map(|c| (c.value.clone(), c.from, c.to)).collect();
+    let casts: Vec<(String, DType, DType)> = model
+        .casts()
+        .iter()
+        .map(|c| (c.value.clone(), c.from, c.to))
+        .collect();
     assert_eq!(
         casts,
-        vec![("x".to_string(), DType::F32, DType::Bf16), ("d".to_string(), DType::Bf16, DType::F32)],
+        vec![
+            ("x".to_string(), DType::F32, DType::Bf16),
+            ("d".to_string(), DType::Bf16, DType::F32)
+        ],
         "x cast once for a and b; no cast after `up`"
     );
     let xt = Tensor::from_f32(&[4], vec![1.0, -2.0, 3.0, -4.5]).unwrap();
@@ -332,13 +428,23 @@ fn f32_plans_are_bitwise_identical_for_any_thread_count() {
     let models = [
         (b.graph.compile(&PrecisionPlan::new()).unwrap(), &x),
         (m.graph.compile(&PrecisionPlan::new()).unwrap(), &xm),
-        (m.graph.compile(&PrecisionPlan::all(&m.graph, FloatType::Bf16)).unwrap(), &xm),
+        (
+            m.graph
+                .compile(&PrecisionPlan::all(&m.graph, FloatType::Bf16))
+                .unwrap(),
+            &xm,
+        ),
     ];
     let before = gemm::num_threads();
     let mut results = Vec::new();
     for threads in [1, 2, 1] {
         gemm::set_num_threads(threads);
-        results.push(models.iter().map(|(model, x)| run1(model, "x", x).to_f32_vec()).collect::<Vec<_>>());
+        results.push(
+            models
+                .iter()
+                .map(|(model, x)| run1(model, "x", x).to_f32_vec())
+                .collect::<Vec<_>>(),
+        );
     }
     gemm::set_num_threads(before);
     for r in &results[1..] {
@@ -354,11 +460,16 @@ fn compiled_model_is_send_sync_and_runs_from_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<CompiledModel>();
     let m = mlp(51);
-    let model = m.graph.compile(&PrecisionPlan::all(&m.graph, FloatType::Bf16)).unwrap();
+    let model = m
+        .graph
+        .compile(&PrecisionPlan::all(&m.graph, FloatType::Bf16))
+        .unwrap();
     let x = Rng::new(52).tensor(&[9, D_IN], -1.0, 1.0);
     let want = run1(&model, "x", &x).to_f32_vec();
     std::thread::scope(|s| {
-        let hs: Vec<_> = (0..3).map(|_| s.spawn(|| run1(&model, "x", &x).to_f32_vec())).collect();
+        let hs: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| run1(&model, "x", &x).to_f32_vec()))
+            .collect();
         for h in hs {
             assert_eq!(h.join().unwrap(), want);
         }
@@ -368,14 +479,23 @@ fn compiled_model_is_send_sync_and_runs_from_threads() {
 #[test]
 fn profiling_reports_every_step() {
     let m = mlp(61);
-    let model = m.graph.compile(&PrecisionPlan::all(&m.graph, FloatType::Bf16)).unwrap();
+    let model = m
+        .graph
+        .compile(&PrecisionPlan::all(&m.graph, FloatType::Bf16))
+        .unwrap();
     let x = Rng::new(62).tensor(&[5, D_IN], -1.0, 1.0);
     let (out, prof) = model.run_profiled(&[("x", &x)]).unwrap();
     assert_eq!(out["fc2"].to_f32_vec(), run1(&model, "x", &x).to_f32_vec());
     let names: Vec<&str> = prof.entries.iter().map(|e| e.name.as_str()).collect();
-    assert_eq!(names, vec!["cast:x->bf16", "fc1", "act1", "fc2", "cast:fc2->f32"]);
+    assert_eq!(
+        names,
+        vec!["cast:x->bf16", "fc1", "act1", "fc2", "cast:fc2->f32"]
+    );
     let fc1 = &prof.entries[1];
-    assert_eq!((fc1.op_type, fc1.dtype, fc1.inserted_cast), ("Gemm", DType::Bf16, false));
+    assert_eq!(
+        (fc1.op_type, fc1.dtype, fc1.inserted_cast),
+        ("Gemm", DType::Bf16, false)
+    );
     // fc1 reads x (5x24 bf16), W (40x24 bf16), b (40 bf16), writes 5x40 bf16.
     assert_eq!(fc1.bytes, 2 * (5 * 24 + 40 * 24 + 40 + 5 * 40));
     assert!(prof.entries[0].inserted_cast);
@@ -395,7 +515,10 @@ fn plans_validate_and_round_trip_as_json() {
     let path = dir.path().join("plan.json");
     plan.save(&path).unwrap();
     assert_eq!(PrecisionPlan::load(&path).unwrap(), plan);
-    assert!(matches!(PrecisionPlan::from_json(r#"{"nodes": {"fc1": "fp8"}}"#), Err(GraphError::PlanFormat { .. })));
+    assert!(matches!(
+        PrecisionPlan::from_json(r#"{"nodes": {"fc1": "fp8"}}"#),
+        Err(GraphError::PlanFormat { .. })
+    ));
     let mut bad = plan.clone();
     bad.set("nope", FloatType::Bf16);
     assert!(matches!(g.compile(&bad), Err(GraphError::UnknownNode { name }) if name == "nope"));
@@ -403,10 +526,15 @@ fn plans_validate_and_round_trip_as_json() {
     let b = encoder_block(72);
     let mut p = PrecisionPlan::new();
     p.set("q.t", FloatType::Bf16);
-    assert!(matches!(b.graph.compile(&p), Err(GraphError::NotLowerable { name, op_type: "Transpose" }) if name == "q.t"));
+    assert!(
+        matches!(b.graph.compile(&p), Err(GraphError::NotLowerable { name, op_type: "Transpose" }) if name == "q.t")
+    );
     let lw = g.lowerable_nodes();
     let pairs: Vec<(&str, &str)> = lw.iter().map(|n| (n.name.as_str(), n.op_type)).collect();
-    assert_eq!(pairs, vec![("fc1", "Gemm"), ("act1", "Relu"), ("fc2", "Gemm")]);
+    assert_eq!(
+        pairs,
+        vec![("fc1", "Gemm"), ("act1", "Relu"), ("fc2", "Gemm")]
+    );
     assert_eq!(plan.counts()[&FloatType::Bf16], 2);
 }
 
@@ -414,11 +542,23 @@ fn plans_validate_and_round_trip_as_json() {
 fn outputs_in_node_dtype_when_asked() {
     let m = mlp(81);
     let plan = PrecisionPlan::all(&m.graph, FloatType::Bf16);
-    let model = m.graph.compile_with(&plan, &CompileOptions { outputs_in_node_dtype: true }).unwrap();
+    let model = m
+        .graph
+        .compile_with(
+            &plan,
+            &CompileOptions {
+                outputs_in_node_dtype: true,
+            },
+        )
+        .unwrap();
     assert_eq!(model.num_runtime_casts(), 1);
     let x = Rng::new(82).tensor(&[3, D_IN], -1.0, 1.0);
     let y = run1(&model, "x", &x);
     assert_eq!(y.dtype(), DType::Bf16);
     let y32 = run1(&m.graph.compile(&plan).unwrap(), "x", &x);
-    assert_eq!(y.to_f32_vec(), y32.to_f32_vec(), "the f32 output is the exact widening");
+    assert_eq!(
+        y.to_f32_vec(),
+        y32.to_f32_vec(),
+        "the f32 output is the exact widening"
+    );
 }

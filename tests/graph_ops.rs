@@ -312,6 +312,7 @@ fn conv_ref(
 fn conv_2d_and_1d() {
     let mut rng = Rng::new(5);
     // (x shape, w shape, strides, dilations, pads [t, l, b, r], group, bias)
+    #[allow(clippy::type_complexity)]
     let cases: Vec<(
         Vec<usize>,
         Vec<usize>,
@@ -679,12 +680,11 @@ fn pools() {
         let (h, w, kh, kw, sh, sw, pt, pl, pb, pr) = (5usize, 6usize, 3, 2, 2, 2, 1, 0, 1, 1);
         let span = |len: usize, k: usize, s: usize, p: usize| {
             let f = (len + p - k) as f64 / s as f64;
-            let o = if ceil {
+            if ceil {
                 f.ceil() as usize + 1
             } else {
                 f.floor() as usize + 1
-            };
-            o
+            }
         };
         let mut oh = span(h, kh, sh, pt + pb);
         let mut ow = span(w, kw, sw, pl + pr);
