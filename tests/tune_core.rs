@@ -26,6 +26,7 @@ fn damage(d: &[f64]) -> Damage {
     Damage {
         damage: d.to_vec(),
         evals: Default::default(),
+        op_types: None,
     }
 }
 
@@ -550,4 +551,36 @@ fn nodes_measured_slower_low_go_back_to_fp32() {
     };
     let t = autotune_target(&chain, &config, rel_err_metric(&chain, &eval)).unwrap();
     assert_eq!(t.plan["l03"], FloatType::Bf16);
+}
+
+#[test]
+fn cheap_node_between_fp32_nodes_joins_their_region() {
+    // Two sensitive GEMMs with a harmless ReLU between them: once both
+    // GEMMs are fp32, a bf16 ReLU would only add two casts.
+    let mut target = damage(&[0.5, 0.0, 0.5, 0.0]);
+    target.op_types = Some(vec!["Gemm", "Relu", "Gemm", "Gemm"]);
+    let t = autotune_target(&target, &TuningConfig::default(), |m| target.metric(m)).unwrap();
+    let r = &t.report;
+    assert_eq!(r.status, TuneStatus::Passed, "{r}");
+    assert_eq!(t.plan["n00"], FloatType::F32);
+    assert_eq!(t.plan["n01"], FloatType::F32, "{r}");
+    assert_eq!(t.plan["n02"], FloatType::F32);
+    assert_eq!(t.plan["n03"], FloatType::Bf16);
+    assert!(r.trials.iter().any(|x| x.phase == "region" && x.passed));
+    let relu = r.nodes.iter().find(|n| n.name == "n01").unwrap();
+    assert!(relu.reason.as_deref().unwrap().contains("region"), "{r}");
+}
+
+#[test]
+fn timeout_stops_the_search() {
+    let target = damage(&[0.5, 0.0]);
+    let config = TuningConfig {
+        timeout: Some(std::time::Duration::ZERO),
+        ..TuningConfig::default()
+    };
+    let t = autotune_target(&target, &config, |m| target.metric(m)).unwrap();
+    assert_eq!(t.report.evaluations, 1);
+    assert_eq!(t.report.status, TuneStatus::ToleranceNotMet);
+    assert!(t.report.notes.iter().any(|n| n.contains("timeout")));
+    assert!(t.plan.values().all(|d| *d == FloatType::F32));
 }

@@ -346,4 +346,19 @@ fn one_folded_layer_among_many_in_the_graph() {
     );
     // A reported pass is a pass when evaluated again.
     assert!(rel_err(&outputs(&t.model, &xe), &y0) <= 0.03);
+    let ow = autotune(
+        &graph,
+        &TuningConfig {
+            strategy: Strategy::OpWise,
+            ..config.clone()
+        },
+        |m| rel_err(&outputs(m, &xe), &y0),
+    )
+    .unwrap();
+    assert_eq!(ow.plan.dtype_of("l00"), FloatType::F32);
+    assert!(ow.report.evaluations > r.evaluations);
+    eprintln!(
+        "folded stack N={n_layers}: default {} evaluations, opwise {}",
+        r.evaluations, ow.report.evaluations
+    );
 }

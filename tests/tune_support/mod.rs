@@ -209,6 +209,8 @@ impl Rng {
 pub struct Damage {
     pub damage: Vec<f64>,
     pub evals: Cell<usize>,
+    /// Op type per node (default all `Gemm`).
+    pub op_types: Option<Vec<&'static str>>,
 }
 
 #[derive(Debug)]
@@ -239,7 +241,7 @@ impl Tunable for Damage {
         (0..self.damage.len())
             .map(|i| TunableNode {
                 name: Damage::name(i),
-                op_type: "Gemm".into(),
+                op_type: self.op_types.as_ref().map_or("Gemm", |t| t[i]).into(),
                 producers: if i == 0 {
                     vec![]
                 } else {
