@@ -1,0 +1,271 @@
+//! GEMM / GEMV throughput against the `gemm` (0.17) and `matrixmultiply`
+//! crates in the same run, plus the peak-FLOP loops so each figure can be
+//! read as a fraction of what this CPU does. Throughput is reported in
+//! elements = flops (2 m n k), so criterion's "Gelem/s" is GFLOP/s.
+//!
+//! `cargo bench --bench gemm` (a few minutes); figures go in the issue notes.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{
+    BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
+    measurement::WallTime,
+};
+use half::{bf16, f16};
+use mixprec_kernels::gemm::{
+    Element, Epilogue, MatMut, MatRef, PackedB, gemm, gemm_packed, set_num_threads,
+};
+use mixprec_kernels::peak::{PeakKind, peak_gflops};
+
+fn data<T: Element>(len: usize, seed: usize) -> Vec<T> {
+    (0..len)
+        .map(|i| T::from_f32(((i * 7 + seed) % 23) as f32 / 23.0 - 0.5))
+        .collect()
+}
+
+fn peaks(_c: &mut Criterion) {
+    for kind in [PeakKind::F32Fma, PeakKind::Bf16Dot, PeakKind::F16Fma] {
+        for threads in [1, 2] {
+            match peak_gflops(kind, threads) {
+                Some(g) => println!("peak {} x{threads}: {g:.1} GFLOP/s", kind.name()),
+                None => println!("peak {} x{threads}: not available on this CPU", kind.name()),
+            }
+        }
+    }
+}
+
+/// Ours: C (f32) = A (m x k) * B, B either k x n row-major or the transposed
+/// view of an [n, k] weight matrix.
+fn ours<T: Element>(
+    g: &mut BenchmarkGroup<WallTime>,
+    name: &str,
+    m: usize,
+    n: usize,
+    k: usize,
+    wt: bool,
+    threads: usize,
+) {
+    let a = data::<T>(m * k, 1);
+    let b = data::<T>(k * n, 2);
+    let mut c = vec![0.0f32; m * n];
+    let id = format!(
+        "{}/{}{}/t{threads}",
+        name,
+        T::DTYPE.name(),
+        if wt { "-wT" } else { "" }
+    );
+    g.bench_function(BenchmarkId::new(id, format!("{m}x{k}x{n}")), |bch| {
+        set_num_threads(threads);
+        let av = MatRef::new(&a, m, k, k).unwrap();
+        let bv = if wt {
+            MatRef::new(&b, n, k, k).unwrap().t()
+        } else {
+            MatRef::new(&b, k, n, n).unwrap()
+        };
+        bch.iter(|| {
+            gemm(
+                1.0,
+                black_box(av),
+                black_box(bv),
+                0.0,
+                MatMut::new(&mut c, m, n, n).unwrap(),
+                &Epilogue::default(),
+            )
+            .unwrap()
+        });
+    });
+}
+
+fn ours_packed<T: Element>(
+    g: &mut BenchmarkGroup<WallTime>,
+    m: usize,
+    n: usize,
+    k: usize,
+    threads: usize,
+) {
+    let a = data::<T>(m * k, 1);
+    let w = data::<T>(k * n, 2);
+    let packed = PackedB::pack(MatRef::new(&w, n, k, k).unwrap().t());
+    let mut c = vec![0.0f32; m * n];
+    let id = format!("mixprec-packed/{}/t{threads}", T::DTYPE.name());
+    g.bench_function(BenchmarkId::new(id, format!("{m}x{k}x{n}")), |bch| {
+        set_num_threads(threads);
+        let av = MatRef::new(&a, m, k, k).unwrap();
+        bch.iter(|| {
+            gemm_packed(
+                1.0,
+                black_box(av),
+                &packed,
+                0.0,
+                MatMut::new(&mut c, m, n, n).unwrap(),
+                &Epilogue::default(),
+            )
+            .unwrap()
+        });
+    });
+}
+
+/// The `gemm` crate, f32 or f16 (its f16 kernel), row-major operands.
+fn gemm_crate<T: Element>(
+    g: &mut BenchmarkGroup<WallTime>,
+    m: usize,
+    n: usize,
+    k: usize,
+    threads: usize,
+) {
+    let a = data::<T>(m * k, 1);
+    let b = data::<T>(k * n, 2);
+    let mut c = data::<T>(m * n, 3);
+    let par = if threads == 1 {
+        gemm::Parallelism::None
+    } else {
+        gemm::Parallelism::Rayon(threads)
+    };
+    let id = format!("gemm-crate/{}/t{threads}", T::DTYPE.name());
+    g.bench_function(BenchmarkId::new(id, format!("{m}x{k}x{n}")), |bch| {
+        bch.iter(|| {
+            // SAFETY: the three buffers hold m x k, k x n and m x n row-major
+            // elements with the strides given; f16 is half::f16 in both crates.
+            unsafe {
+                match T::DTYPE {
+                    mixprec_kernels::FloatType::F32 => gemm::gemm::<f32>(
+                        m,
+                        n,
+                        k,
+                        c.as_mut_ptr().cast(),
+                        1,
+                        n as isize,
+                        false,
+                        a.as_ptr().cast(),
+                        1,
+                        k as isize,
+                        b.as_ptr().cast(),
+                        1,
+                        n as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        par,
+                    ),
+                    _ => gemm::gemm::<gemm::f16>(
+                        m,
+                        n,
+                        k,
+                        c.as_mut_ptr().cast(),
+                        1,
+                        n as isize,
+                        false,
+                        a.as_ptr().cast(),
+                        1,
+                        k as isize,
+                        b.as_ptr().cast(),
+                        1,
+                        n as isize,
+                        gemm::f16::ZERO,
+                        gemm::f16::ONE,
+                        false,
+                        false,
+                        false,
+                        par,
+                    ),
+                }
+            }
+        });
+    });
+}
+
+fn matrixmultiply_f32(g: &mut BenchmarkGroup<WallTime>, m: usize, n: usize, k: usize) {
+    let a = data::<f32>(m * k, 1);
+    let b = data::<f32>(k * n, 2);
+    let mut c = vec![0.0f32; m * n];
+    g.bench_function(
+        BenchmarkId::new("matrixmultiply/f32/t1", format!("{m}x{k}x{n}")),
+        |bch| {
+            // SAFETY: buffers hold the row-major m x k, k x n and m x n matrices.
+            bch.iter(|| unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    k,
+                    n,
+                    1.0,
+                    a.as_ptr(),
+                    k as isize,
+                    1,
+                    b.as_ptr(),
+                    n as isize,
+                    1,
+                    0.0,
+                    c.as_mut_ptr(),
+                    n as isize,
+                    1,
+                )
+            });
+        },
+    );
+}
+
+fn group<'a>(c: &'a mut Criterion, name: &str, flops: u64) -> BenchmarkGroup<'a, WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    g.throughput(Throughput::Elements(flops));
+    g
+}
+
+fn squares(c: &mut Criterion) {
+    for s in [256, 1024, 2048] {
+        let mut g = group(c, &format!("square-{s}"), 2 * (s * s * s) as u64);
+        for t in [1, 2] {
+            ours::<f32>(&mut g, "mixprec", s, s, s, false, t);
+            ours::<bf16>(&mut g, "mixprec", s, s, s, false, t);
+            ours::<f16>(&mut g, "mixprec", s, s, s, false, t);
+            gemm_crate::<f32>(&mut g, s, s, s, t);
+        }
+        gemm_crate::<f16>(&mut g, s, s, s, 1);
+        matrixmultiply_f32(&mut g, s, s, s);
+        g.finish();
+    }
+    set_num_threads(0);
+}
+
+fn transformer(c: &mut Criterion) {
+    // (m, k, n): decode (m = 1, 8), prefill (128, 1024), QKV / MLP sizes.
+    for (m, k, n) in [
+        (1, 1536, 4096),
+        (8, 1536, 4096),
+        (128, 384, 1536),
+        (128, 4096, 1536),
+        (1024, 1536, 1536),
+    ] {
+        let mut g = group(c, &format!("linear-{m}x{k}x{n}"), 2 * (m * n * k) as u64);
+        ours::<f32>(&mut g, "mixprec", m, n, k, true, 1);
+        ours::<bf16>(&mut g, "mixprec", m, n, k, true, 1);
+        ours_packed::<bf16>(&mut g, m, n, k, 1);
+        ours::<bf16>(&mut g, "mixprec", m, n, k, true, 2);
+        gemm_crate::<f32>(&mut g, m, n, k, 1);
+        g.finish();
+    }
+    set_num_threads(0);
+}
+
+fn gemv(c: &mut Criterion) {
+    let (k, n) = (4096, 4096);
+    let mut g = group(c, "gemv-4096", 2 * (k * n) as u64);
+    for t in [1, 2] {
+        for wt in [false, true] {
+            ours::<f32>(&mut g, "mixprec", 1, n, k, wt, t);
+            ours::<bf16>(&mut g, "mixprec", 1, n, k, wt, t);
+            ours::<f16>(&mut g, "mixprec", 1, n, k, wt, t);
+        }
+    }
+    gemm_crate::<f32>(&mut g, 1, n, k, 1);
+    g.finish();
+    set_num_threads(0);
+}
+
+criterion_group!(benches, peaks, squares, transformer, gemv);
+criterion_main!(benches);
