@@ -98,6 +98,8 @@ pub enum OnnxError {
         /// What is wrong.
         detail: String,
     },
+    /// The op-graph layer rejected the imported graph.
+    Graph(crate::graph::GraphError),
 }
 
 impl fmt::Display for OnnxError {
@@ -151,6 +153,7 @@ impl fmt::Display for OnnxError {
             } => {
                 write!(f, "node `{node}` ({op_type}, opset {opset}): {detail}")
             }
+            Graph(e) => write!(f, "op-graph: {e}"),
         }
     }
 }
@@ -159,7 +162,14 @@ impl std::error::Error for OnnxError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             OnnxError::Io { source, .. } => Some(source),
+            OnnxError::Graph(e) => Some(e),
             _ => None,
         }
+    }
+}
+
+impl From<crate::graph::GraphError> for OnnxError {
+    fn from(e: crate::graph::GraphError) -> Self {
+        OnnxError::Graph(e)
     }
 }

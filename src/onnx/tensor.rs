@@ -136,6 +136,11 @@ impl HostTensor {
         self.data.len()
     }
 
+    /// Copies into an op-graph tensor of the same element type.
+    pub fn to_tensor(&self) -> Result<crate::graph::Tensor, OnnxError> {
+        super::lower::to_tensor(self)
+    }
+
     /// Whether the tensor has no elements.
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
