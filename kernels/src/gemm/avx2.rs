@@ -64,6 +64,7 @@ unsafe fn load8<const BT: u8>(p: *const u8, n: usize) -> __m256 {
 /// As `avx512::tile`: `a` holds `kc * MR_` f32; `cols` elements of each B row
 /// readable; `out` holds `MR_` rows of `8 * NV` f32 at stride `ldo`.
 #[inline]
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tile<const MR_: usize, const NV: usize, const BT: u8>(
     kc: usize,
@@ -186,6 +187,7 @@ pub(super) unsafe fn small_tile(
 /// `b + p * b_rs`; `out` holds `MR_` rows of `cols.next_multiple_of(8)` f32.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::needless_range_loop)] // i indexes both the broadcasts and the accumulator rows
 unsafe fn axpy_block<const MR_: usize, const BT: u8>(
     k: usize,
     a: *const f32,

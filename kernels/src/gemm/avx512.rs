@@ -80,6 +80,7 @@ unsafe fn load16<const BT: u8>(p: *const u8, mask: u16) -> __m512 {
 /// type `BT`) at `b + p * b_rs` are readable; `out` rows `i < MR` at stride
 /// `ldo` hold `16 * NV` f32 (read when `load`).
 #[inline]
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn tile<const MR_: usize, const NV: usize, const BT: u8>(
     kc: usize,
@@ -308,6 +309,7 @@ pub(super) unsafe fn dot_tile(
 /// `b + p * b_rs`; `out` holds `MR_` rows of `cols.next_multiple_of(16)` f32.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[allow(clippy::needless_range_loop)] // i indexes both the broadcasts and the accumulator rows
 unsafe fn axpy_block<const MR_: usize, const BT: u8>(
     k: usize,
     a: *const f32,

@@ -173,6 +173,7 @@ impl Ep<'_> {
     ///
     /// # Safety
     /// `ws` is readable and `c` readable/writable for the block; `cols <= 64`.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn store<O: Element>(
         &self,
         ws: *const f32,

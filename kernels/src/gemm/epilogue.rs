@@ -76,7 +76,7 @@ pub(crate) fn erf(a: f32) -> f32 {
         let u = (-3.883_964_4e-3_f32).mul_add(t, 2.425_462_2e-2);
         r = r.mul_add(s, u);
         r = r.mul_add(t, -1.067_778_8e-1);
-        r = r.mul_add(t, -6.348_466_9e-1);
+        r = r.mul_add(t, -6.348_467e-1);
         r = r.mul_add(t, -1.287_175_1e-1);
         r = r.mul_add(t, -t);
         // exp of a very negative argument is 0, giving exactly 1 for large |x|.

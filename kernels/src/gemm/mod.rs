@@ -8,7 +8,7 @@
 //!   rounded once, on store, per the crate's conversion contract
 //!   ([`crate::convert`]). No path flushes subnormals.
 //! * Error bound checked by the tests against an f64 reference:
-//!   `|C - C_ref| <= 2 * k * u * alpha * (|A| |B|)_ij + (rounding of the
+//!   `|C - C_ref| <= 2 (k + 2) u |alpha| (|A| |B|)_ij + (rounding of the
 //!   epilogue and of the store)`, `u = 2^-24`.
 //! * The epilogue is the same f32 function on every path (see `epilogue.rs`):
 //!   `v = alpha*acc; if beta != 0 { v += beta*c }; if bias { v += bias[j] }; act(v)`,
@@ -20,13 +20,34 @@
 //!   M/N blocks only, never over k), so results are bit-identical for any
 //!   [`set_num_threads`]. The k loop of every SIMD path is one FMA chain per
 //!   element in increasing k, so [`gemm_packed`] and [`gemm`] agree bit for
-//!   bit, except on the small-m path for column-contiguous B (`rs == 1`,
-//!   e.g. `w.t()` of `[out, in]` weights, m <= 4) which reduces each dot
-//!   product over 16-lane partial sums.
+//!   bit, except on the small-m path (m <= 16) for column-contiguous B
+//!   (`rs == 1`, e.g. `w.t()` of `[out, in]` weights), which reduces each
+//!   dot product over 16-lane (AVX-512) or 8-lane (AVX2) partial sums.
+//!   Different levels may differ in the last bits (different summation).
 //! * [`Accumulation::F16Blocked`] (native `vfmadd231ph` over short k-blocks)
 //!   needs AVX512-FP16 and is not implemented: [`gemm_at`] returns
 //!   [`GemmError::Isa`] on CPUs without AVX512-FP16 and
 //!   [`GemmError::AccumulationUnsupported`] otherwise.
+//! * `VDPBF16PS` is not used: it flushes subnormal bf16 inputs and rounds each
+//!   pair sum, which breaks the f32-accumulation bound above. (On Zen 4 its
+//!   peak is twice the f32 FMA peak in flops, so an opt-in kernel could pay
+//!   off there; see the issue notes.)
+//!
+//! # Paths
+//! | level | m > 16 | m <= 16 (passes of 4 rows) |
+//! |---|---|---|
+//! | `scalar` | triple loop, one thread | same |
+//! | `avx2` | 6 x 16 ymm FMA tile over packed f32 panels | ymm streaming / dot kernels |
+//! | `avx512_core` and up | 14 x 32 zmm FMA tile over packed f32 panels | zmm streaming / dot kernels |
+//!
+//! Large m packs A (f32 row tiles) and B (f32 panels of 32 columns; bf16/f16
+//! widened exactly while packing, an f32 [`PackedB`] is used in place) once
+//! per call and splits C into blocks over the threads. Small m reads B in
+//! its storage type and widens in registers, so bf16/f16 weights move half
+//! the bytes of f32: row-contiguous B and [`PackedB`] are streamed, B with
+//! `rs == 1` goes through dot products. `avx512_core_fp16` runs the
+//! `avx512_core` kernels. GELU activations are evaluated per element in
+//! scalar f32 (erf by a <= 2 ulp minimax approximation, tanh from libm).
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;

@@ -18,8 +18,8 @@ pub(crate) const NR: usize = 32;
 /// Packing copies B into column panels of the micro-kernel's width in B's own
 /// element type, so a bf16/f16 `PackedB` takes half the memory of an f32 one.
 /// Results of [`super::gemm_packed`] are bit-identical to [`super::gemm`] with
-/// the unpacked view at the same level (see the module docs for the one
-/// documented exception, the transposed small-m path).
+/// the unpacked view at the same level (see the [`super`] module docs for
+/// the one documented exception, the small-m path for `rs == 1` views).
 #[derive(Clone, Debug)]
 pub struct PackedB<T> {
     pub(crate) data: Vec<T>,
