@@ -18,6 +18,40 @@
 //!
 //! Any model can be tuned through the [`Tunable`] trait
 //! ([`autotune_target`]); the op-graph implements it.
+//!
+//! ```
+//! use mixprec::graph::{DType, Dim, GraphBuilder, PrecisionPlan, Tensor};
+//! use mixprec::kernels::FloatType;
+//! use mixprec::tune::{autotune, MixedPrecisionConfig, TuneStatus, TuningConfig};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut g = GraphBuilder::new();
+//! let x = g.input("x", &[Dim::sym("batch"), 4.into()], DType::F32);
+//! let h = g.linear("fc0", x, &Tensor::from_f32(&[8, 4], vec![0.25; 32])?, None)?;
+//! let h = g.relu("act", h)?;
+//! let y = g.linear("fc1", h, &Tensor::from_f32(&[2, 8], vec![0.5; 16])?, None)?;
+//! g.output(y);
+//! let graph = g.finish()?;
+//!
+//! let data = Tensor::from_f32(&[16, 4], (0..64).map(|i| i as f32 / 64.0).collect::<Vec<_>>())?;
+//! let reference = graph.compile(&PrecisionPlan::new())?.run_ordered(&[("x", &data)])?[0].to_f32_vec();
+//! // The user's metric: here 1 - relative L2 error against fp32.
+//! let eval = |m: &mixprec::graph::CompiledModel| {
+//!     let y = m.run_ordered(&[("x", &data)]).unwrap()[0].to_f32_vec();
+//!     let err: f32 = y.iter().zip(&reference).map(|(a, b)| (a - b).powi(2)).sum();
+//!     let norm: f32 = reference.iter().map(|b| b * b).sum();
+//!     1.0 - f64::from((err / norm).sqrt())
+//! };
+//! let config = TuningConfig {
+//!     calibration: Some(vec![("x".to_string(), data.clone())]),
+//!     ..TuningConfig::new(MixedPrecisionConfig::new(vec![FloatType::Bf16, FloatType::F32])?)
+//! };
+//! let tuned = autotune(&graph, &config, eval)?;
+//! assert_eq!(tuned.report.status, TuneStatus::Passed);
+//! println!("{}", tuned.report); // trials, fallbacks and why, speedup
+//! let json = tuned.plan.to_json(); // apply later with PrecisionPlan::from_json
+//! # assert!(json.contains("fc0"));
+//! # Ok(()) }
+//! ```
 
 mod config;
 mod error;
