@@ -965,3 +965,37 @@ fn shape_subgraph_with_symbolic_batch_runs() {
         assert_eq!(out["y"].to_f32_vec(), xt.to_f32_vec());
     }
 }
+
+#[test]
+fn shape_subgraph_on_fixed_shapes_folds_at_build() {
+    use mixprec::graph::{Dim, GraphBuilder, PrecisionPlan};
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", &fixed(&[2, 4, 3]), DType::F32);
+    let s = g
+        .node1(
+            "shape",
+            Op::Shape {
+                start: 0,
+                end: Some(1),
+            },
+            &[x],
+        )
+        .unwrap();
+    let m1 = g.initializer("m1", Tensor::vec_i64(&[-1]));
+    let target = g.node1("target", Op::Concat { axis: 0 }, &[s, m1]).unwrap();
+    let y = g
+        .node1("y", Op::Reshape { allowzero: false }, &[x, target])
+        .unwrap();
+    g.output(y);
+    let graph = g.finish().unwrap();
+    assert_eq!(
+        graph.known_value(target).unwrap().as_i64().unwrap(),
+        &[2, -1]
+    );
+    assert_eq!(graph.value(y).shape, vec![Dim::Fixed(2), Dim::Fixed(12)]);
+    let model = graph.compile(&PrecisionPlan::new()).unwrap();
+    // Only the reshape runs: the shape arithmetic was folded.
+    assert_eq!(model.num_steps(), 1);
+    let xt = iota(&[2, 4, 3]);
+    assert_eq!(model.run(&[("x", &xt)]).unwrap()["y"].shape(), &[2, 12]);
+}

@@ -404,22 +404,35 @@ impl GraphBuilder {
                 _ => kn.iter().all(Option::is_some) && outs.iter().all(|m| !m.dtype.is_float()),
             };
             if foldable {
-                let tensors: Vec<Tensor> = match &n.op {
+                let res = match &n.op {
+                    // Only the shape matters: no need to run on a tensor.
                     Op::Shape { .. } => {
-                        let shape: Vec<usize> = in_metas[0]
+                        let dims: Vec<i64> = in_metas[0]
                             .shape
                             .iter()
-                            .map(|d| d.fixed().expect("fixed"))
+                            .map(|d| d.fixed().expect("fixed") as i64)
                             .collect();
-                        vec![Tensor::zeros(in_metas[0].dtype, &shape)]
+                        let len = outs[0].shape[0]
+                            .fixed()
+                            .expect("Shape output length is fixed");
+                        let start = match &n.op {
+                            Op::Shape { start, .. } => {
+                                let r = dims.len() as i64;
+                                (if *start < 0 {
+                                    (start + r).max(0)
+                                } else {
+                                    (*start).min(r)
+                                }) as usize
+                            }
+                            _ => unreachable!(),
+                        };
+                        vec![Tensor::vec_i64(&dims[start..start + len])]
                     }
-                    _ => Vec::new(),
+                    _ => {
+                        let args: Vec<&Tensor> = kn.iter().map(|k| k.expect("known")).collect();
+                        super::ops::exec::execute(&n.op, &n.name, &args, &mut pool, None)?
+                    }
                 };
-                let args: Vec<&Tensor> = match &n.op {
-                    Op::Shape { .. } => tensors.iter().collect(),
-                    _ => kn.iter().map(|k| k.expect("known")).collect(),
-                };
-                let res = super::ops::exec::execute(&n.op, &n.name, &args, &mut pool, None)?;
                 for (o, t) in n.outputs.iter().zip(res) {
                     known.insert(*o, Arc::new(t));
                 }
