@@ -336,3 +336,24 @@ fn runtime_reshape_mismatch_is_an_error() {
         &[3, 2]
     );
 }
+
+#[test]
+fn weights_feed_a_model_and_keep_metadata() {
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", &[2.into()], DType::F32);
+    let y = g.relu("y", x).unwrap();
+    g.output(y);
+    let model = g.finish().unwrap().compile(&PrecisionPlan::new()).unwrap();
+    let mut inputs: Weights = [("x", Tensor::from_f32(&[2], vec![-1.0, 2.0]).unwrap())]
+        .into_iter()
+        .collect();
+    inputs.set_metadata("source", "test");
+    let back = Weights::from_bytes(&inputs.to_bytes().unwrap()).unwrap();
+    assert_eq!(
+        back.metadata().get("source").map(String::as_str),
+        Some("test")
+    );
+    let out = model.run(&back.iter().collect::<Vec<_>>()).unwrap();
+    let out: Weights = out.into_iter().collect();
+    assert_eq!(out.tensor("y").unwrap().to_f32_vec(), vec![0.0, 2.0]);
+}

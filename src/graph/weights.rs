@@ -175,6 +175,24 @@ impl Weights {
         self.tensors.insert(name.into(), Arc::new(t));
     }
 
+    /// (name, tensor) pairs sorted by name; `run` takes them as inputs:
+    /// `model.run(&weights.iter().collect::<Vec<_>>())`.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.tensors.iter().map(|(k, v)| (k.as_str(), v.as_ref()))
+    }
+
+    /// Removes and returns a tensor.
+    pub fn remove(&mut self, name: &str) -> Option<Tensor> {
+        self.tensors
+            .remove(name)
+            .map(|t| Arc::try_unwrap(t).unwrap_or_else(|t| (*t).clone()))
+    }
+
+    /// Sets a `__metadata__` string written by `to_bytes` / `save`.
+    pub fn set_metadata(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        self.metadata.insert(key.into(), value.into());
+    }
+
     /// Tensor names, sorted.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.tensors.keys().map(String::as_str)
@@ -227,5 +245,15 @@ impl Weights {
         std::io::Write::write_all(&mut tmp, &bytes).map_err(io)?;
         tmp.persist(p).map_err(|e| io(e.error))?;
         Ok(())
+    }
+}
+
+impl<S: Into<String>> FromIterator<(S, Tensor)> for Weights {
+    fn from_iter<I: IntoIterator<Item = (S, Tensor)>>(iter: I) -> Self {
+        let mut w = Weights::new();
+        for (k, t) in iter {
+            w.insert(k, t);
+        }
+        w
     }
 }
