@@ -493,7 +493,9 @@ fn match_norm_core(c: &Ctx, s: usize) -> Option<(String, String, f32, i64, Vec<u
         let _ = vs;
         return None;
     }
-    let _ = first;
+    // The normalizing node goes last: scale and shift are matched from it.
+    idx.retain(|&k| k != norm);
+    idx.push(norm);
     Some((x, d, eps, first, idx))
 }
 
