@@ -45,7 +45,11 @@ fn mlp(rng: &mut Rng) -> Graph {
 fn block(rng: &mut Rng, d: usize, heads: usize, ff: usize) -> Graph {
     let dh = d / heads;
     let mut g = GraphBuilder::new();
-    let x = g.input("x", &[Dim::sym("batch"), Dim::sym("seq"), d.into()], DType::F32);
+    let x = g.input(
+        "x",
+        &[Dim::sym("batch"), Dim::sym("seq"), d.into()],
+        DType::F32,
+    );
     let ones = Tensor::from_f32(&[d], vec![1.0; d]).unwrap();
     let zeros = Tensor::from_f32(&[d], vec![0.0; d]).unwrap();
     let h = g.layer_norm("ln1", x, &ones, Some(&zeros), 1e-5).unwrap();
@@ -86,11 +90,22 @@ fn block(rng: &mut Rng, d: usize, heads: usize, ff: usize) -> Graph {
 fn bench_graph(c: &mut Criterion) {
     let mut rng = Rng(0x1234_5678_9abc_def1);
     let cases = [
-        ("mlp_784_512_512_10_b64", mlp(&mut rng), rng.tensor(&[64, 784], 1.0)),
-        ("encoder_d256_h4_ff1024_b4_s64", block(&mut rng, 256, 4, 1024), rng.tensor(&[4, 64, 256], 1.0)),
+        (
+            "mlp_784_512_512_10_b64",
+            mlp(&mut rng),
+            rng.tensor(&[64, 784], 1.0),
+        ),
+        (
+            "encoder_d256_h4_ff1024_b4_s64",
+            block(&mut rng, 256, 4, 1024),
+            rng.tensor(&[4, 64, 256], 1.0),
+        ),
     ];
     let mut group = c.benchmark_group("graph");
-    group.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2)).sample_size(20);
+    group
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20);
     for (name, graph, x) in &cases {
         for ty in [FloatType::F32, FloatType::Bf16, FloatType::F16] {
             let model = graph.compile(&PrecisionPlan::all(graph, ty)).unwrap();
@@ -99,7 +114,10 @@ fn bench_graph(c: &mut Criterion) {
             for e in &prof.entries {
                 *by_type.entry(e.op_type).or_default() += e.seconds * 1e6;
             }
-            let split: Vec<String> = by_type.iter().map(|(k, v)| format!("{k} {v:.0}us")).collect();
+            let split: Vec<String> = by_type
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.0}us"))
+                .collect();
             eprintln!("{name} {}: {}", ty.name(), split.join(", "));
             group.bench_with_input(BenchmarkId::new(*name, ty.name()), x, |b, x| {
                 b.iter(|| model.run(&[("x", x)]).unwrap());
