@@ -264,6 +264,14 @@ where
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
         _ => None,
     };
+    if let Some(x) = speedup
+        && x < 1.0
+        && plan.iter().any(|d| *d != FloatType::F32)
+    {
+        notes.push(format!(
+            "the tuned plan measured {x:.2}x of fp32 speed on the calibration batch; small batches are dominated by conversions, so measure with a production-sized batch"
+        ));
+    }
     let times_f32 = target
         .node_times(&fp32_model)
         .map_err(|e| TuneError::model("profiling the fp32 plan", e))?;
