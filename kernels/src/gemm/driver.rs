@@ -184,6 +184,29 @@ impl Ep<'_> {
         ldc: usize,
         j0: usize,
     ) {
+        if O::DTYPE == FloatType::F32 {
+            // f32 C: the same operations, in place, with no staging copy.
+            for r in 0..rows {
+                // SAFETY: row r of the block is within the caller's extents.
+                let (acc, crow) = unsafe {
+                    (
+                        std::slice::from_raw_parts(ws.add(r * ldw), cols),
+                        std::slice::from_raw_parts_mut(c.add(r * ldc).cast::<f32>(), cols),
+                    )
+                };
+                if self.beta != 0.0 {
+                    for (x, a) in crow.iter_mut().zip(acc) {
+                        *x = self.alpha * *a + self.beta * *x;
+                    }
+                } else {
+                    for (x, a) in crow.iter_mut().zip(acc) {
+                        *x = self.alpha * *a;
+                    }
+                }
+                self.bias_act(crow, j0);
+            }
+            return;
+        }
         let mut buf = [0.0f32; 64];
         let mut old = [0.0f32; 64];
         let buf = &mut buf[..cols];
@@ -207,18 +230,27 @@ impl Ep<'_> {
                     *x += self.beta * *o;
                 }
             }
-            if let Some(bias) = self.bias {
-                for (x, b) in buf.iter_mut().zip(&bias[j0..j0 + cols]) {
-                    *x += *b;
-                }
-            }
-            match self.act {
-                Activation::Identity => {}
-                Activation::Relu => buf.iter_mut().for_each(|x| *x = epilogue::relu(*x)),
-                Activation::GeluErf => buf.iter_mut().for_each(|x| *x = epilogue::gelu_erf(*x)),
-                Activation::GeluTanh => buf.iter_mut().for_each(|x| *x = epilogue::gelu_tanh(*x)),
-            }
+            self.bias_act(buf, j0);
             store_row(self.isa, buf, crow);
+        }
+    }
+}
+
+impl Ep<'_> {
+    /// Adds the bias (columns `j0..`) and applies the activation, in place.
+    #[inline]
+    fn bias_act(&self, v: &mut [f32], j0: usize) {
+        if let Some(bias) = self.bias {
+            let len = v.len();
+            for (x, b) in v.iter_mut().zip(&bias[j0..j0 + len]) {
+                *x += *b;
+            }
+        }
+        match self.act {
+            Activation::Identity => {}
+            Activation::Relu => v.iter_mut().for_each(|x| *x = epilogue::relu(*x)),
+            Activation::GeluErf => v.iter_mut().for_each(|x| *x = epilogue::gelu_erf(*x)),
+            Activation::GeluTanh => v.iter_mut().for_each(|x| *x = epilogue::gelu_tanh(*x)),
         }
     }
 }
@@ -237,15 +269,28 @@ fn store_row<O: Element>(isa: Isa, src: &[f32], dst: &mut [O]) {
     }
 }
 
-/// Packs rows `r0 .. r0 + rows` of A into `dst` as f32, k-major:
-/// `dst[p * rows + i] = A[r0 + i, p]`.
-fn pack_a_tile<T: Element>(a: &MatRef<T>, r0: usize, rows: usize, dst: &mut [f32]) {
+/// Packs rows `r0 .. r0 + rows` (`rows <= 16`) of A into `dst` as f32,
+/// k-major: `dst[p * rows + i] = A[r0 + i, p]`.
+fn pack_a_tile<T: Element>(isa: Isa, a: &MatRef<T>, r0: usize, rows: usize, dst: &mut [f32]) {
+    const PB: usize = 256;
     let k = a.cols;
     if a.cs == 1 {
-        for i in 0..rows {
-            let row = &a.data[(r0 + i) * a.rs..(r0 + i) * a.rs + k];
-            for (p, x) in row.iter().enumerate() {
-                dst[p * rows + i] = x.to_f32();
+        // Widen PB columns of each row with the vector conversions, then
+        // interleave; the writes stay sequential.
+        let mut tmp = [[0.0f32; PB]; 16];
+        for p0 in (0..k).step_by(PB) {
+            let len = PB.min(k - p0);
+            for (i, t) in tmp.iter_mut().enumerate().take(rows) {
+                let start = (r0 + i) * a.rs + p0;
+                widen_into(isa, &a.data[start..start + len], &mut t[..len]);
+            }
+            for (p, d) in dst[p0 * rows..(p0 + len) * rows]
+                .chunks_exact_mut(rows)
+                .enumerate()
+            {
+                for (i, x) in d.iter_mut().enumerate() {
+                    *x = tmp[i][p];
+                }
             }
         }
     } else {
@@ -388,7 +433,7 @@ fn small<T: Element, O: Element>(
         BSource::View(v) => {
             // Row-contiguous B: one pass over each row segment per item.
             let mut ainter = vec![0.0f32; m * k];
-            pack_a_tile(&a, 0, m, &mut ainter);
+            pack_a_tile(ep.isa, &a, 0, m, &mut ainter);
             let ainter = &ainter;
             // Split n evenly over the threads, in multiples of 16 columns.
             let width = n.div_ceil(threads).next_multiple_of(16).min(AXPY_COLS);
@@ -420,7 +465,7 @@ fn small<T: Element, O: Element>(
     };
     // Rows of A interleaved for broadcasting: ainter[p * m + i].
     let mut ainter = vec![0.0f32; m * k];
-    pack_a_tile(&a, 0, m, &mut ainter);
+    pack_a_tile(ep.isa, &a, 0, m, &mut ainter);
     let ainter = &ainter;
     parallel_for(threads, items, ws_len, |item, ws| {
         let j0 = item * SMALL_ITEM_COLS;
@@ -540,7 +585,7 @@ fn large<T: Element, O: Element>(
             let rows = mr.min(m - t * mr);
             // SAFETY: tile t owns apack[t*mr*k .. t*mr*k + rows*k], disjoint per tile.
             let dst = unsafe { std::slice::from_raw_parts_mut(ap.get().add(t * mr * k), rows * k) };
-            pack_a_tile(a, t * mr, rows, dst);
+            pack_a_tile(ep.isa, a, t * mr, rows, dst);
         });
     }
     let mc = mr * MC_TILES;
@@ -592,6 +637,46 @@ fn pack_b_f32<T: Element>(isa: Isa, threads: usize, b: BSource<T>, dst: &mut [f3
     };
     let panels = n.div_ceil(NR);
     let dp = SendPtr(dst.as_mut_ptr());
+    if let BSource::View(v) = b
+        && v.cs == 1
+    {
+        // Row-contiguous B: read each row once, sequentially, and deal its
+        // 32-column pieces out to the panels; threads take blocks of rows.
+        const KB: usize = 64;
+        parallel_for(
+            threads,
+            k.div_ceil(KB),
+            if T::DTYPE == FloatType::F32 { 0 } else { n },
+            |blk, tmp| {
+                for kk in blk * KB..k.min((blk + 1) * KB) {
+                    let src = &v.data[kk * v.rs..kk * v.rs + n];
+                    // f32 rows are dealt out in place; others are widened first.
+                    let row: &[f32] = if T::DTYPE == FloatType::F32 {
+                        bytemuck::cast_slice(src)
+                    } else {
+                        widen_into(isa, src, &mut tmp[..n]);
+                        &tmp[..n]
+                    };
+                    let mut pieces = row.chunks_exact(NR);
+                    for (p, piece) in pieces.by_ref().enumerate() {
+                        let piece: &[f32; NR] = piece.try_into().expect("chunk of NR");
+                        // SAFETY: row kk of panel p lies in dst[p*k*NR..(p+1)*k*NR]; row
+                        // blocks are disjoint per work item.
+                        unsafe { *dp.get().add(p * k * NR + kk * NR).cast::<[f32; NR]>() = *piece };
+                    }
+                    let rest = pieces.remainder();
+                    if !rest.is_empty() {
+                        let mut last = [0.0f32; NR];
+                        last[..rest.len()].copy_from_slice(rest);
+                        let p = n / NR;
+                        // SAFETY: as above, for the last (partial) panel.
+                        unsafe { *dp.get().add(p * k * NR + kk * NR).cast::<[f32; NR]>() = last };
+                    }
+                }
+            },
+        );
+        return;
+    }
     parallel_for(
         threads,
         panels,
@@ -603,14 +688,6 @@ fn pack_b_f32<T: Element>(isa: Isa, threads: usize, b: BSource<T>, dst: &mut [f3
             let w = NR.min(n - j0);
             match b {
                 BSource::Packed(pb) => widen_into(isa, pb.panel(p), panel),
-                BSource::View(v) if v.cs == 1 => {
-                    for kk in 0..k {
-                        let src = &v.data[kk * v.rs + j0..kk * v.rs + j0 + w];
-                        let row = &mut panel[kk * NR..kk * NR + NR];
-                        widen_into(isa, src, &mut row[..w]);
-                        row[w..].fill(0.0);
-                    }
-                }
                 BSource::View(v) => {
                     if w < NR {
                         panel.fill(0.0);
