@@ -59,6 +59,9 @@ pub enum DemoError {
     Description(String),
     /// `digits_mlp.safetensors` lacks a tensor or has the wrong shape or dtype.
     Weights(String),
+    /// The op-graph of a demo model could not be built (the weights have
+    /// the documented shapes, so this means the graph layer rejected them).
+    Graph(crate::graph::GraphError),
 }
 
 impl fmt::Display for DemoError {
@@ -72,11 +75,19 @@ impl fmt::Display for DemoError {
             DemoError::Digits(msg) => write!(f, "demo data digits.csv.gz: {msg}"),
             DemoError::Description(msg) => write!(f, "demo file digits_mlp.json: {msg}"),
             DemoError::Weights(msg) => write!(f, "demo weights digits_mlp.safetensors: {msg}"),
+            DemoError::Graph(e) => write!(f, "building the demo graph: {e}"),
         }
     }
 }
 
-impl std::error::Error for DemoError {}
+impl std::error::Error for DemoError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DemoError::Graph(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// The whole digits data set: raw pixels 0..16 and labels.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -316,6 +327,77 @@ pub fn load(key: &str) -> Result<DemoModel, DemoError> {
     })
 }
 
+/// Name of the demo graphs' input (`[batch, 64]` f32).
+pub const INPUT_NAME: &str = "x";
+
+/// Node names of the demo graphs, in execution order: `l0` (Linear 64->128),
+/// `relu`, `l1` (Linear 128->10, whose output is the logits).
+pub const NODE_NAMES: [&str; 3] = ["l0", "relu", "l1"];
+
+/// The op-graph of a model's weights: `x [batch, 64] -> l0 (Linear) -> relu
+/// -> l1 (Linear) -> logits [batch, 10]`, all f32.
+pub fn graph_from_weights(w: &MlpWeights) -> Result<crate::graph::Graph, DemoError> {
+    use crate::graph::{DType, Dim, GraphBuilder, Tensor};
+    let g = |e| DemoError::Graph(e);
+    let t = |shape: &[usize], v: &[f32]| Tensor::from_f32(shape, v).map_err(g);
+    let mut b = GraphBuilder::new();
+    let x = b.input(
+        INPUT_NAME,
+        &[Dim::sym("batch"), NUM_FEATURES.into()],
+        DType::F32,
+    );
+    let h = b
+        .linear(
+            NODE_NAMES[0],
+            x,
+            &t(&[NUM_HIDDEN, NUM_FEATURES], &w.l0_weight)?,
+            Some(&t(&[NUM_HIDDEN], &w.l0_bias)?),
+        )
+        .map_err(g)?;
+    let h = b.relu(NODE_NAMES[1], h).map_err(g)?;
+    let y = b
+        .linear(
+            NODE_NAMES[2],
+            h,
+            &t(&[NUM_CLASSES, NUM_HIDDEN], &w.l1_weight)?,
+            Some(&t(&[NUM_CLASSES], &w.l1_bias)?),
+        )
+        .map_err(g)?;
+    b.output(y);
+    b.finish().map_err(g)
+}
+
+/// The op-graph of a built-in model (see [`graph_from_weights`]).
+///
+/// ```
+/// let g = mixprec::demo::graph("folded_off100").unwrap();
+/// assert_eq!(g.input_names(), ["x"]);
+/// assert!(g.node("l0").is_some());
+/// ```
+pub fn graph(key: &str) -> Result<crate::graph::Graph, DemoError> {
+    graph_from_weights(&load_weights(key)?)
+}
+
+/// `n` training images (not in the test split), transformed for `model`: the
+/// calibration batch the demo's tuner ranks sensitivities and measures
+/// latency on, so the test images are used only by the metric.
+pub fn calibration_data(model: &ModelDescription, n: usize) -> Result<DemoData, DemoError> {
+    let desc = description()?;
+    let test: std::collections::HashSet<usize> = desc.test_indices.iter().copied().collect();
+    let train: Vec<usize> = (0..NUM_IMAGES)
+        .filter(|i| !test.contains(i))
+        .take(n)
+        .collect();
+    let digits = load_digits()?;
+    if digits.n != NUM_IMAGES {
+        return Err(DemoError::Digits(format!(
+            "{} images, expected {NUM_IMAGES}",
+            digits.n
+        )));
+    }
+    Ok(transform_inputs(&digits, &train, model))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,6 +506,52 @@ mod tests {
             assert_eq!(p * 16.0 + 1000.0, *o);
         }
         assert_eq!(plain.test.labels, off.test.labels);
+    }
+
+    #[test]
+    fn graph_in_f32_predicts_what_the_json_says() {
+        for key in MODEL_KEYS {
+            let m = load(key).unwrap();
+            let g = graph(key).unwrap();
+            let model = g.compile(&crate::graph::PrecisionPlan::new()).unwrap();
+            let x =
+                crate::graph::Tensor::from_f32(&[m.test.n, NUM_FEATURES], &m.test.inputs).unwrap();
+            let out = model.run_ordered(&[(INPUT_NAME, &x)]).unwrap();
+            assert_eq!(out.len(), 1);
+            assert_eq!(out[0].shape(), [m.test.n, NUM_CLASSES]);
+            let logits = out[0].to_f32_vec();
+            let preds: Vec<i64> = logits.chunks(NUM_CLASSES).map(argmax).collect();
+            assert_eq!(preds, m.description.fp32_test_pred, "{key}");
+        }
+        let lowerable: Vec<String> = graph(DEFAULT_MODEL)
+            .unwrap()
+            .lowerable_nodes()
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
+        assert!(lowerable.contains(&"l0".to_string()), "{lowerable:?}");
+        assert!(lowerable.contains(&"l1".to_string()), "{lowerable:?}");
+    }
+
+    #[test]
+    fn calibration_images_are_outside_the_test_split() {
+        let m = load(DEFAULT_MODEL).unwrap();
+        let cal = calibration_data(&m.description, 32).unwrap();
+        assert_eq!(cal.n, 32);
+        assert_eq!(cal.inputs.len(), 32 * NUM_FEATURES);
+        let test_rows: std::collections::HashSet<Vec<u32>> = m
+            .test
+            .inputs
+            .chunks(NUM_FEATURES)
+            .map(|r| r.iter().map(|v| v.to_bits()).collect())
+            .collect();
+        // Duplicate images exist in the data set, so count rather than require none.
+        let shared = cal
+            .inputs
+            .chunks(NUM_FEATURES)
+            .filter(|r| test_rows.contains(&r.iter().map(|v| v.to_bits()).collect::<Vec<_>>()))
+            .count();
+        assert!(shared < 4, "{shared} calibration images equal a test image");
     }
 
     #[test]
