@@ -42,7 +42,7 @@ proptest! {
 
 #[test]
 fn long_dot_and_exact_small_integers() {
-    let n = 100_003;
+    let n: usize = 100_003;
     let xs: Vec<f32> = (0..n)
         .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
         .collect();

@@ -270,7 +270,7 @@ fn activation() -> impl Strategy<Value = Activation> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 160, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: if cfg!(debug_assertions) { 24 } else { 160 }, ..ProptestConfig::default() })]
 
     #[test]
     fn gemm_matches_f64_reference(
@@ -315,6 +315,12 @@ fn fixed(m: usize, n: usize, k: usize, ta: bool, tb: bool, beta: f32) -> Case {
 
 #[test]
 fn large_fixed_cases() {
+    // Unoptimised builds run a smaller version; CI runs the tests in release.
+    if cfg!(debug_assertions) {
+        run_case::<f32, f32>(&fixed(100, 150, 230, false, false, 0.0));
+        run_case::<bf16, f32>(&fixed(1, 100, 300, false, true, 0.0));
+        return;
+    }
     run_case::<f32, f32>(&fixed(300, 500, 700, false, false, 0.0));
     run_case::<bf16, bf16>(&fixed(300, 500, 700, false, true, 1.0));
     run_case::<f16, f32>(&fixed(129, 257, 1031, true, false, 0.0));
