@@ -12,6 +12,8 @@ pub use mixprec_kernels as kernels;
 
 pub mod cli;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod graph;
 pub mod onnx;
 pub mod safetensors_stream;

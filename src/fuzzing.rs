@@ -1,0 +1,704 @@
+//! Entry points of the fuzz targets (`fuzz/fuzz_targets/*.rs`) and of the
+//! corpus replay test (`tests/fuzz_corpus.rs`), so both run one definition.
+//!
+//! Every function takes arbitrary bytes and must return normally: loaders
+//! are expected to answer hostile input with typed errors. The differential
+//! ones (`convert_differential`, `gemm_differential`) panic only when a
+//! kernel result disagrees with its reference. Not a stable API.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+
+use half::{bf16, f16};
+use mixprec_kernels::convert::{self, bits};
+use mixprec_kernels::gemm::{self, Accumulation, Activation, Epilogue, MatMut, MatRef, PackedB};
+use mixprec_kernels::{Element, FloatType, Isa};
+
+use crate::graph::{
+    DType, Dim, Graph, GraphBuilder, PrecisionPlan, Tensor, Weights, erf_f64, numel,
+};
+use crate::onnx::{self, ImportOptions};
+use crate::safetensors_stream::{Header, convert_stream};
+
+/// Models larger than this are refused by the ONNX target (libFuzzer inputs
+/// are small anyway; this exercises the size check).
+pub const FUZZ_MAX_MODEL_BYTES: u64 = 1 << 20;
+
+/// Graph inputs are only fed when they have at most this many elements.
+const MAX_INPUT_ELEMS: usize = 1 << 12;
+
+/// ONNX bytes -> decode, import (with and without fusion/folding), compile
+/// under f32 and bf16 plans and run on small deterministic inputs.
+pub fn onnx_bytes(data: &[u8]) {
+    let opts = ImportOptions {
+        max_model_bytes: FUZZ_MAX_MODEL_BYTES,
+        ..ImportOptions::default()
+    };
+    let _ = onnx::decode_tensor(data, FUZZ_MAX_MODEL_BYTES);
+    let Ok(model) = onnx::load_bytes(data, None, &opts) else {
+        return;
+    };
+    run_small(&model.graph);
+    let raw = ImportOptions {
+        fuse: false,
+        fold_constants: false,
+        ..opts
+    };
+    if let Ok(m) = onnx::load_bytes(data, None, &raw) {
+        run_small(&m.graph);
+    }
+}
+
+/// A concrete shape for a graph input: symbolic dims bound to 2. `None`
+/// when the input is too large to feed.
+fn concrete(shape: &[Dim]) -> Option<Vec<usize>> {
+    let s: Vec<usize> = shape.iter().map(|d| d.fixed().unwrap_or(2)).collect();
+    let n = s.iter().try_fold(1usize, |a, &d| a.checked_mul(d))?;
+    (n <= MAX_INPUT_ELEMS).then_some(s)
+}
+
+/// A small deterministic tensor of `dtype` and `shape`. Integer values are
+/// 0..3 so that they are valid indices for most Gather inputs.
+fn sample(dtype: DType, shape: &[usize], seed: usize) -> Tensor {
+    let n = numel(shape);
+    let r = match dtype {
+        DType::F32 | DType::Bf16 | DType::F16 => {
+            let v: Vec<f32> = (0..n)
+                .map(|i| ((i * 7 + seed) % 11) as f32 * 0.25 - 1.25)
+                .collect();
+            Tensor::from_f32(shape, v).and_then(|t| match dtype {
+                DType::Bf16 => t.to_float_type(FloatType::Bf16),
+                DType::F16 => t.to_float_type(FloatType::F16),
+                _ => Ok(t),
+            })
+        }
+        DType::I64 => {
+            let v: Vec<i64> = (0..n).map(|i| ((i + seed) % 3) as i64).collect();
+            Tensor::from_i64(shape, &v)
+        }
+        DType::I32 => {
+            let v: Vec<i32> = (0..n).map(|i| ((i + seed) % 3) as i32).collect();
+            Tensor::from_i32(shape, &v)
+        }
+        DType::Bool => {
+            let v: Vec<bool> = (0..n).map(|i| (i + seed).is_multiple_of(2)).collect();
+            Tensor::from_bool(shape, &v)
+        }
+    };
+    r.unwrap_or_else(|e| panic!("sample tensor {dtype:?} {shape:?}: {e}"))
+}
+
+/// Feeds every input of `graph` (if small enough) and runs it under an
+/// all-f32 and an all-bf16 plan. Errors are fine; panics are not.
+fn run_small(graph: &Graph) {
+    let mut feeds = Vec::new();
+    for (i, &id) in graph.inputs().iter().enumerate() {
+        let info = graph.value(id);
+        let Some(shape) = concrete(&info.shape) else {
+            return;
+        };
+        feeds.push((info.name.clone(), sample(info.dtype, &shape, i)));
+    }
+    let feeds: Vec<(&str, &Tensor)> = feeds.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    for ty in [FloatType::F32, FloatType::Bf16] {
+        let plan = PrecisionPlan::all(graph, ty);
+        if let Ok(model) = graph.compile(&plan) {
+            let _ = model.run(&feeds);
+        }
+    }
+}
+
+/// safetensors bytes -> [`Weights::from_bytes`], the streaming header
+/// parser, and a streaming conversion whose output must parse again.
+///
+/// Differential: the streaming parser is documented to be at least as strict
+/// as the `safetensors` crate, so a header it accepts must be accepted there.
+pub fn safetensors_bytes(data: &[u8]) {
+    let _ = Weights::from_bytes(data);
+    let mut r = Cursor::new(data);
+    let Ok(header) = Header::read_from(&mut r, data.len() as u64) else {
+        return;
+    };
+    assert!(
+        safetensors::SafeTensors::deserialize(data).is_ok(),
+        "streaming header parser accepted a file the safetensors crate rejects: {:?}",
+        safetensors::SafeTensors::deserialize(data).err()
+    );
+    for to in [FloatType::Bf16, FloatType::F32] {
+        let mut r = Cursor::new(data);
+        if Header::read_from(&mut r, data.len() as u64).is_err() {
+            unreachable!("parsed once already");
+        }
+        let mut out = Vec::new();
+        if convert_stream(&header, &mut r, &mut out, to, 7).is_err() {
+            continue;
+        }
+        let mut r2 = Cursor::new(&out[..]);
+        let h2 = Header::read_from(&mut r2, out.len() as u64)
+            .unwrap_or_else(|e| panic!("convert_stream wrote an unreadable header: {e}"));
+        assert_eq!(
+            h2.tensors().len(),
+            header.tensors().len(),
+            "convert_stream changed the tensor count"
+        );
+        for (a, b) in header.tensors().iter().zip(h2.tensors()) {
+            assert_eq!(a.name, b.name, "convert_stream renamed a tensor");
+            assert_eq!(a.shape, b.shape, "convert_stream reshaped `{}`", a.name);
+        }
+        assert!(
+            safetensors::SafeTensors::deserialize(&out).is_ok(),
+            "convert_stream output rejected by the safetensors crate"
+        );
+    }
+}
+
+/// A small graph with every kind of node a plan can name: GEMM, elementwise,
+/// normalization, softmax, shape ops and an index op.
+fn plan_graph() -> Graph {
+    let w1 = Tensor::from_f32(
+        &[4, 3],
+        (0..12).map(|i| i as f32 * 0.1 - 0.5).collect::<Vec<_>>(),
+    )
+    .expect("shape matches");
+    let w2 = Tensor::from_f32(
+        &[2, 4],
+        (0..8).map(|i| 0.3 - i as f32 * 0.07).collect::<Vec<_>>(),
+    )
+    .expect("shape matches");
+    let table = Tensor::from_f32(
+        &[5, 3],
+        (0..15).map(|i| i as f32 * 0.01).collect::<Vec<_>>(),
+    )
+    .expect("shape matches");
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", &[Dim::sym("batch"), 3.into()], DType::F32);
+    let ids = g.input("ids", &[Dim::sym("batch")], DType::I64);
+    let e = g.embedding("embed", &table, ids).expect("valid graph");
+    let x = g.add("add_embed", x, e).expect("valid graph");
+    let h = g.linear("fc1", x, &w1, None).expect("valid graph");
+    let h = g.gelu("act", h).expect("valid graph");
+    let gamma = Tensor::from_f32(&[4], [1.0, 0.5, 2.0, 1.0]).expect("shape matches");
+    let h = g
+        .layer_norm("ln", h, &gamma, None, 1e-5)
+        .expect("valid graph");
+    let h = g.linear("fc2", h, &w2, None).expect("valid graph");
+    let h = g.reshape("flat", h, &[-1]).expect("valid graph");
+    let y = g.softmax("prob", h, -1).expect("valid graph");
+    g.output(y);
+    g.finish().expect("valid graph")
+}
+
+/// Plan JSON -> parse, validate against a small graph, compile and run; a
+/// plan that parses must also survive a JSON round trip unchanged.
+pub fn plan_json(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(plan) = PrecisionPlan::from_json(text) else {
+        return;
+    };
+    let again = PrecisionPlan::from_json(&plan.to_json())
+        .unwrap_or_else(|e| panic!("plan JSON round trip failed: {e}"));
+    assert_eq!(plan, again, "plan JSON round trip changed the plan");
+    let g = plan_graph();
+    let valid = plan.validate(&g).is_ok();
+    match g.compile(&plan) {
+        Ok(model) => {
+            assert!(valid, "compile accepted a plan that validate rejects");
+            let x = sample(DType::F32, &[2, 3], 0);
+            let ids = Tensor::from_i64(&[2], &[1, 4]).expect("shape matches");
+            let out = model
+                .run(&[("x", &x), ("ids", &ids)])
+                .unwrap_or_else(|e| panic!("valid plan failed to run: {e}"));
+            assert_eq!(out.len(), 1);
+        }
+        Err(_) => assert!(!valid, "validate accepted a plan that compile rejects"),
+    }
+}
+
+/// Eval data (a safetensors file: one tensor per graph input, by name, plus
+/// optional `labels`) matched against a small graph's inputs, then run.
+/// A tensor set that matches every input by name, dtype and shape must run.
+pub fn eval_data(data: &[u8]) {
+    let Ok(w) = Weights::from_bytes(data) else {
+        return;
+    };
+    let g = plan_graph();
+    let mut feeds: HashMap<String, Tensor> = HashMap::new();
+    let mut batch: Option<usize> = None;
+    for &id in g.inputs() {
+        let info = g.value(id);
+        let Ok(t) = w.tensor(&info.name) else {
+            return;
+        };
+        if t.dtype() != info.dtype || t.shape().len() != info.shape.len() {
+            return;
+        }
+        for (d, &n) in info.shape.iter().zip(t.shape()) {
+            match d {
+                Dim::Fixed(f) if *f != n => return,
+                Dim::Fixed(_) => {}
+                Dim::Symbolic(_) => match batch {
+                    Some(b) if b != n => return,
+                    _ => batch = Some(n),
+                },
+            }
+        }
+        feeds.insert(info.name.clone(), t.clone());
+    }
+    if let Ok(labels) = w.tensor("labels")
+        && (labels.dtype() != DType::I64 || labels.shape() != [batch.unwrap_or(0)])
+    {
+        return;
+    }
+    if batch.is_none_or(|b| b > MAX_INPUT_ELEMS) {
+        return;
+    }
+    let model = g
+        .compile(&PrecisionPlan::all(&g, FloatType::Bf16))
+        .expect("the fixed graph compiles");
+    // Index values come from the file: out-of-range ids must be an error.
+    let _ = model.run_map(&feeds);
+}
+
+/// Splits fuzz bytes into a little header and a payload.
+struct Bytes<'a> {
+    data: &'a [u8],
+    pos: usize,
+    state: u64,
+}
+
+impl<'a> Bytes<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        let state = data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
+        Bytes {
+            data,
+            pos: 0,
+            state,
+        }
+    }
+
+    /// The next byte; once the input is used up, a deterministic stream.
+    fn u8(&mut self) -> u8 {
+        if let Some(&b) = self.data.get(self.pos) {
+            self.pos += 1;
+            return b;
+        }
+        self.state = self
+            .state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.state >> 33) as u8
+    }
+
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
+    }
+}
+
+/// Checks one conversion path against the scalar reference, bit for bit.
+fn check_bits<S: Copy, D: Copy>(
+    what: &str,
+    isa: Isa,
+    src: &[S],
+    got: &[D],
+    reference: impl Fn(S) -> D,
+    eq: impl Fn(D, D) -> bool,
+    show: impl Fn(S, D, D) -> String,
+) {
+    for (i, (&s, &g)) in src.iter().zip(got).enumerate() {
+        let r = reference(s);
+        assert!(
+            eq(g, r),
+            "{what} at {} mismatch at element {i}: {}",
+            isa.name(),
+            show(s, g, r)
+        );
+    }
+}
+
+/// Random f32 / 16-bit patterns through every available conversion path
+/// (the `*_at` variants for each level, and the default dispatch) at
+/// several offsets and lengths; each must equal the scalar reference in
+/// [`convert::bits`] bit for bit.
+pub fn convert_differential(data: &[u8]) {
+    let mut b = Bytes::new(data);
+    let offset = (b.u8() % 16) as usize;
+    let n32 = data.len().saturating_sub(1) / 4;
+    let mut words: Vec<u32> = (0..n32 + offset).map(|_| b.u32()).collect();
+    // A few exact special patterns, so short inputs meet them too.
+    if let Some(w) = words.get_mut(offset) {
+        *w ^= 0x7F80_0000 & (b.u32() | 0x7F00_0000);
+    }
+    let f32s: Vec<f32> = words.iter().map(|&w| f32::from_bits(w)).collect();
+    let src = &f32s[offset..];
+    let h16: Vec<u16> = words
+        .iter()
+        .flat_map(|&w| [w as u16, (w >> 16) as u16])
+        .collect();
+    let src16 = &h16[offset..];
+    let src_bf: Vec<bf16> = src16.iter().map(|&h| bf16::from_bits(h)).collect();
+    let src_h: Vec<f16> = src16.iter().map(|&h| f16::from_bits(h)).collect();
+    let show32 =
+        |s: f32, g: u16, r: u16| format!("{:#010x} -> {g:#06x}, want {r:#06x}", s.to_bits());
+    let show16 = |s: u16, g: f32, r: f32| {
+        format!(
+            "{s:#06x} -> {:#010x}, want {:#010x}",
+            g.to_bits(),
+            r.to_bits()
+        )
+    };
+    let same32 = |a: f32, b: f32| a.to_bits() == b.to_bits();
+    let mut isas: Vec<Option<Isa>> = Isa::available().map(Some).collect();
+    isas.push(None);
+    for isa in isas {
+        let label = isa.unwrap_or(mixprec_kernels::active_isa());
+        let mut out_bf = vec![bf16::ZERO; src.len()];
+        let mut out_h = vec![f16::ZERO; src.len()];
+        let mut wide_bf = vec![0f32; src16.len()];
+        let mut wide_h = vec![0f32; src16.len()];
+        match isa {
+            Some(isa) => {
+                convert::f32_to_bf16_at(isa, src, &mut out_bf).expect("available level");
+                convert::f32_to_f16_at(isa, src, &mut out_h).expect("available level");
+                convert::bf16_to_f32_at(isa, &src_bf, &mut wide_bf).expect("available level");
+                convert::f16_to_f32_at(isa, &src_h, &mut wide_h).expect("available level");
+            }
+            None => {
+                convert::f32_to_bf16(src, &mut out_bf);
+                convert::f32_to_f16(src, &mut out_h);
+                convert::bf16_to_f32(&src_bf, &mut wide_bf);
+                convert::f16_to_f32(&src_h, &mut wide_h);
+            }
+        }
+        let out_bf: Vec<u16> = out_bf.iter().map(|x| x.to_bits()).collect();
+        let out_h: Vec<u16> = out_h.iter().map(|x| x.to_bits()).collect();
+        check_bits(
+            "f32->bf16",
+            label,
+            src,
+            &out_bf,
+            |s| bits::f32_to_bf16_bits(s.to_bits()),
+            |a, b| a == b,
+            show32,
+        );
+        check_bits(
+            "f32->f16",
+            label,
+            src,
+            &out_h,
+            |s| bits::f32_to_f16_bits(s.to_bits()),
+            |a, b| a == b,
+            show32,
+        );
+        check_bits(
+            "bf16->f32",
+            label,
+            src16,
+            &wide_bf,
+            |s| f32::from_bits(bits::bf16_to_f32_bits(s)),
+            same32,
+            show16,
+        );
+        check_bits(
+            "f16->f32",
+            label,
+            src16,
+            &wide_h,
+            |s| f32::from_bits(bits::f16_to_f32_bits(s)),
+            same32,
+            show16,
+        );
+    }
+}
+
+/// A finite test value from two fuzz bytes: a small integer times a power
+/// of two, sometimes deep in the subnormal range of `T`.
+fn value<T: Element>(b: &mut Bytes) -> T {
+    let m = b.u8() as i8 as f32;
+    let e = b.u8();
+    let exp = if e >= 248 {
+        match T::DTYPE {
+            FloatType::F16 => -20,
+            _ => -135,
+        }
+    } else {
+        (e % 21) as i32 - 12
+    };
+    T::from_f32(m * (exp as f32).exp2())
+}
+
+fn unit(t: FloatType) -> f64 {
+    match t {
+        FloatType::F32 => f64::powi(2.0, -24),
+        FloatType::Bf16 => f64::powi(2.0, -8),
+        FloatType::F16 => f64::powi(2.0, -11),
+    }
+}
+
+fn smallest_subnormal(t: FloatType) -> f64 {
+    match t {
+        FloatType::F32 => f64::powi(2.0, -149),
+        FloatType::Bf16 => f64::powi(2.0, -133),
+        FloatType::F16 => f64::powi(2.0, -24),
+    }
+}
+
+fn max_finite(t: FloatType) -> f64 {
+    match t {
+        FloatType::F32 => f32::MAX as f64,
+        FloatType::Bf16 => bf16::MAX.to_f64(),
+        FloatType::F16 => 65504.0,
+    }
+}
+
+fn gelu_tanh_f64(v: f64) -> f64 {
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    0.5 * v * (1.0 + (c * (v + 0.044715 * v * v * v)).tanh())
+}
+
+/// Random small GEMMs (shapes up to 40 x 40 x 48, transposed and padded
+/// views, alpha/beta/bias/activation, every input/output type pair) through
+/// every available level, the default dispatch with 1 and 2 threads and the
+/// packed-B entry point; each element must be within the documented bound
+/// of an f64 reference, and the thread counts must agree bit for bit.
+pub fn gemm_differential(data: &[u8]) {
+    let mut b = Bytes::new(data);
+    let types = b.u8();
+    match (types % 3, (types / 3) % 3) {
+        (0, 0) => gemm_case::<f32, f32>(&mut b),
+        (0, 1) => gemm_case::<f32, bf16>(&mut b),
+        (0, _) => gemm_case::<f32, f16>(&mut b),
+        (1, 0) => gemm_case::<bf16, f32>(&mut b),
+        (1, 1) => gemm_case::<bf16, bf16>(&mut b),
+        (1, _) => gemm_case::<bf16, f16>(&mut b),
+        (_, 0) => gemm_case::<f16, f32>(&mut b),
+        (_, 1) => gemm_case::<f16, bf16>(&mut b),
+        (_, _) => gemm_case::<f16, f16>(&mut b),
+    }
+}
+
+/// Storage of a possibly transposed `rows x cols` operand: stored as
+/// `rows x cols` (or `cols x rows` when transposed) with `pad` extra
+/// elements per stored row.
+struct Operand<T> {
+    data: Vec<T>,
+    rows: usize,
+    cols: usize,
+    trans: bool,
+    ld: usize,
+}
+
+impl<T: Element> Operand<T> {
+    fn new(b: &mut Bytes, rows: usize, cols: usize, trans: bool, pad: usize, nan: bool) -> Self {
+        let (sr, sc) = if trans { (cols, rows) } else { (rows, cols) };
+        let ld = sc + pad;
+        let data = (0..sr * ld)
+            .map(|_| {
+                if nan {
+                    T::from_f32(f32::NAN)
+                } else {
+                    value::<T>(b)
+                }
+            })
+            .collect();
+        Operand {
+            data,
+            rows,
+            cols,
+            trans,
+            ld,
+        }
+    }
+
+    fn view(&self) -> MatRef<'_, T> {
+        let (sr, sc) = if self.trans {
+            (self.cols, self.rows)
+        } else {
+            (self.rows, self.cols)
+        };
+        let v = MatRef::new(&self.data, sr, sc, self.ld).expect("storage covers the view");
+        if self.trans { v.t() } else { v }
+    }
+
+    fn at(&self, i: usize, j: usize) -> f64 {
+        let idx = if self.trans {
+            j * self.ld + i
+        } else {
+            i * self.ld + j
+        };
+        self.data[idx].to_f32() as f64
+    }
+}
+
+fn gemm_case<T: Element, O: Element>(b: &mut Bytes) {
+    let m = (b.u8() % 41) as usize;
+    let n = (b.u8() % 41) as usize;
+    let k = (b.u8() % 49) as usize;
+    let flags = b.u8();
+    let pads = b.u8();
+    let alpha = [1.0f32, -1.0, 0.5, 2.0, 0.0, 1.5, -0.75, 1.0][(b.u8() % 8) as usize];
+    let beta = [0.0f32, 1.0, -0.5, 2.0][(b.u8() % 4) as usize];
+    let activation = [
+        Activation::Identity,
+        Activation::Relu,
+        Activation::GeluErf,
+        Activation::GeluTanh,
+    ][((flags >> 3) % 4) as usize];
+    // alpha == 0 means A and B are not read, so NaN there must not show.
+    let ab_nan = alpha == 0.0 && flags & 0x80 != 0;
+    let a = Operand::<T>::new(b, m, k, flags & 1 != 0, (pads % 4) as usize, ab_nan);
+    let bm = Operand::<T>::new(b, k, n, flags & 2 != 0, ((pads >> 2) % 4) as usize, ab_nan);
+    let bias: Option<Vec<f32>> =
+        (flags & 4 != 0).then(|| (0..n).map(|_| value::<f32>(b)).collect());
+    let ldc = n + ((pads >> 4) % 4) as usize;
+    let sentinel = O::from_f32(-12345.0);
+    let c0: Vec<O> = (0..m * ldc)
+        .map(|idx| {
+            if idx % ldc >= n {
+                sentinel
+            } else if beta == 0.0 {
+                // beta == 0 means C is not read.
+                O::from_f32(f32::NAN)
+            } else {
+                value::<O>(b)
+            }
+        })
+        .collect();
+    let epilogue = Epilogue {
+        bias: bias.as_deref(),
+        activation,
+    };
+
+    // f64 reference with the documented error bound.
+    let u = f64::powi(2.0, -24);
+    let tiny = f64::powi(2.0, -149);
+    let (uo, subo, maxo) = (
+        unit(O::DTYPE),
+        smallest_subnormal(O::DTYPE),
+        max_finite(O::DTYPE),
+    );
+    let alpha64 = alpha as f64;
+    let mut want = vec![(0f64, 0f64); m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let (mut acc, mut abs) = (0f64, 0f64);
+            if alpha != 0.0 {
+                for p in 0..k {
+                    let prod = a.at(i, p) * bm.at(p, j);
+                    acc += prod;
+                    abs += prod.abs();
+                }
+            }
+            let cterm = if beta != 0.0 {
+                beta as f64 * c0[i * ldc + j].to_f32() as f64
+            } else {
+                0.0
+            };
+            let bterm = bias.as_ref().map_or(0.0, |v| v[j] as f64);
+            let v = alpha64 * acc + cterm + bterm;
+            let err = 4.0 * (k as f64 + 2.0) * u * alpha64.abs() * abs
+                + 4.0 * u * (alpha64.abs() * acc.abs() + cterm.abs() + bterm.abs())
+                + (k as f64 + 8.0) * tiny * (1.0 + alpha64.abs());
+            let (r, e) = match activation {
+                Activation::Identity => (v, err),
+                Activation::Relu => (v.max(0.0), err),
+                Activation::GeluErf => (
+                    0.5 * v * (1.0 + erf_f64(v / std::f64::consts::SQRT_2)),
+                    1.2 * err + 8.0 * u * v.abs() + tiny,
+                ),
+                Activation::GeluTanh => (gelu_tanh_f64(v), 1.2 * err + 8.0 * u * v.abs() + tiny),
+            };
+            want[i * n + j] = (r, e);
+        }
+    }
+    let check = |what: &str, c: &[O]| {
+        for i in 0..m {
+            for j in 0..n {
+                let got = c[i * ldc + j].to_f32() as f64;
+                let (r, e) = want[i * n + j];
+                let tol = e * (1.0 + uo) + uo * r.abs() + subo;
+                let ok = (got - r).abs() <= tol
+                    || (got.is_infinite() && got.signum() == r.signum() && r.abs() + e >= maxo);
+                assert!(
+                    ok,
+                    "gemm {what} {}x{}x{} T={:?} O={:?} alpha={alpha} beta={beta} {activation:?} \
+                     bias={} a_t={} b_t={}: C[{i},{j}] = {got:e}, want {r:e} +- {tol:e}",
+                    m,
+                    n,
+                    k,
+                    T::DTYPE,
+                    O::DTYPE,
+                    bias.is_some(),
+                    a.trans,
+                    bm.trans
+                );
+            }
+            for p in n..ldc {
+                assert!(
+                    c[i * ldc + p].to_f32() == sentinel.to_f32(),
+                    "gemm {what} wrote C[{i}] padding column {p}"
+                );
+            }
+        }
+    };
+    let run_at = |isa: Isa| {
+        let mut c = c0.clone();
+        let cv = MatMut::new(&mut c, m, n, ldc).expect("storage covers C");
+        gemm::gemm_at(
+            isa,
+            Accumulation::F32,
+            alpha,
+            a.view(),
+            bm.view(),
+            beta,
+            cv,
+            &epilogue,
+        )
+        .unwrap_or_else(|e| panic!("gemm_at({}) refused a valid call: {e}", isa.name()));
+        c
+    };
+    for isa in Isa::available() {
+        check(isa.name(), &run_at(isa));
+    }
+    let active = mixprec_kernels::active_isa();
+    let bits = |c: &[O]| -> Vec<u32> { c.iter().map(|x| x.to_f32().to_bits()).collect() };
+    let threads = [1usize, 2].map(|t| {
+        gemm::set_num_threads(t);
+        let mut c = c0.clone();
+        let cv = MatMut::new(&mut c, m, n, ldc).expect("storage covers C");
+        gemm::gemm(alpha, a.view(), bm.view(), beta, cv, &epilogue)
+            .unwrap_or_else(|e| panic!("gemm refused a valid call: {e}"));
+        c
+    });
+    gemm::set_num_threads(0);
+    assert_eq!(
+        bits(&threads[0]),
+        bits(&threads[1]),
+        "gemm results depend on the thread count ({m}x{n}x{k})"
+    );
+    let plain = run_at(active);
+    assert_eq!(
+        bits(&plain),
+        bits(&threads[0]),
+        "gemm and gemm_at(active) disagree"
+    );
+    let packed = PackedB::pack(bm.view());
+    let mut c = c0.clone();
+    let cv = MatMut::new(&mut c, m, n, ldc).expect("storage covers C");
+    gemm::gemm_packed_at(active, alpha, a.view(), &packed, beta, cv, &epilogue)
+        .unwrap_or_else(|e| panic!("gemm_packed refused a valid call: {e}"));
+    check("packed", &c);
+    // Documented: packed and unpacked agree bit for bit except on the
+    // small-m path when B has unit row stride.
+    let b_rs_one = bm.trans || bm.ld == 1;
+    if m > 16 || !b_rs_one {
+        assert_eq!(
+            bits(&c),
+            bits(&plain),
+            "gemm_packed and gemm disagree ({m}x{n}x{k})"
+        );
+    }
+}
