@@ -25,6 +25,11 @@ fn data<T: Element>(len: usize, seed: usize) -> Vec<T> {
 }
 
 fn peaks(_c: &mut Criterion) {
+    // matrixmultiply sizes its pool from this variable on first use (default:
+    // all physical cores); pin it to one thread so its row is single-threaded.
+    // SAFETY: this runs first, before any thread of this process reads the
+    // environment concurrently.
+    unsafe { std::env::set_var("MATMUL_NUM_THREADS", "1") };
     for kind in [PeakKind::F32Fma, PeakKind::Bf16Dot, PeakKind::F16Fma] {
         for threads in [1, 2] {
             match peak_gflops(kind, threads) {

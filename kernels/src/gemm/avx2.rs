@@ -13,6 +13,7 @@
 
 use std::arch::x86_64::*;
 
+use super::pack::KC;
 use crate::element::FloatType;
 
 /// Rows of the large-m register tile.
@@ -61,12 +62,18 @@ unsafe fn load8<const BT: u8>(p: *const u8, n: usize) -> __m256 {
 /// `out[i][0..8*NV] (+)= sum_p a[p*MR_ + i] * b[p*b_rs + 0..8*NV]`, `p < kc`.
 ///
 /// # Safety
-/// As `avx512::tile`: `a` holds `kc * MR_` f32; `cols` elements of each B row
+/// As `avx512::tile` (A at constant strides `AI` between rows, `AP` between k steps); `cols` elements of each B row
 /// readable; `out` holds `MR_` rows of `8 * NV` f32 at stride `ldo`.
 #[inline]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile<const MR_: usize, const NV: usize, const BT: u8>(
+unsafe fn tile<
+    const MR_: usize,
+    const NV: usize,
+    const BT: u8,
+    const AI: usize,
+    const AP: usize,
+>(
     kc: usize,
     a: *const f32,
     b: *const u8,
@@ -95,12 +102,12 @@ unsafe fn tile<const MR_: usize, const NV: usize, const BT: u8>(
                 *x = load8::<BT>(bp.add(8 * v * size), cols.saturating_sub(8 * v));
             }
             for (i, row) in acc.iter_mut().enumerate() {
-                let ai = _mm256_broadcast_ss(&*ap.add(i));
+                let ai = _mm256_broadcast_ss(&*ap.add(i * AI));
                 for (v, x) in row.iter_mut().enumerate() {
                     *x = _mm256_fmadd_ps(ai, bv[v], *x);
                 }
             }
-            ap = ap.add(MR_);
+            ap = ap.add(AP);
             bp = bp.add(b_rs * size);
         }
         for (i, row) in acc.iter().enumerate() {
@@ -132,7 +139,7 @@ pub(super) unsafe fn big_tile(
             ($($n:literal)*) => {
                 match mr {
                     // SAFETY: forwarded from the caller's contract.
-                    $($n => unsafe { tile::<$n, 2, F32>(kc, a, b, 32, 16, out, ldo, load) },)*
+                    $($n => unsafe { tile::<$n, 2, F32, KC, 1>(kc, a, b, 32, 16, out, ldo, load) },)*
                     _ => unreachable!("tile rows {mr} > {MR}"),
                 }
             };
@@ -167,7 +174,7 @@ pub(super) unsafe fn small_tile(
             ($bt:expr, $($n:literal)*) => {
                 match mr {
                     // SAFETY: forwarded from the caller's contract.
-                    $($n => unsafe { tile::<$n, 2, $bt>(kc, a, b, b_rs, c, out, ldo, false) },)*
+                    $($n => unsafe { tile::<$n, 2, $bt, 1, $n>(kc, a, b, b_rs, c, out, ldo, false) },)*
                     _ => unreachable!("small tile rows {mr} > 4"),
                 }
             };

@@ -14,6 +14,7 @@
 
 use std::arch::x86_64::*;
 
+use super::pack::KC;
 use crate::element::FloatType;
 
 /// Rows of the large-m register tile.
@@ -73,16 +74,27 @@ unsafe fn load16<const BT: u8>(p: *const u8, mask: u16) -> __m512 {
     }
 }
 
-/// `out[i][0..16*NV] (+)= sum_p a[p*MR + i] * b[p*b_rs + 0..16*NV]`, `p < kc`.
+/// `out[i][0..16*NV] (+)= sum_p a[i*AI + p*AP] * b[p*b_rs + 0..16*NV]`, `p < kc`.
+///
+/// A is either interleaved (`AI = 1, AP = MR_`, the small-m path) or a
+/// row-major block with row stride `KC` (`AI = KC, AP = 1`, the large-m path,
+/// whose packing is then plain row copies); both strides are constants, so
+/// the broadcasts use immediate displacements.
 ///
 /// # Safety
-/// `a` holds `kc * MR` f32; for each `p < kc` the first `cols` elements (of
+/// `a` holds the `MR_ x kc` block at those strides; for each `p < kc` the first `cols` elements (of
 /// type `BT`) at `b + p * b_rs` are readable; `out` rows `i < MR` at stride
 /// `ldo` hold `16 * NV` f32 (read when `load`).
 #[inline]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn tile<const MR_: usize, const NV: usize, const BT: u8>(
+unsafe fn tile<
+    const MR_: usize,
+    const NV: usize,
+    const BT: u8,
+    const AI: usize,
+    const AP: usize,
+>(
     kc: usize,
     a: *const f32,
     b: *const u8,
@@ -115,12 +127,12 @@ unsafe fn tile<const MR_: usize, const NV: usize, const BT: u8>(
                 *x = load16::<BT>(bp.add(16 * v * size), masks[v]);
             }
             for (i, row) in acc.iter_mut().enumerate() {
-                let ai = _mm512_set1_ps(*ap.add(i));
+                let ai = _mm512_set1_ps(*ap.add(i * AI));
                 for (v, x) in row.iter_mut().enumerate() {
                     *x = _mm512_fmadd_ps(ai, bv[v], *x);
                 }
             }
-            ap = ap.add(MR_);
+            ap = ap.add(AP);
             bp = bp.add(b_rs * size);
         }
         for (i, row) in acc.iter().enumerate() {
@@ -131,7 +143,8 @@ unsafe fn tile<const MR_: usize, const NV: usize, const BT: u8>(
     }
 }
 
-/// Large-m tile: `mr <= MR` rows by 32 columns of an f32 B panel (row stride 32).
+/// Large-m tile: `mr <= MR` rows (A row-major at stride `KC`) by 32 columns
+/// of an f32 B panel (row stride 32).
 ///
 /// # Safety
 /// As [`tile`] with `cols = 32`, `b_rs = 32`, and the CPU supports AVX-512 F/BW/VL.
@@ -150,7 +163,7 @@ pub(super) unsafe fn big_tile(
         ($($n:literal)*) => {
             match mr {
                 // SAFETY: forwarded from the caller's contract.
-                $($n => unsafe { tile::<$n, 2, F32>(kc, a, b, 32, 32, out, ldo, load) },)*
+                $($n => unsafe { tile::<$n, 2, F32, KC, 1>(kc, a, b, 32, 32, out, ldo, load) },)*
                 _ => unreachable!("tile rows {mr} > {MR}"),
             }
         };
@@ -182,9 +195,9 @@ pub(super) unsafe fn small_tile(
         ($bt:expr, $($n:literal)*) => {
             match (mr, cols <= 32) {
                 // SAFETY: forwarded from the caller's contract.
-                $(($n, true) => unsafe { tile::<$n, 2, $bt>(kc, a, b, b_rs, cols, out, ldo, false) },)*
+                $(($n, true) => unsafe { tile::<$n, 2, $bt, 1, $n>(kc, a, b, b_rs, cols, out, ldo, false) },)*
                 // SAFETY: forwarded from the caller's contract.
-                $(($n, false) => unsafe { tile::<$n, 4, $bt>(kc, a, b, b_rs, cols, out, ldo, false) },)*
+                $(($n, false) => unsafe { tile::<$n, 4, $bt, 1, $n>(kc, a, b, b_rs, cols, out, ldo, false) },)*
                 _ => unreachable!("small tile rows {mr} > 4"),
             }
         };

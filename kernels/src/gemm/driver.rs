@@ -19,7 +19,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::pack::NR;
+use super::pack::{KC, NR};
 use super::{
     Activation, BSource, Element, Epilogue, MatMut, MatRef, PackedB, epilogue, num_threads,
 };
@@ -27,8 +27,6 @@ use crate::convert;
 use crate::element::FloatType;
 use crate::isa::Isa;
 
-/// k block: a 32-column f32 B panel of `KC` rows is 24 KiB, within Zen 4's 32 KiB L1D.
-const KC: usize = 192;
 /// Register tiles per M block.
 const MC_TILES: usize = 8;
 /// 32-column panels per N block.
@@ -297,6 +295,34 @@ fn pack_a_tile<T: Element>(isa: Isa, a: &MatRef<T>, r0: usize, rows: usize, dst:
         for p in 0..k {
             for i in 0..rows {
                 dst[p * rows + i] = a.data[(r0 + i) * a.rs + p * a.cs].to_f32();
+            }
+        }
+    }
+}
+
+/// Packs rows `r0 .. r0 + rows` of A into k blocks of `KC` columns, each a
+/// row-major `mr x KC` block: `dst[(p / KC) * mr * KC + i * KC + p % KC] = A[r0 + i, p]`.
+fn pack_a_blocks<T: Element>(
+    isa: Isa,
+    a: &MatRef<T>,
+    r0: usize,
+    rows: usize,
+    mr: usize,
+    dst: &mut [f32],
+) {
+    let k = a.cols;
+    for (b, pc) in (0..k).step_by(KC).enumerate() {
+        let kc = KC.min(k - pc);
+        let block = &mut dst[b * mr * KC..(b + 1) * mr * KC];
+        for i in 0..rows {
+            let out = &mut block[i * KC..i * KC + kc];
+            if a.cs == 1 {
+                let start = (r0 + i) * a.rs + pc;
+                widen_into(isa, &a.data[start..start + kc], out);
+            } else {
+                for (p, x) in out.iter_mut().enumerate() {
+                    *x = a.at(r0 + i, pc + p).to_f32();
+                }
             }
         }
     }
@@ -575,17 +601,22 @@ fn large<T: Element, O: Element>(
             &bbuf
         }
     };
-    // A as f32 row tiles: tile t at t * mr * k, element (i, p) at p * rows_t + i.
+    // A as f32 row tiles of `mr` rows, each cut into k blocks of KC columns
+    // stored row-major with row stride KC: block `b` of tile `t` starts at
+    // `(t * kb + b) * mr * KC`, so the kernels broadcast at constant offsets.
     let tiles = m.div_ceil(mr);
-    let mut apack = take_buf(&PACK_A, m * k);
+    let kb = k.div_ceil(KC);
+    let mut apack = take_buf(&PACK_A, tiles * kb * mr * KC);
     {
         let ap = SendPtr(apack.as_mut_ptr());
         let a = &a;
         parallel_for(threads, tiles, 0, |t, _| {
             let rows = mr.min(m - t * mr);
-            // SAFETY: tile t owns apack[t*mr*k .. t*mr*k + rows*k], disjoint per tile.
-            let dst = unsafe { std::slice::from_raw_parts_mut(ap.get().add(t * mr * k), rows * k) };
-            pack_a_tile(ep.isa, a, t * mr, rows, dst);
+            // SAFETY: tile t owns apack[t*kb*mr*KC .. (t+1)*kb*mr*KC], disjoint per tile.
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(ap.get().add(t * kb * mr * KC), kb * mr * KC)
+            };
+            pack_a_blocks(ep.isa, a, t * mr, rows, mr, dst);
         });
     }
     let mc = mr * MC_TILES;
@@ -605,9 +636,9 @@ fn large<T: Element, O: Element>(
                 for tl in 0..mcb.div_ceil(mr) {
                     let t = i0 / mr + tl;
                     let rows = mr.min(m - t * mr);
-                    let aptr = apack[t * mr * k + pc * rows..].as_ptr();
+                    let aptr = apack[(t * kb + pc / KC) * mr * KC..].as_ptr();
                     let wsp = ws[tl * mr * nc + q * NR..].as_mut_ptr();
-                    // SAFETY: the A tile holds kc*rows f32 from pc*rows on, the B panel
+                    // SAFETY: the A block holds rows x kc f32 at row stride KC, the B panel
                     // kc*NR from pc*NR on; the workspace tile is rows x NR at stride nc.
                     unsafe { (kern.big_tile)(rows, kc, aptr, bptr, wsp, nc, pc > 0) };
                     if last {

@@ -12,6 +12,11 @@ use super::{Element, MatRef};
 /// Panel width in columns: two zmm or four ymm registers of f32.
 pub(crate) const NR: usize = 32;
 
+/// k block of the large-m path: a 32-column f32 B panel of `KC` rows is
+/// 24 KiB, within Zen 4's 32 KiB L1D. Packed A tiles are row-major blocks
+/// with this row stride.
+pub(crate) const KC: usize = 192;
+
 /// A `k x n` right-hand side packed once (typically weights) and reused by
 /// [`super::gemm_packed`].
 ///
