@@ -1,5 +1,6 @@
-//! End-to-end tests of the `mixprec` binary: `info`, `convert` (round trip
-//! and every bad-input case) and the subcommands that are not wired yet.
+//! End-to-end tests of the `mixprec` binary: `info` and `convert` (round trip
+//! and every bad-input case). `tune`, `run` and `bench --model` are in
+//! `tests/cli_tune.rs`.
 
 use std::collections::HashMap;
 use std::fs;
@@ -106,27 +107,6 @@ fn invalid_cap_is_reported_and_detection_kept() {
             out.contains(&format!("active level:   {}", isa::detected_isa())),
             "{out}"
         );
-    }
-}
-
-#[test]
-fn tune_and_run_are_not_available_yet() {
-    for args in [
-        &["tune"][..],
-        &["tune", "--dtype", "bf16,fp16", "--tolerable-loss", "0.02"],
-        &[
-            "run",
-            "--input",
-            "in.safetensors",
-            "--output",
-            "out.safetensors",
-        ],
-        &["bench", "--model", "builtin"],
-    ] {
-        let o = mixprec(args, &[]);
-        let line = assert_one_error_line(&o, &format!("{args:?}"));
-        assert!(line.contains("not available yet"), "{line}");
-        assert_eq!(o.status.code(), Some(2));
     }
 }
 

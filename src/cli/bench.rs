@@ -22,6 +22,7 @@ use mixprec_kernels::gemm::{self, Accumulation, Epilogue, MatMut, MatRef};
 use mixprec_kernels::isa::Isa;
 use mixprec_kernels::peak::{PeakKind, peak_gflops};
 
+use super::model;
 use super::{BenchArgs, CliError};
 
 /// Sizes (elements) the conversions are measured at: in L1, and far past the last-level cache.
@@ -81,10 +82,14 @@ impl Default for Budget {
 /// Runs `mixprec bench`.
 pub fn run(args: &BenchArgs, out: &mut impl Write) -> Result<(), CliError> {
     if args.model.is_some() {
-        return Err(CliError::NotAvailable {
-            what: "`mixprec bench --model`",
-            needs: "the op-graph layer",
-        });
+        let rows = measure_model(args)?;
+        let result = if args.json {
+            rows.iter()
+                .try_for_each(|m| writeln!(out, "{}", m.to_json()))
+        } else {
+            write_model_table(out, &rows)
+        };
+        return result.map_err(CliError::Output);
     }
     let mut rows = measure_kernels(Budget::default());
     rows.extend(measure_gemm(Budget::default()));
@@ -95,6 +100,108 @@ pub fn run(args: &BenchArgs, out: &mut impl Write) -> Result<(), CliError> {
         write_table(out, &rows)
     };
     result.map_err(CliError::Output)
+}
+
+/// Batch of synthetic inputs for a model file benchmarked without `--data`.
+pub const DEFAULT_MODEL_BATCH: usize = 32;
+
+/// Unit of the model latency rows.
+pub const LATENCY_UNIT: &str = "ms (median)";
+/// Unit of the model throughput rows.
+pub const THROUGHPUT_UNIT: &str = "samples/s";
+
+/// `bench --model`: median latency and throughput of the model in fp32 and
+/// under the plan (`--plan`, or every lowerable node in bf16 without one),
+/// at the active ISA level, on `--data` (or the demo's test images, or
+/// synthetic inputs of `--batch` samples).
+pub fn measure_model(args: &BenchArgs) -> Result<Vec<Measurement>, CliError> {
+    let Some(src) = &args.model else {
+        return Ok(Vec::new());
+    };
+    let loaded = model::load_model(src)?;
+    let graph = &loaded.graph;
+    let mut plans = vec![("fp32".to_string(), crate::graph::PrecisionPlan::new())];
+    match &args.plan {
+        Some(p) => plans.push((p.display().to_string(), model::load_plan(p, graph)?)),
+        None => plans.push((
+            "all-bf16".to_string(),
+            crate::graph::PrecisionPlan::all(graph, mixprec_kernels::FloatType::Bf16),
+        )),
+    }
+    let data = match (&args.data, &loaded.demo) {
+        (Some(p), _) => model::load_data(p, graph, "data")?,
+        (None, Some(m)) => model::demo_data(m)?,
+        (None, None) => model::synthetic_inputs(graph, args.batch.unwrap_or(DEFAULT_MODEL_BATCH))?,
+    };
+    let inputs = match args.batch {
+        Some(b) if b < data.batch => data.head(graph, b),
+        _ => data.inputs.clone(),
+    };
+    let batch = inputs
+        .first()
+        .and_then(|(_, t)| t.shape().first().copied())
+        .unwrap_or(1);
+    let refs: Vec<(&str, &crate::graph::Tensor)> =
+        inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let isa = mixprec_kernels::isa::active_isa().name();
+    let mut rows = Vec::new();
+    for (name, plan) in &plans {
+        let compiled = model::compile(graph, plan, name)?;
+        let secs = model::median_latency(&compiled, &refs, 101, Duration::from_secs(1))?;
+        let shape = format!(
+            "model={} batch={batch} plan={name} ({})",
+            loaded.label,
+            model::plan_counts(graph, plan)
+        );
+        rows.push(Measurement {
+            kernel: "model".into(),
+            isa: isa.into(),
+            shape: shape.clone(),
+            value: secs * 1e3,
+            unit: LATENCY_UNIT,
+            peak_fraction: None,
+        });
+        rows.push(Measurement {
+            kernel: "model".into(),
+            isa: isa.into(),
+            shape,
+            value: batch as f64 / secs,
+            unit: THROUGHPUT_UNIT,
+            peak_fraction: None,
+        });
+    }
+    Ok(rows)
+}
+
+/// The `bench --model` table: one line per plan, with the speedup over the
+/// first (fp32) row.
+pub fn write_model_table(out: &mut impl Write, rows: &[Measurement]) -> std::io::Result<()> {
+    let lat: Vec<&Measurement> = rows.iter().filter(|r| r.unit == LATENCY_UNIT).collect();
+    writeln!(
+        out,
+        "model latency at {}, {} thread(s), median of up to 101 runs (1 s per plan)",
+        mixprec_kernels::isa::active_isa(),
+        gemm::num_threads()
+    )?;
+    writeln!(
+        out,
+        "{:<64} {:>12} {:>14} {:>8}",
+        "model / batch / plan", "latency ms", "samples/s", "vs fp32"
+    )?;
+    let base = lat.first().map(|r| r.value);
+    for r in lat {
+        let tput = rows
+            .iter()
+            .find(|t| t.unit == THROUGHPUT_UNIT && t.shape == r.shape)
+            .map_or(f64::NAN, |t| t.value);
+        let speedup = base.map_or(f64::NAN, |b| b / r.value);
+        writeln!(
+            out,
+            "{:<64} {:>12.4} {:>14.0} {:>7.2}x",
+            r.shape, r.value, tput, speedup
+        )?;
+    }
+    Ok(())
 }
 
 /// Seconds of the fastest of up to `budget.max_reps` runs of `f` (at least

@@ -73,14 +73,22 @@ pub fn implementations(isa: Isa) -> Vec<(String, String)> {
             )
         })
         .collect();
-    // TODO(kernel helpers): replace these once gemm / dot / elementwise / norm
-    // expose an `implementation(isa)` like `Conversion::implementation`.
-    for family in ["gemm", "dot", "elementwise", "norm"] {
+    // TODO(gemm helper): replace these once gemm / dot expose an
+    // `implementation(isa)` like `Conversion::implementation`.
+    for family in ["gemm", "dot"] {
         rows.push((
             family.to_string(),
             format!("(not reported yet: mixprec_kernels::{family} has no implementation(isa))"),
         ));
     }
+    rows.push((
+        "elementwise".to_string(),
+        mixprec_kernels::elementwise::implementation(isa).to_string(),
+    ));
+    rows.push((
+        "norm".to_string(),
+        mixprec_kernels::norm::implementation(isa).to_string(),
+    ));
     rows
 }
 
@@ -103,6 +111,26 @@ mod tests {
         }
         for family in ["gemm", "dot", "elementwise", "norm"] {
             assert!(text.lines().any(|l| l.trim_start().starts_with(family)));
+        }
+        assert!(text.contains(mixprec_kernels::elementwise::implementation(active)));
+        assert!(text.contains(mixprec_kernels::norm::implementation(active)));
+    }
+
+    #[test]
+    fn elementwise_and_norm_report_per_level() {
+        for isa in Isa::ALL {
+            let rows = implementations(isa);
+            let get = |f: &str| rows.iter().find(|(k, _)| k == f).unwrap().1.clone();
+            let (ew, norm) = (get("elementwise"), get("norm"));
+            let prefix = if isa == Isa::Scalar {
+                "scalar"
+            } else if isa == Isa::Avx2 {
+                "avx2"
+            } else {
+                "avx512"
+            };
+            assert!(ew.starts_with(prefix), "{isa}: {ew}");
+            assert!(norm.starts_with(prefix), "{isa}: {norm}");
         }
     }
 }

@@ -8,6 +8,9 @@
 pub mod bench;
 pub mod convert;
 pub mod info;
+pub mod model;
+pub mod run;
+pub mod tune;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -154,8 +157,9 @@ pub struct TuneArgs {
     /// Tolerable relative loss of the metric (0.01 = 1%).
     #[arg(long, default_value_t = 0.01, value_parser = parse_tolerance)]
     pub tolerable_loss: f64,
-    /// Most evaluations the tuner may spend (default: the tuner's own, 100).
-    #[arg(long)]
+    /// Most evaluations the tuner may spend besides the fp32 baseline
+    /// (default: the tuner's own, 100).
+    #[arg(long, value_parser = parse_positive)]
     pub max_trials: Option<usize>,
     /// Tuning strategy.
     #[arg(long, value_enum, default_value_t = Strategy::Default)]
@@ -227,12 +231,28 @@ pub struct BenchArgs {
     /// Also measure fp32 vs plan latency of this model (`builtin`, `builtin:KEY` or an ONNX file).
     #[arg(long)]
     pub model: Option<ModelSource>,
-    /// Precision plan for --model.
+    /// Precision plan for --model (default: every lowerable node in bf16).
     #[arg(long, requires = "model")]
     pub plan: Option<PathBuf>,
+    /// Inputs for --model: a safetensors file with one tensor per graph
+    /// input (default: the demo's 540 test images for `builtin`, synthetic
+    /// inputs for a model file).
+    #[arg(long, requires = "model")]
+    pub data: Option<PathBuf>,
+    /// Batch for --model: the first N samples of the data, or the size of
+    /// synthetic inputs (default 32).
+    #[arg(long, requires = "model", value_parser = parse_positive)]
+    pub batch: Option<usize>,
     /// Print one JSON object per measurement instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{s:?} is not a positive integer")),
+    }
 }
 
 fn parse_tolerance(s: &str) -> Result<f64, String> {
@@ -274,15 +294,23 @@ impl CliError {
 }
 
 impl fmt::Display for CliError {
+    /// One line: the binary prints exactly one `error:` line, so line
+    /// breaks inside nested messages become `; `.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
+        let text = match self {
             CliError::NotAvailable { what, needs } => {
-                write!(f, "{what} is not available yet (it needs {needs})")
+                format!("{what} is not available yet (it needs {needs})")
             }
-            CliError::Convert(e) => write!(f, "convert: {e}"),
-            CliError::Output(e) => write!(f, "cannot write output: {e}"),
-            CliError::Other(msg) => f.write_str(msg),
-        }
+            CliError::Convert(e) => format!("convert: {e}"),
+            CliError::Output(e) => format!("cannot write output: {e}"),
+            CliError::Other(msg) => msg.clone(),
+        };
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim_end)
+            .filter(|l| !l.is_empty())
+            .collect();
+        f.write_str(&lines.join("; "))
     }
 }
 
@@ -314,20 +342,14 @@ pub fn execute(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-/// `mixprec tune`; waits for the op-graph and tuner layers.
-pub fn tune(_args: &TuneArgs) -> Result<(), CliError> {
-    Err(CliError::NotAvailable {
-        what: "`mixprec tune`",
-        needs: "the op-graph and tuner layers",
-    })
+/// `mixprec tune`: see [`tune::run`].
+pub fn tune(args: &TuneArgs) -> Result<(), CliError> {
+    tune::run(args, &mut std::io::stdout().lock())
 }
 
-/// `mixprec run`; waits for the op-graph layer.
-pub fn run(_args: &RunArgs) -> Result<(), CliError> {
-    Err(CliError::NotAvailable {
-        what: "`mixprec run`",
-        needs: "the op-graph layer",
-    })
+/// `mixprec run`: see [`run::run`].
+pub fn run(args: &RunArgs) -> Result<(), CliError> {
+    run::run(args, &mut std::io::stdout().lock())
 }
 
 #[cfg(test)]
@@ -429,10 +451,9 @@ mod tests {
     }
 
     #[test]
-    fn tune_and_run_say_not_available_with_exit_2() {
-        let cli = Cli::try_parse_from(["mixprec", "tune"]).unwrap();
-        let err = execute(cli).unwrap_err();
-        assert!(err.to_string().contains("not available yet"));
-        assert_eq!(err.exit_code(), ExitCode::from(2));
+    fn error_display_is_one_line() {
+        let e = CliError::Other("first\nsecond\r\nthird".to_string());
+        assert_eq!(e.to_string(), "first; second; third");
+        assert_eq!(e.exit_code(), ExitCode::FAILURE);
     }
 }
