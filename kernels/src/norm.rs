@@ -160,6 +160,17 @@ fn run_reduce(isa: Isa, op: ReduceOp, x: FloatSlice, cols: usize, mut y: FloatSl
     )))
 }
 
+/// What the softmax / norm / reduction kernels run at `isa` (for `mixprec info`).
+pub const fn implementation(isa: Isa) -> &'static str {
+    match isa {
+        Isa::Scalar => "scalar, 32 partial sums",
+        Isa::Avx2 => "avx2, 32 partial sums in 4 ymm",
+        Isa::Avx512Core | Isa::Avx512CoreBf16 | Isa::Avx512CoreFp16 => {
+            "avx512, 32 partial sums in 2 zmm (avx512_core code)"
+        }
+    }
+}
+
 /// Softmax (or, with `log`, log-softmax) of each row of `cols` elements, on
 /// the active level. `rows = x.len() / cols`.
 ///

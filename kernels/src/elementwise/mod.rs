@@ -341,6 +341,18 @@ fn run_binary_lhs(isa: Isa, op: BinaryOp, a: f32, b: FloatSlice, y: FloatSliceMu
     }))
 }
 
+/// What the elementwise kernels run at `isa` (for `mixprec info`).
+pub const fn implementation(isa: Isa) -> &'static str {
+    match isa {
+        Isa::Scalar => "scalar f32 math, integer-RNE stores",
+        Isa::Avx2 => "avx2 8-lane f32 math (f16 via F16C)",
+        // See the module docs: the higher levels run the avx512_core code.
+        Isa::Avx512Core | Isa::Avx512CoreBf16 | Isa::Avx512CoreFp16 => {
+            "avx512 16-lane f32 math (avx512_core code)"
+        }
+    }
+}
+
 /// `y[i] = op(x[i])` on the active ISA level.
 ///
 /// # Panics
