@@ -114,11 +114,12 @@ fn digits_demo_keeps_layer0_in_fp32() {
     assert!((r.baseline - fp32).abs() < 0.004, "baseline {}", r.baseline);
     assert_eq!(r.trials[0].description, "all bf16");
     assert!(!r.trials[0].passed);
-    // At least as bad as the description's emulation (which adds the bias
-    // in f32; the graph stores a bf16 node's bias in bf16, which loses more).
+    // The description's emulation rounds inputs and weights to bf16 and adds
+    // the bias in f32, as the graph does; only the f32 summation order
+    // differs, which may flip at most a borderline image or two.
     assert!(
-        r.trials[0].metric <= bf16 + 0.02,
-        "all-bf16 {}",
+        (r.trials[0].metric - bf16).abs() <= 2.0 / 540.0 + 1e-12,
+        "all-bf16 {} vs the description's {bf16}",
         r.trials[0].metric
     );
     assert_eq!(r.status, TuneStatus::Passed);

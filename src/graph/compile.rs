@@ -274,6 +274,8 @@ impl Graph {
                     Some(DType::F32)
                 }
             };
+            // Pre-cast slots: a packed Gemm keeps its constant bias in f32 (below).
+            let uncast_ins = ins.clone();
             if let Some(t) = target {
                 for &i in &float_in {
                     ins[i] = b.as_dtype(ins[i], t)?;
@@ -312,7 +314,12 @@ impl Graph {
                 Op::Gemm { trans_b, beta, .. } => match b.consts[ins[1]].as_deref() {
                     Some(w) => {
                         let n = if *trans_b { w.shape()[0] } else { w.shape()[1] };
-                        let bias = ins
+                        // The bias joins the f32 accumulator in the GEMM epilogue,
+                        // so it is kept in f32 rather than rounded to the node's
+                        // dtype: a large bias that cancels a large product (an
+                        // input scaler folded into the layer) would otherwise lose
+                        // the small difference that carries the signal.
+                        let bias = uncast_ins
                             .get(2)
                             .and_then(|&c| b.consts[c].as_deref())
                             .and_then(|c| row_bias(c, n, *beta));

@@ -20,10 +20,14 @@
 //! ```
 //!
 //! # Numerics
-//! A node in bf16 or f16 stores its inputs (weights and biases included) and
-//! its outputs in that type and computes in f32 inside the kernels (GEMM
-//! accumulation, reductions, softmax and normalization statistics), rounding
-//! each output once. Data-movement ops keep their input's dtype. Graph
+//! A node in bf16 or f16 stores its inputs (weights included) and its outputs
+//! in that type and computes in f32 inside the kernels (GEMM accumulation,
+//! reductions, softmax and normalization statistics), rounding each output
+//! once. The one exception is the constant bias of a Gemm/Linear node with
+//! constant weights: it is added to the f32 accumulator in f32, as oneDNN
+//! does, because a large bias that cancels a large product (an input scaler
+//! folded into the layer) loses its signal when rounded. Conv biases are
+//! stored in the node's dtype. Data-movement ops keep their input's dtype. Graph
 //! inputs and outputs keep their declared dtypes unless
 //! [`CompileOptions::outputs_in_node_dtype`] is set.
 
@@ -48,5 +52,7 @@ pub use mixprec_kernels::FloatType;
 pub use ops::{AutoPad, Binary, ConvAttrs, Op, PoolAttrs, ReduceKind, Unary, erf_f64};
 pub use plan::PrecisionPlan;
 pub use profile::{Profile, ProfileEntry};
-pub use tensor::{Tensor, TensorElement, numel};
+pub use tensor::{
+    DEFAULT_MAX_TENSOR_BYTES, Tensor, TensorElement, max_tensor_bytes, numel, set_max_tensor_bytes,
+};
 pub use weights::Weights;
