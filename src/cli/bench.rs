@@ -185,8 +185,8 @@ pub fn write_model_table(out: &mut impl Write, rows: &[Measurement]) -> std::io:
     )?;
     writeln!(
         out,
-        "{:<64} {:>12} {:>14} {:>8}",
-        "model / batch / plan", "latency ms", "samples/s", "vs fp32"
+        "{:>12} {:>14} {:>8}  model / batch / plan",
+        "latency ms", "samples/s", "vs fp32"
     )?;
     let base = lat.first().map(|r| r.value);
     for r in lat {
@@ -197,8 +197,8 @@ pub fn write_model_table(out: &mut impl Write, rows: &[Measurement]) -> std::io:
         let speedup = base.map_or(f64::NAN, |b| b / r.value);
         writeln!(
             out,
-            "{:<64} {:>12.4} {:>14.0} {:>7.2}x",
-            r.shape, r.value, tput, speedup
+            "{:>12.4} {:>14.0} {:>7.2}x  {}",
+            r.value, tput, speedup, r.shape
         )?;
     }
     Ok(())

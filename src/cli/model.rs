@@ -287,10 +287,20 @@ impl Output {
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
+        if !dir.is_dir() {
+            return Err(CliError::Other(format!(
+                "cannot write {what} {}: folder {} does not exist",
+                path.display(),
+                dir.display()
+            )));
+        }
+        // tempfile's error names the random temporary path; the kind is
+        // what the user needs (e.g. permission denied).
         let tmp = NamedTempFile::new_in(dir).map_err(|e| {
             CliError::Other(format!(
-                "cannot write {what} {}: {e} (folder {})",
+                "cannot write {what} {}: {} (folder {})",
                 path.display(),
+                e.kind(),
                 dir.display()
             ))
         })?;
