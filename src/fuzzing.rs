@@ -24,6 +24,11 @@ use crate::safetensors_stream::{Header, convert_stream};
 /// are small anyway; this exercises the size check).
 pub const FUZZ_MAX_MODEL_BYTES: u64 = 1 << 20;
 
+/// The tensor limit the ONNX target runs under: far below libFuzzer's
+/// 2 GiB memory limit, so a model asking for more is a typed error, which
+/// is what the target checks.
+pub const FUZZ_MAX_TENSOR_BYTES: usize = 64 << 20;
+
 /// Graph inputs are only fed when they have at most this many elements.
 const MAX_INPUT_ELEMS: usize = 1 << 12;
 
@@ -34,6 +39,7 @@ pub fn onnx_bytes(data: &[u8]) {
         max_model_bytes: FUZZ_MAX_MODEL_BYTES,
         ..ImportOptions::default()
     };
+    crate::graph::set_max_tensor_bytes(FUZZ_MAX_TENSOR_BYTES);
     let _ = onnx::decode_tensor(data, FUZZ_MAX_MODEL_BYTES);
     let Ok(model) = onnx::load_bytes(data, None, &opts) else {
         return;

@@ -1,6 +1,7 @@
 //! Owned, contiguous, 64-byte-aligned tensors.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytemuck::{Pod, Zeroable};
 use half::{bf16, f16};
@@ -63,15 +64,58 @@ pub struct Tensor {
     data: Vec<Block>,
 }
 
-/// Number of elements of a shape (1 for rank 0).
+/// Number of elements of a shape (1 for rank 0). A product that overflows
+/// `usize` saturates to `usize::MAX`, which no real buffer matches, so length
+/// checks against it fail instead of wrapping to a small count.
 pub fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
+    if shape.contains(&0) {
+        return 0;
+    }
+    shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .unwrap_or(usize::MAX)
+}
+
+static MAX_TENSOR_BYTES: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_TENSOR_BYTES);
+
+/// Default of [`max_tensor_bytes`]: 4 GiB.
+pub const DEFAULT_MAX_TENSOR_BYTES: usize = 4 << 30;
+
+/// Sets the largest tensor (in bytes) a node may produce when a graph is
+/// compiled or run; a larger output is a [`GraphError::Runtime`] error naming
+/// the node, raised before anything is allocated. It guards against models
+/// whose shape computations (Expand, Tile, ConstantOfShape, ...) ask for
+/// absurd sizes. Process-wide; `0` restores the default.
+pub fn set_max_tensor_bytes(bytes: usize) {
+    let v = if bytes == 0 {
+        DEFAULT_MAX_TENSOR_BYTES
+    } else {
+        bytes
+    };
+    MAX_TENSOR_BYTES.store(v, Ordering::Relaxed);
+}
+
+/// The current limit set by [`set_max_tensor_bytes`].
+pub fn max_tensor_bytes() -> usize {
+    MAX_TENSOR_BYTES.load(Ordering::Relaxed)
+}
+
+/// Bytes of a `dtype` tensor of `shape`, `None` on overflow.
+pub(crate) fn checked_bytes(dtype: DType, shape: &[usize]) -> Option<usize> {
+    numel(shape)
+        .checked_mul(dtype.size())
+        .filter(|_| numel(shape) != usize::MAX)
 }
 
 impl Tensor {
     /// A tensor of zeros (all-zero bits: 0.0, 0 or false).
+    ///
+    /// Panics if the byte size of `shape` overflows `usize` (a programmer
+    /// error: shapes from files and models are checked before this).
     pub fn zeros(dtype: DType, shape: &[usize]) -> Tensor {
-        let bytes = numel(shape) * dtype.size();
+        let bytes = checked_bytes(dtype, shape)
+            .unwrap_or_else(|| panic!("Tensor::zeros: shape {shape:?} overflows usize"));
         Tensor {
             shape: shape.to_vec(),
             dtype,
@@ -82,7 +126,8 @@ impl Tensor {
     /// Builds a tensor around storage taken from a buffer pool; its contents
     /// are unspecified until written.
     pub(crate) fn from_blocks(dtype: DType, shape: &[usize], mut data: Vec<Block>) -> Tensor {
-        let blocks = blocks_for(numel(shape) * dtype.size());
+        let bytes = checked_bytes(dtype, shape).expect("pool shapes are size-checked");
+        let blocks = blocks_for(bytes);
         data.resize(blocks, Block::zeroed());
         Tensor {
             shape: shape.to_vec(),
@@ -170,7 +215,7 @@ impl Tensor {
     /// safetensors or ONNX raw_data buffer; any alignment).
     pub fn from_bytes(dtype: DType, shape: &[usize], bytes: &[u8]) -> Result<Tensor> {
         let n = numel(shape);
-        if n * dtype.size() != bytes.len() {
+        if checked_bytes(dtype, shape) != Some(bytes.len()) {
             return Err(GraphError::DataLength {
                 shape: shape.to_vec(),
                 expected: n,

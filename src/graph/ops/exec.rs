@@ -4,9 +4,9 @@ use super::infer::infer;
 use super::linalg::Prepared;
 use super::{Meta, Op};
 use crate::graph::dtype::DType;
-use crate::graph::error::Result;
+use crate::graph::error::{GraphError, Result};
 use crate::graph::graph::Dim;
-use crate::graph::tensor::{Block, Tensor, numel};
+use crate::graph::tensor::{Block, Tensor, checked_bytes, max_tensor_bytes, numel};
 
 /// Free storage of finished intermediate values, reused for new outputs so a
 /// run allocates little after its first few nodes.
@@ -81,6 +81,18 @@ pub(crate) fn execute(
     prepared: Option<&Prepared>,
 ) -> Result<Vec<Tensor>> {
     let metas = output_metas(op, node, inputs)?;
+    let limit = max_tensor_bytes();
+    for (d, s) in &metas {
+        if checked_bytes(*d, s).is_none_or(|b| b > limit) {
+            return Err(GraphError::Runtime {
+                node: node.to_string(),
+                detail: format!(
+                    "output shape {s:?} of {d:?} exceeds the {limit}-byte tensor limit \
+                     (graph::set_max_tensor_bytes)"
+                ),
+            });
+        }
+    }
     let mut outs: Vec<Tensor> = metas.iter().map(|(d, s)| pool.alloc(*d, s)).collect();
     let out = &mut outs[0];
     match op {
