@@ -534,7 +534,7 @@ pub fn write_table(
             fmt_ms(b)
         )?;
     }
-    writeln!(out, "tuning time:   {:.2} s", r.seconds)?;
+    writeln!(out, "tuning time:   {:.3} s", r.seconds)?;
     if args.metric == Metric::Mse {
         writeln!(
             out,
