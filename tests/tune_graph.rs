@@ -172,13 +172,23 @@ fn digits_demo_strategies_compared() {
         "digits folded_off100: default {} evaluations, opwise {}, sequential {}",
         def.report.evaluations, ow.report.evaluations, seq.report.evaluations
     );
-    // Without calibration inputs, synthetic ones are used and said so.
-    let syn = autotune(&d.graph, &bf16_config(Strategy::Default, None), |m| {
+    // Without calibration inputs, the batch is captured from the baseline
+    // evaluation, which still runs exactly once.
+    let mut calls = 0;
+    let cap = autotune(&d.graph, &bf16_config(Strategy::Default, None), |m| {
+        calls += 1;
         top1(m, &d.x, &d.labels)
     })
     .unwrap();
+    assert_eq!(calls, cap.report.evaluations);
+    assert!(cap.report.notes.iter().any(|n| n.contains("captured")));
+    assert!(cap.report.notes.iter().all(|n| !n.contains("synthetic")));
+    assert_eq!(cap.report.status, TuneStatus::Passed);
+    assert_eq!(cap.plan.dtype_of("l0"), FloatType::F32);
+    // An evaluation that never runs the model leaves nothing to capture:
+    // synthetic inputs are used and said so.
+    let syn = autotune(&d.graph, &bf16_config(Strategy::Default, None), |_| 1.0).unwrap();
     assert!(syn.report.notes.iter().any(|n| n.contains("synthetic")));
-    assert_eq!(syn.report.status, TuneStatus::Passed);
 }
 
 #[test]

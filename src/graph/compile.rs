@@ -72,6 +72,8 @@ pub struct CompiledModel {
     input_slots: Vec<(ValueId, usize)>,
     output_slots: Vec<(String, usize)>,
     casts: Vec<CastInfo>,
+    /// Set by [`CompiledModel::with_input_capture`]: the first run's inputs.
+    capture: Option<std::sync::OnceLock<Vec<(String, Tensor)>>>,
 }
 
 impl std::fmt::Debug for CompiledModel {
@@ -425,6 +427,7 @@ impl Graph {
             input_slots,
             output_slots,
             casts: b.casts,
+            capture: None,
         })
     }
 }
@@ -574,12 +577,34 @@ impl CompiledModel {
         Ok(out)
     }
 
+    /// Makes the model remember the inputs of its first successful input
+    /// check, for [`CompiledModel::captured_inputs`]. The tuner uses this to
+    /// take its calibration batch from the user's first evaluation.
+    pub fn with_input_capture(mut self) -> Self {
+        self.capture = Some(std::sync::OnceLock::new());
+        self
+    }
+
+    /// The first run's inputs (by graph input name), if capture is on and
+    /// the model has run.
+    pub fn captured_inputs(&self) -> Option<&[(String, Tensor)]> {
+        self.capture.as_ref()?.get().map(Vec::as_slice)
+    }
+
     fn run_inner(
         &self,
         inputs: &[(&str, &Tensor)],
         mut profile: Option<&mut Vec<ProfileEntry>>,
     ) -> Result<HashMap<String, Tensor>> {
         let given = self.check_inputs(inputs)?;
+        if let Some(capture) = &self.capture {
+            capture.get_or_init(|| {
+                inputs
+                    .iter()
+                    .map(|(name, t)| (name.to_string(), (*t).clone()))
+                    .collect()
+            });
+        }
         let mut table: Vec<Option<Val<'_>>> = self
             .consts
             .iter()

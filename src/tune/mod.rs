@@ -74,7 +74,7 @@ pub use graph_target::GraphTarget;
 pub use report::{NodeReport, TrialRecord, TuneStatus, TuningReport};
 pub use target::{BoxError, DtypeMap, Tunable, TunableNode};
 
-use crate::graph::{CompiledModel, Graph, PrecisionPlan};
+use crate::graph::{CompiledModel, Dim, Graph, PrecisionPlan, Tensor};
 
 use strategy::{Outcome, Plan, Session, Space};
 
@@ -97,9 +97,11 @@ pub struct TunedModel<M = CompiledModel, P = PrecisionPlan> {
 /// unless `config.higher_is_better` is false). It is called once for the
 /// fp32 baseline and at most `config.max_trials` more times. The sensitivity
 /// passes and the latency measurement run `config.calibration` (one tensor
-/// per graph input, by name; a few representative samples), or synthetic
-/// inputs when it is `None` (the report notes it; the ranking is then only
-/// as good as those inputs are representative).
+/// per graph input, by name; a few representative samples). When it is
+/// `None`, the inputs of the baseline evaluation are captured and their first
+/// 64 rows used; only if `eval_fn` never runs the model are synthetic inputs
+/// used (the report notes which, since the ranking is only as good as the
+/// inputs are representative).
 ///
 /// # Errors
 /// See [`autotune_fallible`].
@@ -133,10 +135,38 @@ where
     F: FnMut(&CompiledModel) -> Result<f64, E>,
 {
     config.validate()?;
-    let target = GraphTarget::new(graph, config.calibration.as_deref())
+    let mut eval_fn = eval_fn;
+    // Without a calibration batch, take it from the first evaluation: run
+    // the fp32 baseline here with input capture on, and hand its metric to
+    // the session below so the baseline is still evaluated only once.
+    let mut baseline = None;
+    let captured = match &config.calibration {
+        Some(_) => None,
+        None => {
+            let model = graph
+                .compile(&PrecisionPlan::all(graph, FloatType::F32))
+                .map_err(|e| TuneError::model("fp32 baseline", e))?
+                .with_input_capture();
+            baseline = Some(eval_fn(&model).map_err(TuneError::Eval)?);
+            model
+                .captured_inputs()
+                .map(|inputs| calibration_rows(graph, inputs))
+        }
+    };
+    let calibration = config.calibration.as_deref().or(captured.as_deref());
+    let target = GraphTarget::new(graph, calibration)
         .map_err(|e| TuneError::model("making synthetic calibration inputs", e))?;
-    let tuned = autotune_target_fallible(&target, config, eval_fn)?;
+    let eval = |m: &CompiledModel| match baseline.take() {
+        Some(metric) => Ok(metric),
+        None => eval_fn(m),
+    };
+    let tuned = autotune_target_fallible(&target, config, eval)?;
     let mut report = tuned.report;
+    if captured.is_some() {
+        report.notes.push(format!(
+            "calibration batch captured from the baseline evaluation (first {CALIBRATION_ROWS} rows at most)"
+        ));
+    }
     if target.is_synthetic() {
         report.notes.push(
             "no calibration inputs given: sensitivities and latencies come from synthetic inputs"
@@ -148,6 +178,34 @@ where
         plan: GraphTarget::plan(&tuned.plan),
         report,
     })
+}
+
+/// Rows of a captured batch kept for calibration: the sensitivity pass runs
+/// the model about twice per node, so a whole evaluation set would be slow.
+const CALIBRATION_ROWS: usize = 64;
+
+/// The first [`CALIBRATION_ROWS`] rows of captured inputs whose leading
+/// dimension is the graph's symbolic batch; other inputs are kept whole.
+fn calibration_rows(graph: &Graph, inputs: &[(String, Tensor)]) -> Calibration {
+    inputs
+        .iter()
+        .map(|(name, t)| {
+            let batched = graph.inputs().iter().any(|&id| {
+                let v = graph.value(id);
+                v.name == *name && matches!(v.shape.first(), Some(Dim::Symbolic(_)))
+            });
+            let rows = t.shape().first().copied().unwrap_or(0);
+            if !batched || rows <= CALIBRATION_ROWS {
+                return (name.clone(), t.clone());
+            }
+            let mut shape = t.shape().to_vec();
+            shape[0] = CALIBRATION_ROWS;
+            let keep = t.byte_len() / rows * CALIBRATION_ROWS;
+            let head = Tensor::from_bytes(t.dtype(), &shape, &t.bytes()[..keep])
+                .expect("a prefix of whole rows is a valid tensor");
+            (name.clone(), head)
+        })
+        .collect()
 }
 
 /// Tunes any [`Tunable`] model with an infallible evaluation function.
