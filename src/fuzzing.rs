@@ -6,7 +6,6 @@
 //! ones (`convert_differential`, `gemm_differential`) panic only when a
 //! kernel result disagrees with its reference. Not a stable API.
 
-use std::collections::HashMap;
 use std::io::Cursor;
 
 use half::{bf16, f16};
@@ -223,48 +222,59 @@ pub fn plan_json(data: &[u8]) {
 }
 
 /// Eval data (a safetensors file: one tensor per graph input, by name, plus
-/// optional `labels`) matched against a small graph's inputs, then run.
-/// A tensor set that matches every input by name, dtype and shape must run.
+/// optional `labels`) through the CLI's own loader
+/// ([`crate::cli::model::load_data`]) against a small graph's inputs, then
+/// run. Differential: data the loader accepts must also pass the executor's
+/// input checks (same names, dtypes, shapes and symbol bindings).
 pub fn eval_data(data: &[u8]) {
-    let Ok(w) = Weights::from_bytes(data) else {
+    use crate::graph::GraphError;
+    let Ok(mut file) = tempfile::NamedTempFile::new() else {
         return;
     };
-    let g = plan_graph();
-    let mut feeds: HashMap<String, Tensor> = HashMap::new();
-    let mut batch: Option<usize> = None;
-    for &id in g.inputs() {
-        let info = g.value(id);
-        let Ok(t) = w.tensor(&info.name) else {
-            return;
-        };
-        if t.dtype() != info.dtype || t.shape().len() != info.shape.len() {
-            return;
-        }
-        for (d, &n) in info.shape.iter().zip(t.shape()) {
-            match d {
-                Dim::Fixed(f) if *f != n => return,
-                Dim::Fixed(_) => {}
-                Dim::Symbolic(_) => match batch {
-                    Some(b) if b != n => return,
-                    _ => batch = Some(n),
-                },
-            }
-        }
-        feeds.insert(info.name.clone(), t.clone());
-    }
-    if let Ok(labels) = w.tensor("labels")
-        && (labels.dtype() != DType::I64 || labels.shape() != [batch.unwrap_or(0)])
-    {
+    if std::io::Write::write_all(&mut file, data).is_err() {
         return;
     }
-    if batch.is_none_or(|b| b > MAX_INPUT_ELEMS) {
+    let g = plan_graph();
+    let Ok(ds) = crate::cli::model::load_data(file.path(), &g, "eval data") else {
+        return;
+    };
+    assert_eq!(
+        ds.inputs.len(),
+        g.inputs().len(),
+        "load_data missed an input"
+    );
+    if let Some(labels) = &ds.labels {
+        assert_eq!(
+            labels.len(),
+            ds.batch,
+            "labels accepted with the wrong count"
+        );
+    }
+    if ds.batch > MAX_INPUT_ELEMS {
         return;
     }
     let model = g
         .compile(&PrecisionPlan::all(&g, FloatType::Bf16))
         .expect("the fixed graph compiles");
-    // Index values come from the file: out-of-range ids must be an error.
-    let _ = model.run_map(&feeds);
+    for inputs in [ds.inputs.clone(), ds.head(&g, 1)] {
+        let refs: Vec<(&str, &Tensor)> = inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        // Index values come from the file: out-of-range ids are a
+        // Runtime error. An input-matching error means the loader and the
+        // executor disagree.
+        if let Err(e) = model.run(&refs) {
+            assert!(
+                !matches!(
+                    e,
+                    GraphError::InputShape { .. }
+                        | GraphError::InputDType { .. }
+                        | GraphError::MissingInput { .. }
+                        | GraphError::UnknownInput { .. }
+                        | GraphError::SymbolConflict { .. }
+                ),
+                "load_data accepted inputs that run() rejects: {e}"
+            );
+        }
+    }
 }
 
 /// Splits fuzz bytes into a little header and a payload.
