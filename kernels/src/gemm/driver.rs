@@ -24,7 +24,8 @@ use super::{
     Activation, BSource, Element, Epilogue, MatMut, MatRef, PackedB, epilogue, num_threads,
 };
 use crate::convert;
-use crate::element::FloatType;
+use crate::element::{FloatSlice, FloatSliceMut, FloatType};
+use crate::elementwise::{self, UnaryOp};
 use crate::isa::Isa;
 
 /// Register tiles per M block.
@@ -247,9 +248,22 @@ impl Ep<'_> {
         match self.act {
             Activation::Identity => {}
             Activation::Relu => v.iter_mut().for_each(|x| *x = epilogue::relu(*x)),
-            Activation::GeluErf => v.iter_mut().for_each(|x| *x = epilogue::gelu_erf(*x)),
-            Activation::GeluTanh => v.iter_mut().for_each(|x| *x = epilogue::gelu_tanh(*x)),
+            Activation::GeluErf => gelu_row(self.isa, UnaryOp::GeluErf, v),
+            Activation::GeluTanh => gelu_row(self.isa, UnaryOp::GeluTanh, v),
         }
+    }
+}
+
+/// Applies a GELU in place with the elementwise kernel of `isa` (bit-identical
+/// to its scalar reference), through a small stack copy since the kernel
+/// takes separate input and output slices.
+fn gelu_row(isa: Isa, op: UnaryOp, v: &mut [f32]) {
+    let mut tmp = [0f32; 256];
+    for chunk in v.chunks_mut(tmp.len()) {
+        let src = &mut tmp[..chunk.len()];
+        src.copy_from_slice(chunk);
+        elementwise::unary_at(isa, op, FloatSlice::F32(src), FloatSliceMut::F32(chunk))
+            .expect("level checked by the caller");
     }
 }
 

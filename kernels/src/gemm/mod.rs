@@ -46,8 +46,9 @@
 //! its storage type and widens in registers, so bf16/f16 weights move half
 //! the bytes of f32: row-contiguous B and [`PackedB`] are streamed, B with
 //! `rs == 1` goes through dot products. `avx512_core_fp16` runs the
-//! `avx512_core` kernels. GELU activations are evaluated per element in
-//! scalar f32 (erf by a <= 2 ulp minimax approximation, tanh from libm).
+//! `avx512_core` kernels. GELU activations are the elementwise kernels'
+//! ([`crate::elementwise::UnaryOp`]), vectorised over each output row, so a
+//! fused activation equals a separate GELU op bit for bit.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -67,8 +68,6 @@ use crate::element::FloatType;
 #[cfg(test)]
 use crate::isa::detected_isa;
 use crate::isa::{Isa, IsaError, active_isa};
-#[allow(unused_imports)]
-pub(crate) use epilogue::erf;
 pub use pack::PackedB;
 
 /// Row-major strided matrix view; element (i, j) of the *logical* matrix.
@@ -226,9 +225,10 @@ pub enum Activation {
     Identity,
     /// `x` if `x > 0`, NaN if NaN, else `+0`.
     Relu,
-    /// `0.5 * x * (1 + erf(x / sqrt 2))`, erf by an f32 minimax approximation (<= 2 ulp).
+    /// `0.5 * x * (1 + erf(x / sqrt 2))`, as [`crate::elementwise::UnaryOp::GeluErf`].
     GeluErf,
-    /// `0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))`.
+    /// `0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))`, as
+    /// [`crate::elementwise::UnaryOp::GeluTanh`].
     GeluTanh,
 }
 
