@@ -205,13 +205,8 @@ fn exact_ops_are_ieee() {
         assert!(same(UnaryOp::Abs.apply(x), x.abs()));
         assert!(same(UnaryOp::Sqrt.apply(x), x.sqrt()));
         assert!(same(UnaryOp::Reciprocal.apply(x), 1.0 / x));
-        let relu = if x.is_nan() {
-            x
-        } else if x > 0.0 {
-            x
-        } else {
-            0.0
-        };
+        // NaN propagates; everything not above zero (-0.0 included) is +0.0.
+        let relu = if x.is_nan() || x > 0.0 { x } else { 0.0 };
         assert!(same(UnaryOp::Relu.apply(x), relu), "relu {x}");
         assert!(same(BinaryOp::Add.apply(x, z), x + z));
         assert!(same(BinaryOp::Sub.apply(x, z), x - z));
