@@ -111,7 +111,9 @@ pub enum Metric {
     Agreement,
     /// Mean cosine similarity of the outputs with the fp32 model's.
     Cosine,
-    /// Mean squared error against the fp32 model's outputs (lower is better).
+    /// Mean squared error against the fp32 model's outputs (lower is
+    /// better; a plan passes when it is at most tolerable-loss x the mean
+    /// square of the fp32 outputs).
     Mse,
 }
 
@@ -154,7 +156,8 @@ pub struct TuneArgs {
     /// Low-precision dtypes to try, in order (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "bf16")]
     pub dtype: Vec<LowDtype>,
-    /// Tolerable relative loss of the metric (0.01 = 1%).
+    /// Tolerable relative loss of the metric (0.01 = 1% of the fp32
+    /// baseline; for mse, the bound is this times the fp32 outputs' mean square).
     #[arg(long, default_value_t = 0.01, value_parser = parse_tolerance)]
     pub tolerable_loss: f64,
     /// Most evaluations the tuner may spend besides the fp32 baseline

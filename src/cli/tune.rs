@@ -361,8 +361,8 @@ pub fn tune_loaded(
     let refs = evaluator.data().refs();
     let budget = Duration::from_millis(500);
     let eval_latency = match (
-        model::median_latency(&fp32, &refs, 21, budget),
-        model::median_latency(&tuned.model, &refs, 21, budget),
+        model::median_latency(&fp32, &refs, 101, budget),
+        model::median_latency(&tuned.model, &refs, 101, budget),
     ) {
         (Ok(a), Ok(b)) => Some((a, b)),
         _ => None,
