@@ -12,6 +12,17 @@ use crate::element::Element;
 use crate::gemm::{Accumulation, Epilogue, MatMut, MatRef, gemm_at};
 use crate::isa::{Isa, IsaError, active_isa};
 
+/// What `dot` runs at `isa` (for `mixprec info`).
+pub const fn implementation(isa: Isa) -> &'static str {
+    match isa {
+        Isa::Scalar => "scalar f32, index order",
+        Isa::Avx2 => "avx2 8-lane FMA partial sums (GEMM small-m kernel)",
+        Isa::Avx512Core | Isa::Avx512CoreBf16 | Isa::Avx512CoreFp16 => {
+            "avx512 16-lane FMA partial sums (GEMM small-m kernel)"
+        }
+    }
+}
+
 /// `sum a[i] * b[i]` in f32 on the active level.
 ///
 /// # Panics

@@ -350,6 +350,19 @@ impl From<IsaError> for GemmError {
 
 static NUM_THREADS: AtomicUsize = AtomicUsize::new(0);
 
+/// What GEMM runs at `isa` (for `mixprec info` and `mixprec bench`).
+pub const fn implementation(isa: Isa) -> &'static str {
+    match isa {
+        Isa::Scalar => "scalar f32 reference (f32 accumulation)",
+        Isa::Avx2 => "avx2 6x16 ymm FMA tiles over packed f32 panels; small-m streaming",
+        // bf16/f16 inputs are widened exactly while packing; VDPBF16PS is not
+        // used (it flushes subnormal inputs and rounds after each pair).
+        Isa::Avx512Core | Isa::Avx512CoreBf16 | Isa::Avx512CoreFp16 => {
+            "avx512 14x32 zmm FMA tiles over packed f32 panels; small-m streaming"
+        }
+    }
+}
+
 /// Sets the number of threads GEMM may use; `0` restores the default (the
 /// available cores). Results do not depend on this setting.
 pub fn set_num_threads(n: usize) {
