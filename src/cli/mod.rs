@@ -231,7 +231,8 @@ pub struct ConvertArgs {
 /// Arguments of `mixprec bench`.
 #[derive(Clone, Debug, Args)]
 pub struct BenchArgs {
-    /// Also measure fp32 vs plan latency of this model (`builtin`, `builtin:KEY` or an ONNX file).
+    /// Measure fp32 vs plan latency and throughput of this model (`builtin`,
+    /// `builtin:KEY` or an ONNX file) instead of the kernel table.
     #[arg(long)]
     pub model: Option<ModelSource>,
     /// Precision plan for --model (default: every lowerable node in bf16).
