@@ -61,8 +61,6 @@ pub fn write_info(out: &mut impl Write) -> io::Result<()> {
 
 /// `(family, implementation)` for every kernel family at `isa`.
 ///
-/// Families whose module does not yet report its implementation say so
-/// explicitly rather than guessing.
 pub fn implementations(isa: Isa) -> Vec<(String, String)> {
     let mut rows: Vec<(String, String)> = Conversion::ALL
         .iter()
@@ -73,14 +71,14 @@ pub fn implementations(isa: Isa) -> Vec<(String, String)> {
             )
         })
         .collect();
-    // TODO(gemm helper): replace these once gemm / dot expose an
-    // `implementation(isa)` like `Conversion::implementation`.
-    for family in ["gemm", "dot"] {
-        rows.push((
-            family.to_string(),
-            format!("(not reported yet: mixprec_kernels::{family} has no implementation(isa))"),
-        ));
-    }
+    rows.push((
+        "gemm".to_string(),
+        mixprec_kernels::gemm::implementation(isa).to_string(),
+    ));
+    rows.push((
+        "dot".to_string(),
+        mixprec_kernels::dot::implementation(isa).to_string(),
+    ));
     rows.push((
         "elementwise".to_string(),
         mixprec_kernels::elementwise::implementation(isa).to_string(),
@@ -114,14 +112,16 @@ mod tests {
         }
         assert!(text.contains(mixprec_kernels::elementwise::implementation(active)));
         assert!(text.contains(mixprec_kernels::norm::implementation(active)));
+        assert!(text.contains(mixprec_kernels::gemm::implementation(active)));
+        assert!(text.contains(mixprec_kernels::dot::implementation(active)));
     }
 
     #[test]
-    fn elementwise_and_norm_report_per_level() {
+    fn every_family_reports_per_level() {
         for isa in Isa::ALL {
             let rows = implementations(isa);
             let get = |f: &str| rows.iter().find(|(k, _)| k == f).unwrap().1.clone();
-            let (ew, norm) = (get("elementwise"), get("norm"));
+            let families = ["elementwise", "norm", "gemm", "dot"].map(get);
             let prefix = if isa == Isa::Scalar {
                 "scalar"
             } else if isa == Isa::Avx2 {
@@ -129,8 +129,12 @@ mod tests {
             } else {
                 "avx512"
             };
-            assert!(ew.starts_with(prefix), "{isa}: {ew}");
-            assert!(norm.starts_with(prefix), "{isa}: {norm}");
+            for implementation in families {
+                assert!(
+                    implementation.starts_with(prefix),
+                    "{isa}: {implementation}"
+                );
+            }
         }
     }
 }
