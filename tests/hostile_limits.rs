@@ -318,3 +318,25 @@ fn tensor_limit_is_configurable() {
     mixprec::graph::set_max_tensor_bytes(0);
     assert!(matches!(r, Err(GraphError::Runtime { .. })), "{r:?}");
 }
+
+/// Found by the onnx_bytes fuzzer: Tile with repeats 2^28 made the importer
+/// build a 2^28-input Concat (2 GiB of value ids) before any tensor limit
+/// could apply. Now a typed error.
+#[test]
+fn onnx_tile_with_huge_repeats_is_a_typed_error() {
+    let reps = TensorProto {
+        dims: vec![2],
+        data_type: Some(proto::data_type::INT64),
+        int64_data: vec![1 << 28, 1],
+        name: Some("reps".into()),
+        ..Default::default()
+    };
+    let mut m = model(
+        vec![node("Tile", "tile", &["x", "reps"], "y")],
+        vec![value_info("x", &[1, 4])],
+        "y",
+    );
+    m.graph.as_mut().unwrap().initializer.push(reps);
+    let r = onnx::load_bytes(&m.encode_to_vec(), None, &ImportOptions::default());
+    assert!(r.is_err(), "{r:?}");
+}

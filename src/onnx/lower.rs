@@ -1130,6 +1130,15 @@ impl<'a> Lower<'a> {
         if reps.len() != r || reps.iter().any(|&v| v < 1) {
             return Err(n.bad_attr(o, "repeats", format!("{reps:?} must be {r} values >= 1")));
         }
+        // Tile lowers to a Concat of `k` copies per axis; a hostile `k`
+        // would make that node list (not just the tensor) huge.
+        if let Some(&k) = reps.iter().find(|&&v| v > MAX_TILE_REPEATS) {
+            return Err(n.bad_attr(
+                o,
+                "repeats",
+                format!("{k} copies along one axis exceeds the supported {MAX_TILE_REPEATS}"),
+            ));
+        }
         let mut y = x;
         for (ax, &k) in reps.iter().enumerate() {
             if k > 1 {
@@ -1143,3 +1152,6 @@ impl<'a> Lower<'a> {
         Ok(y)
     }
 }
+
+/// Largest Tile repeat count along one axis (see `Lower::tile`).
+const MAX_TILE_REPEATS: i64 = 4096;
