@@ -36,9 +36,8 @@ fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
-/// Non-zero exit, exactly one stderr line starting with `error:` (clap's
-/// usage errors add `Usage:` and tip lines, but still one `error:` line),
-/// and no panic or backtrace.
+/// Non-zero exit, exactly one stderr line starting with `error:`, and no
+/// panic or backtrace.
 fn assert_one_error_line(o: &Output, what: &str) -> String {
     let err = stderr(o);
     assert!(!o.status.success(), "{what}: exited 0; stderr {err}");
