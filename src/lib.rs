@@ -6,6 +6,7 @@
 //! * [`graph`]: the op-graph, its builder, safetensors weights and the
 //!   executor that runs each node in the dtype a precision plan gives it.
 //! * [`tune`]: the accuracy-driven mixed-precision tuner.
+//! * [`plot`]: SVG pictures of `bench` (a roofline) and `tune` results.
 #![warn(missing_docs)]
 
 pub use mixprec_kernels as kernels;
@@ -16,5 +17,6 @@ pub mod demo;
 pub mod fuzzing;
 pub mod graph;
 pub mod onnx;
+pub mod plot;
 pub mod safetensors_stream;
 pub mod tune;
