@@ -1,8 +1,6 @@
 //! `autotune` on real op-graphs: the built-in digits MLP (the demo's case),
 //! an fp16-overflowing chain, and a stack with one folded-offset layer.
 
-use std::collections::HashSet;
-
 use mixprec::demo;
 use mixprec::graph::{CompiledModel, DType, Dim, Graph, GraphBuilder, PrecisionPlan, Tensor};
 use mixprec::kernels::FloatType;
@@ -38,45 +36,16 @@ struct Digits {
 }
 
 /// The demo's model: 64-128-10 MLP, 540 test images; calibration from 32
-/// training images (not in the test split).
+/// training images (not in the test split), built as the demo builds it.
 fn digits(key: &str) -> Digits {
     let m = demo::load(key).unwrap();
-    let w = &m.weights;
-    let mut g = GraphBuilder::new();
-    let x = g.input("x", &[Dim::sym("batch"), 64.into()], DType::F32);
-    let t = |shape: &[usize], v: &[f32]| Tensor::from_f32(shape, v).unwrap();
-    let h = g
-        .linear(
-            "l0",
-            x,
-            &t(&[128, 64], &w.l0_weight),
-            Some(&t(&[128], &w.l0_bias)),
-        )
-        .unwrap();
-    let h = g.relu("relu", h).unwrap();
-    let y = g
-        .linear(
-            "l1",
-            h,
-            &t(&[10, 128], &w.l1_weight),
-            Some(&t(&[10], &w.l1_bias)),
-        )
-        .unwrap();
-    g.output(y);
-    let graph = g.finish().unwrap();
-    let desc = demo::description().unwrap();
-    let test: HashSet<usize> = desc.test_indices.iter().copied().collect();
-    let train: Vec<usize> = (0..demo::NUM_IMAGES)
-        .filter(|i| !test.contains(i))
-        .take(32)
-        .collect();
-    let cal = demo::transform_inputs(&demo::load_digits().unwrap(), &train, &m.description);
+    let cal = demo::calibration_data(&m.description, 32).unwrap();
     Digits {
-        graph,
+        graph: demo::graph_from_weights(&m.weights).unwrap(),
         x: Tensor::from_f32(&[m.test.n, 64], m.test.inputs.clone()).unwrap(),
         labels: m.test.labels.clone(),
         calibration: vec![(
-            "x".into(),
+            demo::INPUT_NAME.into(),
             Tensor::from_f32(&[cal.n, 64], cal.inputs).unwrap(),
         )],
         expected: m.description,
