@@ -20,3 +20,8 @@ pub mod onnx;
 pub mod plot;
 pub mod safetensors_stream;
 pub mod tune;
+
+/// The README's Rust examples, compiled and run as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
