@@ -259,8 +259,9 @@ fn tuning_picture_marks_every_evaluation_and_names_every_node() {
     let r = report();
     let svg = tuning_svg(&r).unwrap();
     let (circles, texts) = inspect(&svg);
-    // A dot per evaluation (baseline + 3 trials) and the ring on the chosen one.
-    assert_eq!(circles, r.evaluations + 1);
+    // A dot per evaluation (baseline + 3 trials), the ring on the chosen one
+    // and the ring in the legend.
+    assert_eq!(circles, r.evaluations + 2);
     for n in &r.nodes {
         assert_eq!(count_exact(&texts, &n.name), 1, "{} in {texts:?}", n.name);
     }
@@ -287,7 +288,7 @@ fn tuning_picture_lower_is_better_and_absolute_tolerance() {
     r.trials = vec![trial(1, &[], 0.3, false), trial(2, &["fc0"], 0.12, true)];
     r.evaluations = 3;
     let (circles, texts) = inspect(&tuning_svg(&r).unwrap());
-    assert_eq!(circles, 4);
+    assert_eq!(circles, 3 + 2);
     assert!(texts.contains(&"metric (lower is better)".to_string()));
     assert!(texts.contains(&"tolerance 0.1500".to_string()), "{texts:?}");
 }
@@ -302,8 +303,9 @@ fn tuning_picture_without_trials_or_nodes() {
         n.dtype = "f32".into();
     }
     let (circles, texts) = inspect(&tuning_svg(&r).unwrap());
-    // The baseline, ringed: with every node in fp32 it is the returned plan.
-    assert_eq!(circles, 2);
+    // The baseline, ringed: with every node in fp32 it is the returned plan
+    // (and the legend's ring).
+    assert_eq!(circles, 3);
     assert!(any_contains(&texts, "no trials"));
 
     r.nodes.clear();
@@ -318,7 +320,9 @@ fn tuning_picture_without_trials_or_nodes() {
     r.trials = vec![trial(1, &[], f64::NAN, false)];
     r.evaluations = 2;
     let (circles, texts) = inspect(&tuning_svg(&r).unwrap());
-    assert!(circles >= 2);
+    // Two dots, the ring on trial 1 (its fp32 set and NaN metric match the
+    // returned plan's) and the legend's ring.
+    assert_eq!(circles, 4);
     assert!(texts.contains(&"NaN".to_string()));
     assert!(texts.contains(&"no tolerance line".to_string()));
 }

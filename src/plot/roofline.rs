@@ -205,6 +205,25 @@ fn check(what: &str, v: f64) -> Result<(), PlotError> {
 /// Axis-aligned box in pixels: (x0, y0, x1, y1).
 type Bbox = (f64, f64, f64, f64);
 
+/// Boxes of 6 x 6 px every 6 px along the pixel segment `a`-`b`.
+fn segment_boxes(a: (i32, i32), b: (i32, i32)) -> Vec<Bbox> {
+    let (ax, ay, bx, by) = (
+        f64::from(a.0),
+        f64::from(a.1),
+        f64::from(b.0),
+        f64::from(b.1),
+    );
+    let len = ((bx - ax).powi(2) + (by - ay).powi(2)).sqrt();
+    let steps = (len / 6.0).ceil().max(1.0) as usize;
+    (0..=steps)
+        .map(|i| {
+            let t = i as f64 / steps as f64;
+            let (x, y) = (ax + t * (bx - ax), ay + t * (by - ay));
+            (x - 3.0, y - 3.0, x + 3.0, y + 3.0)
+        })
+        .collect()
+}
+
 fn overlaps(a: Bbox, b: Bbox) -> bool {
     a.0 < b.2 && b.0 < a.2 && a.1 < b.3 && b.1 < a.3
 }
@@ -314,11 +333,63 @@ pub fn roofline_svg(input: &RooflineInput) -> Result<String, PlotError> {
             .draw()
             .map_err(drawing)?;
 
-        let label_font = |c: RGBColor| ("sans-serif", 13).into_font().color(&c);
-        let mut taken: Vec<Bbox> = Vec::new();
+        let (px_range, py_range) = chart.plotting_area().get_pixel_range();
+        let inside = |b: Bbox| {
+            b.0 >= f64::from(px_range.start) + 2.0
+                && b.2 <= f64::from(px_range.end) - 2.0
+                && b.1 >= f64::from(py_range.start) + 2.0
+                && b.3 <= f64::from(py_range.end) - 2.0
+        };
+        // Labels go where they overlap no dot and no other label.
+        let centres: Vec<(f64, f64)> = input
+            .points
+            .iter()
+            .map(|p| {
+                let (x, y) = chart.backend_coord(&(p.intensity, p.gflops));
+                (f64::from(x), f64::from(y))
+            })
+            .collect();
+        let mut taken: Vec<Bbox> = centres
+            .iter()
+            .map(|&(x, y)| (x - 7.0, y - 7.0, x + 7.0, y + 7.0))
+            .collect();
+        let mut labels: Vec<(Bbox, String, RGBColor, i32)> = Vec::new();
+        let place = |candidates: &[(f64, f64)], w: f64, h: f64, taken: &mut Vec<Bbox>| {
+            let boxes = candidates.iter().map(|&(x, y)| (x, y, x + w, y + h));
+            let chosen = boxes
+                .clone()
+                .find(|&b| inside(b) && !taken.iter().any(|&t| overlaps(t, b)))
+                .or_else(|| boxes.clone().find(|&b| inside(b)))
+                .unwrap_or((
+                    candidates[0].0,
+                    candidates[0].1,
+                    candidates[0].0 + w,
+                    candidates[0].1 + h,
+                ));
+            taken.push(chosen);
+            chosen
+        };
+
+        // Keep labels off the roofs too: small boxes along every roof line.
+        for (_, bw) in &input.memory_ceilings {
+            let x0 = x_lo.max(y_lo / bw);
+            let x1 = top_peak.map_or(x_hi, |p| p / bw).min(x_hi).min(y_hi / bw);
+            if x1 > x0 {
+                let a = chart.backend_coord(&(x0, bw * x0));
+                let b = chart.backend_coord(&(x1, bw * x1));
+                taken.extend(segment_boxes(a, b));
+            }
+        }
+        for &(_, _, peak) in &peaks {
+            let x0 = max_bw.map_or(x_lo, |bw| peak / bw).max(x_lo);
+            let a = chart.backend_coord(&(x0, peak));
+            let b = chart.backend_coord(&(x_hi, peak));
+            taken.extend(segment_boxes(a, b));
+        }
 
         // Memory roofs: y = bw * x from the left edge (or the bottom) up to
-        // the highest compute roof (or the right edge).
+        // the highest compute roof (or the right edge), labelled beside the
+        // line at the first place along it that is free.
         for (i, (label, bw)) in input.memory_ceilings.iter().enumerate() {
             let colour = MEMORY_COLOURS[i % MEMORY_COLOURS.len()];
             let x0 = x_lo.max(y_lo / bw);
@@ -332,19 +403,19 @@ pub fn roofline_svg(input: &RooflineInput) -> Result<String, PlotError> {
                     colour.stroke_width(2),
                 ))
                 .map_err(drawing)?;
-            // Label a third of the way along, above the line.
-            let xm = x0 * (x1 / x0).powf(0.3);
-            let (px, py) = chart.backend_coord(&(xm, bw * xm));
             let text = format!("{label} {} GB/s", fmt_sig(*bw));
-            let w = text_width(&text, 13.0);
-            let (tx, ty) = (f64::from(px) - 6.0, f64::from(py) - 6.0);
-            taken.push((tx - w, ty - 14.0, tx, ty));
-            root.draw(&Text::new(
-                text,
-                (tx as i32, ty as i32),
-                label_font(colour).pos(Pos::new(HPos::Right, VPos::Bottom)),
-            ))
-            .map_err(drawing)?;
+            let (w, h) = (text_width(&text, 13.0), 14.0);
+            let mut candidates = Vec::new();
+            for f in [0.15, 0.3, 0.45, 0.6, 0.75, 0.9, 0.05] {
+                let xm = x0 * (x1 / x0).powf(f);
+                let (px, py) = chart.backend_coord(&(xm, bw * xm));
+                let (px, py) = (f64::from(px), f64::from(py));
+                // Above-left of a rising line, then below-right of it.
+                candidates.push((px - 4.0 - w, py - 4.0 - h));
+                candidates.push((px + 6.0, py + 2.0));
+            }
+            let b = place(&candidates, w, h, &mut taken);
+            labels.push((b, text, colour, 13));
         }
         // Compute roofs: horizontal from where they meet the highest memory roof.
         for (i, label, peak) in peaks.iter().copied() {
@@ -356,28 +427,22 @@ pub fn roofline_svg(input: &RooflineInput) -> Result<String, PlotError> {
                     colour.stroke_width(2),
                 ))
                 .map_err(drawing)?;
-            let (px, py) = chart.backend_coord(&(x_hi, peak));
             let text = format!("{label} {} GFLOP/s", fmt_sig(peak));
-            let w = text_width(&text, 13.0);
-            let (tx, ty) = (f64::from(px) - 6.0, f64::from(py) - 4.0);
-            taken.push((tx - w, ty - 14.0, tx, ty));
-            root.draw(&Text::new(
-                text,
-                (tx as i32, ty as i32),
-                label_font(colour).pos(Pos::new(HPos::Right, VPos::Bottom)),
-            ))
-            .map_err(drawing)?;
+            let (w, h) = (text_width(&text, 13.0), 14.0);
+            let (xe, py) = chart.backend_coord(&(x_hi, peak));
+            let (xs, _) = chart.backend_coord(&(x0, peak));
+            let (xe, xs, py) = (f64::from(xe), f64::from(xs), f64::from(py));
+            // Right end above, right end below, then leftwards along the line.
+            let mut candidates = Vec::new();
+            for f in [1.0, 0.8, 0.6, 0.4, 0.2, 0.0] {
+                let x = xs + 6.0 + f * (xe - xs - 12.0 - w).max(0.0);
+                candidates.push((x, py - 3.0 - h));
+                candidates.push((x, py + 3.0));
+            }
+            let b = place(&candidates, w, h, &mut taken);
+            labels.push((b, text, colour, 13));
         }
 
-        // Points, then their numbers placed where they overlap nothing.
-        let centres: Vec<(f64, f64)> = input
-            .points
-            .iter()
-            .map(|p| {
-                let (x, y) = chart.backend_coord(&(p.intensity, p.gflops));
-                (f64::from(x), f64::from(y))
-            })
-            .collect();
         chart
             .draw_series(
                 input.points.iter().map(|p| {
@@ -385,41 +450,33 @@ pub fn roofline_svg(input: &RooflineInput) -> Result<String, PlotError> {
                 }),
             )
             .map_err(drawing)?;
-        taken.extend(
-            centres
-                .iter()
-                .map(|&(x, y)| (x - 6.0, y - 6.0, x + 6.0, y + 6.0)),
-        );
+        // Each point's number, next to it.
         for (i, (&(cx, cy), p)) in centres.iter().zip(&input.points).enumerate() {
             let text = format!("{}", i + 1);
-            let w = text_width(&text, 12.0) + 2.0;
-            let h = 13.0;
-            let candidates = [
-                (cx + 7.0, cy - h - 1.0),
-                (cx + 7.0, cy + 1.0),
-                (cx - 7.0 - w, cy - h - 1.0),
-                (cx - 7.0 - w, cy + 1.0),
-                (cx - w / 2.0, cy - h - 7.0),
-                (cx - w / 2.0, cy + 7.0),
-                (cx + 7.0, cy - h / 2.0),
-                (cx - 7.0 - w, cy - h / 2.0),
-                (cx + 16.0, cy - h - 8.0),
-                (cx + 16.0, cy + 8.0),
-                (cx - 16.0 - w, cy - h - 8.0),
-                (cx - 16.0 - w, cy + 8.0),
-            ];
-            let (x, y) = candidates
-                .iter()
-                .copied()
-                .find(|&(x, y)| !taken.iter().any(|&b| overlaps(b, (x, y, x + w, y + h))))
-                .unwrap_or(candidates[0]);
-            taken.push((x, y, x + w, y + h));
+            let (w, h) = (text_width(&text, 12.0) + 2.0, 13.0);
+            let mut candidates = Vec::new();
+            for d in [0.0, 9.0, 18.0] {
+                candidates.extend([
+                    (cx + 7.0 + d, cy - h - 1.0 - d),
+                    (cx + 7.0 + d, cy + 1.0 + d),
+                    (cx - 7.0 - w - d, cy - h - 1.0 - d),
+                    (cx - 7.0 - w - d, cy + 1.0 + d),
+                    (cx - w / 2.0, cy - h - 7.0 - d),
+                    (cx - w / 2.0, cy + 7.0 + d),
+                    (cx + 8.0 + d, cy - h / 2.0),
+                    (cx - 8.0 - w - d, cy - h / 2.0),
+                ]);
+            }
+            let b = place(&candidates, w, h, &mut taken);
+            labels.push((b, text, family_colour(p.family), 12));
+        }
+        for (b, text, colour, size) in labels {
             root.draw(&Text::new(
                 text,
-                (x as i32, y as i32),
-                ("sans-serif", 12)
+                (b.0 as i32, b.1 as i32),
+                ("sans-serif", size)
                     .into_font()
-                    .color(&family_colour(p.family))
+                    .color(&colour)
                     .pos(Pos::new(HPos::Left, VPos::Top)),
             ))
             .map_err(drawing)?;

@@ -11,9 +11,26 @@ use super::{PlotError, drawing, ellipsize, fmt_sig};
 use crate::tune::{Tolerance, TuningReport};
 
 const WIDTH: u32 = 1200;
-const HEIGHT: u32 = 980;
 /// Height of the metric panel; the node panel takes the rest.
 const METRIC_HEIGHT: u32 = 400;
+/// Heights of the node rows: sensitivity bars, time bars, dtype strip.
+const SENS_HEIGHT: u32 = 210;
+const TIME_HEIGHT: u32 = 170;
+const STRIP_HEIGHT: u32 = 50;
+/// Longest node name written, in characters.
+const NAME_CHARS: usize = 22;
+
+/// Room under the strip for the (rotated) node names.
+fn names_height(r: &TuningReport) -> u32 {
+    let longest = r
+        .nodes
+        .iter()
+        .map(|n| n.name.chars().count().min(NAME_CHARS))
+        .max()
+        .unwrap_or(0);
+    (longest as f64 * 0.6 * 11.0 + 14.0).clamp(30.0, 160.0) as u32
+}
+
 /// Left label area of every node row, the same so their x axes align.
 const Y_LABELS: u32 = 80;
 const MARGIN: u32 = 16;
@@ -94,7 +111,13 @@ fn chosen_evaluation(r: &TuningReport) -> Option<usize> {
 pub fn tuning_svg(report: &TuningReport) -> Result<String, PlotError> {
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (WIDTH, HEIGHT)).into_drawing_area();
+        let height = METRIC_HEIGHT
+            + if report.nodes.is_empty() {
+                120
+            } else {
+                SENS_HEIGHT + TIME_HEIGHT + STRIP_HEIGHT + names_height(report) + 12
+            };
+        let root = SVGBackend::with_string(&mut svg, (WIDTH, height)).into_drawing_area();
         root.fill(&WHITE).map_err(drawing)?;
         let (top, bottom) = root.split_vertically(METRIC_HEIGHT);
         draw_metric_panel(&top, report)?;
@@ -156,9 +179,9 @@ fn draw_metric_panel(
     let mut chart = ChartBuilder::on(area)
         .caption(ellipsize(&title, 110), ("sans-serif", 18))
         .margin(MARGIN)
+        .margin_right(LEGEND_WIDTH)
         .x_label_area_size(44)
         .y_label_area_size(Y_LABELS)
-        .right_y_label_area_size(LEGEND_WIDTH - MARGIN)
         .build_cartesian_2d(-0.5..x_hi.max(1.5), y_lo..y_hi)
         .map_err(drawing)?;
     chart
@@ -204,7 +227,7 @@ fn draw_metric_panel(
             ))
             .map_err(drawing)?;
     }
-    // The right-hand labels of the two lines, in the right label area.
+    // The labels of the two lines, in the right margin.
     let label_at = |y: f64| {
         let (_, py) = chart.backend_coord(&(x_right, y));
         let (px, _) = chart.backend_coord(&(x_right, y_lo));
@@ -304,12 +327,18 @@ fn draw_metric_panel(
                 .draw_series(std::iter::once(Circle::new(p, 11, BLACK.stroke_width(2))))
                 .map_err(drawing)?;
             let (px, py) = chart.backend_coord(&p);
+            let (bx, by) = (
+                px + 14 - area.get_base_pixel().0,
+                py + 12 - area.get_base_pixel().1,
+            );
+            area.draw(&Rectangle::new(
+                [(bx - 2, by - 1), (bx + 74, by + 14)],
+                WHITE.mix(0.85).filled(),
+            ))
+            .map_err(drawing)?;
             area.draw(&Text::new(
                 "chosen plan",
-                (
-                    px + 14 - area.get_base_pixel().0,
-                    py + 14 - area.get_base_pixel().1,
-                ),
+                (bx, by),
                 text_style(12, BLACK, HPos::Left, VPos::Top),
             ))
             .map_err(drawing)?;
@@ -331,17 +360,15 @@ fn draw_metric_panel(
         ))
         .map_err(drawing)?;
     }
-    // Marker legend.
-    let lx = (WIDTH - LEGEND_WIDTH) as i32 + 8;
-    for (k, (c, s)) in [
+    // Marker legend, in the x label row on the right.
+    let (w, h) = area.dim_in_pixel();
+    let mut lx = w as i32 - LEGEND_WIDTH as i32 - 330;
+    let y = h as i32 - 22;
+    for (c, s) in [
         (BASELINE, "fp32 baseline"),
         (PASS, "passed"),
         (FAIL, "failed"),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let y = 52 + 18 * k as i32;
+    ] {
         area.draw(&Rectangle::new([(lx, y - 5), (lx + 10, y + 5)], c.filled()))
             .map_err(drawing)?;
         area.draw(&Text::new(
@@ -350,7 +377,17 @@ fn draw_metric_panel(
             text_style(12, BLACK, HPos::Left, VPos::Center),
         ))
         .map_err(drawing)?;
+        lx += 30 + (s.len() as i32) * 7;
     }
+    let (ox, oy) = (lx + 4, y);
+    area.draw(&Circle::new((ox, oy), 6, BLACK.stroke_width(2)))
+        .map_err(drawing)?;
+    area.draw(&Text::new(
+        "chosen plan",
+        (ox + 12, oy),
+        text_style(12, BLACK, HPos::Left, VPos::Center),
+    ))
+    .map_err(drawing)?;
     Ok(())
 }
 
@@ -385,8 +422,8 @@ fn draw_node_panel(
         .map_err(drawing)?;
         return Ok(());
     }
-    let (sens_area, rest) = area.split_vertically(210);
-    let (time_area, strip_area) = rest.split_vertically(170);
+    let (sens_area, rest) = area.split_vertically(SENS_HEIGHT);
+    let (time_area, strip_area) = rest.split_vertically(TIME_HEIGHT);
     let x_range = -0.5..(n as f64 - 0.5);
     let half = if n > 150 { 0.5 } else { 0.36 };
 
@@ -524,7 +561,7 @@ fn draw_node_panel(
         .margin_left(MARGIN)
         .margin_right(LEGEND_WIDTH)
         .margin_top(6)
-        .margin_bottom(150)
+        .margin_bottom(h - SENS_HEIGHT - TIME_HEIGHT - STRIP_HEIGHT + 6)
         .y_label_area_size(Y_LABELS)
         .build_cartesian_2d(x_range, 0.0..1.0)
         .map_err(drawing)?;
@@ -566,7 +603,7 @@ fn draw_node_panel(
         named += 1;
         strip_area
             .draw(&Text::new(
-                ellipsize(&r.nodes[i].name, 22),
+                ellipsize(&r.nodes[i].name, NAME_CHARS),
                 (
                     xs[i] - strip_area.get_base_pixel().0,
                     y_bottom + 6 - strip_area.get_base_pixel().1,
