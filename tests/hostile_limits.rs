@@ -340,3 +340,20 @@ fn onnx_tile_with_huge_repeats_is_a_typed_error() {
     let r = onnx::load_bytes(&m.encode_to_vec(), None, &ImportOptions::default());
     assert!(r.is_err(), "{r:?}");
 }
+
+/// Found by the gemm_differential fuzzer (a GELU-erf reference at v == 0):
+/// `graph::erf_f64(0.0)` looped forever because its series stopped on
+/// `|term| < 1e-17 |sum|`, never true when both are 0.
+#[test]
+fn erf_f64_terminates_at_zero_and_subnormals() {
+    use mixprec::graph::erf_f64;
+    assert_eq!(erf_f64(0.0), 0.0);
+    assert_eq!(erf_f64(-0.0), 0.0);
+    for x in [5e-324, 1e-310, -1e-300, f64::MIN_POSITIVE] {
+        let e = erf_f64(x);
+        // erf(x) ~ 2x/sqrt(pi) for tiny x.
+        let want = x * 2.0 / std::f64::consts::PI.sqrt();
+        assert!((e - want).abs() <= 1e-15 * want.abs() + 5e-324, "erf({x:e}) = {e:e}");
+    }
+    assert!(erf_f64(f64::NAN).is_nan() || erf_f64(f64::NAN).abs() <= 1.0);
+}

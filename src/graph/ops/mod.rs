@@ -104,7 +104,9 @@ pub fn erf_f64(x: f64) -> f64 {
             term *= -x2 / n;
             let add = term / (2.0 * n + 1.0);
             sum += add;
-            if add.abs() < 1e-17 * sum.abs() {
+            // `<=`, not `<`: at x == 0 (or deep subnormals) both sides are
+            // 0 and `<` never held, so erf(0) looped forever.
+            if add.abs() <= 1e-17 * sum.abs() {
                 break;
             }
         }
