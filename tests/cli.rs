@@ -130,7 +130,11 @@ fn usage_errors_exit_non_zero_with_an_error_line() {
         assert!(!o.status.success(), "{args:?}");
         let err = stderr(&o);
         assert!(err.starts_with("error: "), "{args:?}: {err}");
-        assert_eq!(err.lines().count(), 1, "one line, like every failure: {err}");
+        assert_eq!(
+            err.lines().count(),
+            1,
+            "one line, like every failure: {err}"
+        );
         assert!(!err.contains("panicked"));
     }
 }
