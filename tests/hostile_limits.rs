@@ -353,7 +353,10 @@ fn erf_f64_terminates_at_zero_and_subnormals() {
         let e = erf_f64(x);
         // erf(x) ~ 2x/sqrt(pi) for tiny x.
         let want = x * 2.0 / std::f64::consts::PI.sqrt();
-        assert!((e - want).abs() <= 1e-15 * want.abs() + 5e-324, "erf({x:e}) = {e:e}");
+        assert!(
+            (e - want).abs() <= 1e-15 * want.abs() + 5e-324,
+            "erf({x:e}) = {e:e}"
+        );
     }
     assert!(erf_f64(f64::NAN).is_nan() || erf_f64(f64::NAN).abs() <= 1.0);
 }
