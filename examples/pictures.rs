@@ -2,8 +2,13 @@
 //! machine, the way `mixprec bench --svg` and `mixprec tune --svg` do:
 //!
 //! ```text
-//! cargo run --release --example pictures [-- OUT_DIR]
+//! cargo run --release --example pictures [-- OUT_DIR [THREADS]]
 //! ```
+//!
+//! THREADS (default 1) is the thread count of the GEMMs, the peak loops and
+//! the bandwidth loops; the conversions always run on one core. One thread is
+//! the default because a 2-thread peak loop on a shared two-core machine
+//! measures whatever the other jobs leave, while one core is usually free.
 //!
 //! The roofline uses `mixprec bench`'s own measurements (conversions at n =
 //! 4096 and 16M, GEMM 1024^3 and GEMV 1x4096x4096 per dtype) at the active
@@ -31,6 +36,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // --- roofline ---------------------------------------------------------
     let active = isa::active_isa();
+    let threads: usize = match std::env::args().nth(2) {
+        Some(t) => t.parse()?,
+        None => 1,
+    };
+    gemm::set_num_threads(threads);
     let threads = gemm::num_threads();
     eprintln!("measuring kernels (about half a minute)...");
     // Longer than the CLI's default budget: on a shared machine the best of
@@ -89,7 +99,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
              is the share of that bandwidth reached. n=4K fits L1 (no L1 roof drawn)."
                 .to_string(),
             "Roofs: peak loops of one instruction (12 chains); read-only sum loops \
-             (SSE2 loads) over 512 KiB per thread (L2) and 256 MiB (DRAM)."
+             (SSE2 loads) over 512 KiB per thread (L2) and 256 MiB (DRAM). The \
+             16M conversions may pass the DRAM read roof: they use 64-byte loads \
+             and non-temporal stores, which a read-only loop does not measure."
                 .to_string(),
         ],
     };

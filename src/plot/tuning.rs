@@ -20,6 +20,11 @@ const STRIP_HEIGHT: u32 = 50;
 /// Longest node name written, in characters.
 const NAME_CHARS: usize = 22;
 
+/// Font size of the node names: larger while the nodes are few.
+fn name_size(n: usize) -> i32 {
+    if n <= 40 { 14 } else { 11 }
+}
+
 /// Room under the strip for the (rotated) node names.
 fn names_height(r: &TuningReport) -> u32 {
     let longest = r
@@ -28,7 +33,7 @@ fn names_height(r: &TuningReport) -> u32 {
         .map(|n| n.name.chars().count().min(NAME_CHARS))
         .max()
         .unwrap_or(0);
-    (longest as f64 * 0.6 * 11.0 + 14.0).clamp(30.0, 160.0) as u32
+    (longest as f64 * 0.6 * f64::from(name_size(r.nodes.len())) + 14.0).clamp(30.0, 200.0) as u32
 }
 
 /// Left label area of every node row, the same so their x axes align.
@@ -608,7 +613,7 @@ fn draw_node_panel(
                     xs[i] - strip_area.get_base_pixel().0,
                     y_bottom + 6 - strip_area.get_base_pixel().1,
                 ),
-                ("sans-serif", 11)
+                ("sans-serif", name_size(n))
                     .into_font()
                     .transform(FontTransform::Rotate90)
                     .color(&BLACK)
