@@ -26,16 +26,13 @@ use mixprec::cli::{Cli, Command, model};
 use mixprec::demo;
 use mixprec::graph::Tensor;
 use mixprec::kernels::gemm;
-use mixprec::kernels::isa;
-use mixprec::kernels::peak::{PeakKind, peak_gflops};
-use mixprec::plot::{self, RooflineInput};
+use mixprec::plot;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::args().nth(1).unwrap_or_else(|| "docs".into()));
     std::fs::create_dir_all(&out)?;
 
     // --- roofline ---------------------------------------------------------
-    let active = isa::active_isa();
     let threads: usize = match std::env::args().nth(2) {
         Some(t) => t.parse()?,
         None => 1,
@@ -51,60 +48,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut rows = bench::measure_kernels(budget);
     rows.extend(bench::measure_gemm(budget));
-    let tuples: Vec<(&str, &str, f64, &str)> = rows
-        .iter()
-        .filter(|m| m.isa == active.name())
-        .map(|m| (m.kernel.as_str(), m.shape.as_str(), m.value, m.unit))
-        .collect();
-    let points = plot::points_from(&tuples);
     eprintln!("measuring peaks and bandwidth...");
-    let bw = plot::measure_bandwidth(threads);
-    let bw1 = if threads > 1 {
-        Some(plot::measure_bandwidth(1))
-    } else {
-        None
-    };
-    let mut memory = vec![
-        (format!("L2 read, {threads} thr"), bw.l2_gbps),
-        (format!("DRAM read, {threads} thr"), bw.dram_gbps),
-    ];
-    if let Some(b) = bw1 {
-        memory.push(("DRAM read, 1 thr".to_string(), b.dram_gbps));
-    }
-    let compute = [PeakKind::Bf16Dot, PeakKind::F32Fma, PeakKind::F16Fma]
-        .into_iter()
-        .map(|k| {
-            (
-                format!("{}, {threads} thr", k.name()),
-                // A peak is a maximum: interference only lowers a run.
-                (0..3)
-                    .filter_map(|_| peak_gflops(k, threads))
-                    .reduce(f64::max),
-            )
-        })
-        .collect();
-    let input = RooflineInput {
-        cpu_model: isa::cpu_model().unwrap_or_else(|| "unknown CPU".into()),
-        isa: active.name().to_string(),
-        compute_ceilings: compute,
-        memory_ceilings: memory,
-        points,
-        notes: vec![
-            format!(
-                "GEMM/GEMV: {threads} thread(s), f32 output; intensity counts A, B \
-                 and C crossing memory once."
-            ),
-            "Conversions: one core, 1 op per element, intensity 1/(bytes read + \
-             written), so the height is Gelem/s and the distance below a memory roof \
-             is the share of that bandwidth reached. n=4K fits L1 (no L1 roof drawn)."
-                .to_string(),
-            "Roofs: peak loops of one instruction (12 chains); read-only sum loops \
-             (SSE2 loads) over 512 KiB per thread (L2) and 256 MiB (DRAM). The \
-             16M conversions may pass the DRAM read roof: they use 64-byte loads \
-             and non-temporal stores, which a read-only loop does not measure."
-                .to_string(),
-        ],
-    };
+    let input = bench::roofline(&rows, threads);
     for p in &input.points {
         eprintln!(
             "  {:<32} AI {:>8.3}  {:>8.1} G/s  {}",

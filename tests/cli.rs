@@ -522,3 +522,38 @@ fn isa_levels_listed_are_the_available_ones() {
     let expected: Vec<&str> = Isa::available().map(Isa::name).collect();
     assert_eq!(listed, expected);
 }
+
+#[test]
+fn bench_svg_draws_a_roofline_of_the_measured_kernels() {
+    let tmp = tempfile::tempdir().unwrap();
+    let svg = tmp.path().join("roofline.svg");
+    let o = mixprec(&["bench", "--json", "--svg", svg.to_str().unwrap()], &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let text = fs::read_to_string(&svg).unwrap();
+    let doc = roxmltree::Document::parse(&text).expect("the roofline is well-formed XML");
+    let texts: Vec<&str> = doc
+        .descendants()
+        .filter_map(|n| n.text())
+        .map(str::trim)
+        .collect();
+    let active = isa::active_isa().name();
+    assert!(
+        texts.iter().any(|t| t.contains(active)),
+        "title names the ISA level"
+    );
+    assert!(texts.contains(&"arithmetic intensity (FLOP/byte)"));
+    // Every GEMM row of the active level is a labelled point.
+    let gemm_rows = rows
+        .iter()
+        .filter(|r| r["isa"] == active && r["kernel"].as_str().unwrap().starts_with("gemm"))
+        .count();
+    let gemm_labels = texts.iter().filter(|t| t.contains("gemm")).count();
+    assert!(
+        gemm_labels >= gemm_rows,
+        "{gemm_labels} labels for {gemm_rows} GEMM rows"
+    );
+}

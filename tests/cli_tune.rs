@@ -713,3 +713,44 @@ fn onnx_model_tunes_and_runs() {
     let line = assert_one_error_line(&o, "top1 without labels");
     assert!(line.contains("labels"), "{line}");
 }
+
+#[test]
+fn tune_svg_draws_the_picture_and_a_failed_picture_keeps_plan_and_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (plan, report, svg) = (
+        tmp.path().join("plan.json"),
+        tmp.path().join("report.json"),
+        tmp.path().join("tuning.svg"),
+    );
+    let args = |svg: &Path| {
+        mixprec(&[
+            "tune",
+            "--plan-out",
+            p(&plan),
+            "--report-out",
+            p(&report),
+            "--svg",
+            p(svg),
+        ])
+    };
+    let o = args(&svg);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = fs::read_to_string(&svg).unwrap();
+    let doc = roxmltree::Document::parse(&text).expect("the picture is well-formed XML");
+    for node in demo::NODE_NAMES {
+        assert!(
+            doc.descendants()
+                .any(|n| n.text().map(str::trim) == Some(node)),
+            "node {node} is labelled"
+        );
+    }
+
+    // A picture that cannot be written is one clear error, after the plan
+    // and the report are already in place.
+    fs::remove_file(&plan).unwrap();
+    fs::remove_file(&report).unwrap();
+    let o = args(&tmp.path().join("no-such-dir").join("tuning.svg"));
+    let err = assert_one_error_line(&o, "unwritable picture");
+    assert!(err.contains("no-such-dir"), "{err}");
+    assert!(plan.exists() && report.exists(), "plan and report survive");
+}

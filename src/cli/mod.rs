@@ -173,6 +173,11 @@ pub struct TuneArgs {
     /// Write the tuning report here (JSON).
     #[arg(long)]
     pub report_out: Option<PathBuf>,
+    /// Draw the tuning picture here (SVG): the metric per evaluation against
+    /// the tolerance, and each node's dtype, sensitivity and share of fp32
+    /// time. Written after the plan and report, so a failure here loses neither.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
 }
 
 /// Arguments of `mixprec run`.
@@ -250,6 +255,9 @@ pub struct BenchArgs {
     /// Print one JSON object per measurement instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Draw a roofline of this machine with every kernel measured (SVG).
+    #[arg(long, conflicts_with = "model")]
+    pub svg: Option<PathBuf>,
 }
 
 fn parse_positive(s: &str) -> Result<usize, String> {

@@ -297,6 +297,14 @@ pub fn run(args: &TuneArgs, out: &mut impl Write) -> Result<(), CliError> {
         o.commit(text.as_bytes())?;
         writeln!(out, "report written to {path}").map_err(CliError::Output)?;
     }
+    // Last, so that a picture that cannot be drawn or written costs neither
+    // the plan nor the report.
+    if let Some(path) = &args.svg {
+        let svg = crate::plot::tuning_svg(&outcome.report)
+            .map_err(|e| CliError::Other(format!("tuning picture: {e}")))?;
+        Output::reserve(path, "picture", &inputs_to_keep)?.commit(svg.as_bytes())?;
+        writeln!(out, "picture written to {}", path.display()).map_err(CliError::Output)?;
+    }
     Ok(())
 }
 
