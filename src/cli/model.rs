@@ -382,43 +382,9 @@ pub fn plan_counts(graph: &Graph, plan: &PrecisionPlan) -> String {
 /// Deterministic inputs for a graph with symbolic dims set to `batch` (the
 /// first) or 1 (others): floats in [-1, 1), integers and booleans zero.
 pub fn synthetic_inputs(graph: &Graph, batch: usize) -> Result<DataSet, CliError> {
-    let mut state: u64 = 0x2545_F491_4F6C_DD1D;
-    let mut inputs = Vec::new();
-    for &id in graph.inputs() {
-        let info = graph.value(id);
-        let shape: Vec<usize> = info
-            .shape
-            .iter()
-            .enumerate()
-            .map(|(i, d)| match d {
-                Dim::Fixed(n) => *n,
-                Dim::Symbolic(_) if i == 0 => batch,
-                Dim::Symbolic(_) => 1,
-            })
-            .collect();
-        let t = if info.dtype.is_float() {
-            let n: usize = shape.iter().product();
-            let v: Vec<f32> = (0..n)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-                })
-                .collect();
-            let t = Tensor::from_f32(&shape, v)
-                .map_err(|e| CliError::Other(format!("synthetic input `{}`: {e}", info.name)))?;
-            match info.dtype.float_type() {
-                Some(ft) if info.dtype != DType::F32 => t.to_float_type(ft).map_err(|e| {
-                    CliError::Other(format!("synthetic input `{}`: {e}", info.name))
-                })?,
-                _ => t,
-            }
-        } else {
-            Tensor::zeros(info.dtype, &shape)
-        };
-        inputs.push((info.name.clone(), t));
-    }
+    let inputs = graph
+        .synthetic_inputs(batch)
+        .map_err(|e| CliError::Other(format!("synthetic inputs: {e}")))?;
     let b = inputs
         .first()
         .and_then(|(_, t)| t.shape().first().copied())

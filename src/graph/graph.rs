@@ -209,6 +209,47 @@ impl Graph {
                 .all(|o| self.values[o.0].dtype.is_float())
     }
 
+    /// Deterministic inputs shaped like the graph's, one per graph input by
+    /// name: the first symbolic dim becomes `batch` (other symbolic dims 1),
+    /// floats a fixed pseudo-random stream in [-1, 1) (rounded to the input's
+    /// dtype), integers and booleans zero. For benchmarks and tuning without
+    /// user data.
+    pub fn synthetic_inputs(&self, batch: usize) -> Result<Vec<(String, Tensor)>> {
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut out = Vec::new();
+        for &id in &self.inputs {
+            let info = self.value(id);
+            let shape: Vec<usize> = info
+                .shape
+                .iter()
+                .enumerate()
+                .map(|(i, d)| match d {
+                    Dim::Fixed(n) => *n,
+                    Dim::Symbolic(_) if i == 0 => batch,
+                    Dim::Symbolic(_) => 1,
+                })
+                .collect();
+            let t = match info.dtype.float_type() {
+                Some(ty) => {
+                    let n: usize = shape.iter().product();
+                    let data: Vec<f32> = (0..n)
+                        .map(|_| {
+                            // xorshift64: cheap, fixed, platform-independent.
+                            state ^= state << 13;
+                            state ^= state >> 7;
+                            state ^= state << 17;
+                            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+                        })
+                        .collect();
+                    Tensor::from_f32(&shape, data)?.to_float_type(ty)?
+                }
+                None => Tensor::zeros(info.dtype, &shape),
+            };
+            out.push((info.name.clone(), t));
+        }
+        Ok(out)
+    }
+
     /// The nodes a precision plan may lower, in execution order, with their
     /// op types (what the tuner searches over).
     pub fn lowerable_nodes(&self) -> Vec<LowerableNode> {

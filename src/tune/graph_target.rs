@@ -3,7 +3,7 @@
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::graph::{CompiledModel, DType, Dim, Graph, GraphError, PrecisionPlan, Tensor};
+use crate::graph::{CompiledModel, Graph, GraphError, PrecisionPlan, Tensor};
 
 use super::target::{BoxError, DtypeMap, Tunable, TunableNode};
 
@@ -27,7 +27,7 @@ impl<'g> GraphTarget<'g> {
     ) -> Result<Self, GraphError> {
         let (inputs, synthetic) = match calibration {
             Some(c) => (c.to_vec(), false),
-            None => (synthetic_inputs(graph)?, true),
+            None => (graph.synthetic_inputs(SYNTHETIC_BATCH)?, true),
         };
         Ok(GraphTarget {
             graph,
@@ -54,52 +54,6 @@ impl<'g> GraphTarget<'g> {
         }
         p
     }
-}
-
-/// Deterministic inputs shaped like the graph's: symbolic dims become
-/// [`SYNTHETIC_BATCH`] (other symbolic names 1), floats a fixed
-/// pseudo-random stream in [-1, 1), integers and booleans zero.
-fn synthetic_inputs(graph: &Graph) -> Result<Vec<(String, Tensor)>, GraphError> {
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut out = Vec::new();
-    for &id in graph.inputs() {
-        let info = graph.value(id);
-        let shape: Vec<usize> = info
-            .shape
-            .iter()
-            .enumerate()
-            .map(|(i, d)| match d {
-                Dim::Fixed(n) => *n,
-                Dim::Symbolic(_) if i == 0 => SYNTHETIC_BATCH,
-                Dim::Symbolic(_) => 1,
-            })
-            .collect();
-        let t = if info.dtype.is_float() {
-            let n: usize = shape.iter().product();
-            let data: Vec<f32> = (0..n)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-                })
-                .collect();
-            let t = Tensor::from_f32(&shape, data)?;
-            if info.dtype == DType::F32 {
-                t
-            } else {
-                t.to_float_type(
-                    info.dtype
-                        .float_type()
-                        .unwrap_or(crate::graph::FloatType::F32),
-                )?
-            }
-        } else {
-            Tensor::zeros(info.dtype, &shape)
-        };
-        out.push((info.name.clone(), t));
-    }
-    Ok(out)
 }
 
 impl Tunable for GraphTarget<'_> {
