@@ -14,7 +14,8 @@ use criterion::{
 };
 use half::{bf16, f16};
 use mixprec_kernels::gemm::{
-    Element, Epilogue, MatMut, MatRef, PackedB, gemm, gemm_packed, set_num_threads,
+    Accumulation, Element, Epilogue, MatMut, MatRef, PackedB, gemm, gemm_at, gemm_packed,
+    set_num_threads,
 };
 use mixprec_kernels::peak::{PeakKind, peak_gflops};
 
@@ -272,5 +273,45 @@ fn gemv(c: &mut Criterion) {
     set_num_threads(0);
 }
 
-criterion_group!(benches, peaks, squares, transformer, gemv);
+/// bf16 squares, one thread: `Accumulation::Bf16Dot` (VDPBF16PS) against the
+/// default f32 accumulation; `-- bf16dot` runs just these.
+fn bf16dot(c: &mut Criterion) {
+    let isa = mixprec_kernels::active_isa();
+    for s in [1024, 2048] {
+        let a = data::<bf16>(s * s, 1);
+        let b = data::<bf16>(s * s, 2);
+        let mut out = vec![0.0f32; s * s];
+        let mut g = group(c, &format!("bf16dot-{s}"), 2 * (s * s * s) as u64);
+        set_num_threads(1);
+        for (name, acc) in [
+            ("bf16dot", Accumulation::Bf16Dot),
+            ("f32acc", Accumulation::F32),
+        ] {
+            let call = |out: &mut [f32]| {
+                gemm_at(
+                    isa,
+                    acc,
+                    1.0,
+                    black_box(MatRef::new(&a, s, s, s).unwrap()),
+                    black_box(MatRef::new(&b, s, s, s).unwrap()),
+                    0.0,
+                    MatMut::new(out, s, s, s).unwrap(),
+                    &Epilogue::default(),
+                )
+            };
+            if let Err(e) = call(&mut out) {
+                println!("bf16dot-{s} {name}: skipped ({e})");
+                continue;
+            }
+            let id = format!("mixprec-{name}/bf16/t1");
+            g.bench_function(BenchmarkId::new(id, format!("{s}x{s}x{s}")), |bch| {
+                bch.iter(|| call(&mut out).unwrap())
+            });
+        }
+        g.finish();
+    }
+    set_num_threads(0);
+}
+
+criterion_group!(benches, peaks, squares, transformer, gemv, bf16dot);
 criterion_main!(benches);

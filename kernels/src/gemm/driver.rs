@@ -69,7 +69,7 @@ pub(super) struct Kernels {
 
 /// A pointer that may cross threads; every use writes a disjoint block.
 #[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
+pub(super) struct SendPtr<T>(pub(super) *mut T);
 // SAFETY: the driver hands each work item a disjoint block of C, so no two
 // threads touch the same element.
 unsafe impl<T> Send for SendPtr<T> {}
@@ -79,7 +79,7 @@ unsafe impl<T> Sync for SendPtr<T> {}
 impl<T> SendPtr<T> {
     /// The pointer (a method, so closures capture the whole `SendPtr`).
     #[inline(always)]
-    fn get(self) -> *mut T {
+    pub(super) fn get(self) -> *mut T {
         self.0
     }
 }
@@ -130,7 +130,12 @@ fn put_buf(key: &'static std::thread::LocalKey<std::cell::Cell<Vec<f32>>>, v: Ve
 
 /// Runs `f(item, workspace)` for every item on up to `threads` threads; each
 /// thread's workspace holds `ws_len` f32.
-fn parallel_for(threads: usize, items: usize, ws_len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+pub(super) fn parallel_for(
+    threads: usize,
+    items: usize,
+    ws_len: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) {
     let threads = threads.min(items);
     let worker = |next: &AtomicUsize| {
         let mut ws = take_buf(&WORKSPACE, ws_len);
@@ -157,7 +162,7 @@ fn parallel_for(threads: usize, items: usize, ws_len: usize, f: impl Fn(usize, &
 
 /// Epilogue parameters.
 #[derive(Clone, Copy)]
-struct Ep<'a> {
+pub(super) struct Ep<'a> {
     isa: Isa,
     alpha: f32,
     beta: f32,
@@ -165,7 +170,18 @@ struct Ep<'a> {
     act: Activation,
 }
 
-impl Ep<'_> {
+impl<'a> Ep<'a> {
+    /// The epilogue of a call at `isa`.
+    pub(super) fn new(isa: Isa, alpha: f32, beta: f32, epi: &Epilogue<'a>) -> Self {
+        Ep {
+            isa,
+            alpha,
+            beta,
+            bias: epi.bias,
+            act: epi.activation,
+        }
+    }
+
     /// Applies the epilogue to a `rows x cols` block of accumulators (`ws`,
     /// stride `ldw`) and stores it at `c` (stride `ldc`); `j0` is the block's
     /// first column in C. Same operations, same order as `epilogue::finish`.
@@ -173,7 +189,7 @@ impl Ep<'_> {
     /// # Safety
     /// `ws` is readable and `c` readable/writable for the block; `cols <= 64`.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn store<O: Element>(
+    pub(super) unsafe fn store<O: Element>(
         &self,
         ws: *const f32,
         ldw: usize,

@@ -1,0 +1,193 @@
+//! [`super::Accumulation::Bf16Dot`]: bf16 GEMM with `VDPBF16PS` (levels
+//! `avx512_core_bf16` and up).
+//!
+//! A and B are packed as bf16 k-pairs: one 32-bit lane holds
+//! `(x[2q] | x[2q + 1] << 16)`, an odd k is padded with a zero bf16. B goes
+//! into panels of [`NR`] columns (`kp = ceil(k / 2)` rows of `NR` pairs), A
+//! into tiles of [`MR`] rows interleaved pair-major (`MR` pairs per k-pair),
+//! so the micro-kernel broadcasts one A pair per row and multiplies it with
+//! two zmm of B pairs into a 14 x 32 f32 register tile (28 accumulators, two
+//! B vectors and one broadcast: 31 of the 32 zmm). The k loop is blocked by
+//! [`KCP`] pairs so a B block stays in L1; the f32 tile goes through the
+//! driver's epilogue and store, as on the F32 path. Work is split over M/N
+//! blocks with the driver's thread loop, never over k, so results do not
+//! depend on the thread count.
+
+use std::arch::x86_64::*;
+
+use super::driver::{Ep, SendPtr, parallel_for};
+use super::pack::NR;
+use super::{BSource, Element, MatMut, MatRef, num_threads};
+
+/// Rows of the register tile.
+const MR: usize = 14;
+/// k-pairs per block: a B block of `KCP x NR` pairs is 24 KiB (Zen 4's L1D is 32 KiB).
+const KCP: usize = 192;
+/// Register tiles per M block and panels per N block (as the F32 driver).
+const MC_TILES: usize = 8;
+const NC_PANELS: usize = 8;
+/// Below this many flops one thread does all the work.
+const PAR_MIN_FLOPS: usize = 1 << 22;
+
+/// The bf16 bits of an element that is a bf16 (exact: bf16 widens to the top half of f32).
+#[inline(always)]
+fn bits<T: Element>(x: T) -> u32 {
+    x.to_f32().to_bits() >> 16
+}
+
+/// The k-pair of `x[2q]` (low half) and `x[2q + 1]` (high half, zero past `k`).
+#[inline(always)]
+fn pair<T: Element>(k: usize, q: usize, at: impl Fn(usize) -> T) -> u32 {
+    let lo = bits(at(2 * q));
+    let hi = if 2 * q + 1 < k {
+        bits(at(2 * q + 1))
+    } else {
+        0
+    };
+    lo | (hi << 16)
+}
+
+/// `out[i][0..32] (+)= sum_q dpbf16(a[q * MR + i], b[q * NR + 0..32])` for `i < MR`, `q < kcp`.
+///
+/// # Safety
+/// The CPU has AVX-512 F/BW/VL and BF16; `a` holds `kcp * MR` pairs, `b`
+/// holds `kcp * NR` pairs, `out` holds `MR` rows of 32 f32 at stride `ldo`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn tile(kcp: usize, a: *const u32, b: *const u32, out: *mut f32, ldo: usize, load: bool) {
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    // SAFETY: every access stays within the extents the caller guarantees.
+    unsafe {
+        if load {
+            for (i, row) in acc.iter_mut().enumerate() {
+                for (v, x) in row.iter_mut().enumerate() {
+                    *x = _mm512_loadu_ps(out.add(i * ldo + 16 * v));
+                }
+            }
+        }
+        let (mut ap, mut bp) = (a, b);
+        for _ in 0..kcp {
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.cast()));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(16).cast()));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai: __m512bh = std::mem::transmute(_mm512_set1_epi32(*ap.add(i) as i32));
+                row[0] = _mm512_dpbf16_ps(row[0], ai, b0);
+                row[1] = _mm512_dpbf16_ps(row[1], ai, b1);
+            }
+            ap = ap.add(MR);
+            bp = bp.add(NR);
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (v, x) in row.iter().enumerate() {
+                _mm512_storeu_ps(out.add(i * ldo + 16 * v), *x);
+            }
+        }
+    }
+}
+
+/// Packs B (`k x n`, bf16) into `ceil(n / NR)` panels of `kp x NR` pairs.
+fn pack_b<T: Element>(threads: usize, b: BSource<T>, k: usize, n: usize, dst: &mut [u32]) {
+    let kp = k.div_ceil(2);
+    let dp = SendPtr(dst.as_mut_ptr());
+    parallel_for(threads, n.div_ceil(NR), 0, |p, _| {
+        // SAFETY: panel p owns dst[p*kp*NR .. (p+1)*kp*NR], disjoint per panel.
+        let panel = unsafe { std::slice::from_raw_parts_mut(dp.get().add(p * kp * NR), kp * NR) };
+        let j0 = p * NR;
+        let w = NR.min(n - j0);
+        for (q, row) in panel.chunks_exact_mut(NR).enumerate() {
+            for (jj, x) in row.iter_mut().enumerate() {
+                *x = if jj < w {
+                    pair(k, q, |kk| b.at(kk, j0 + jj))
+                } else {
+                    0
+                };
+            }
+        }
+    });
+}
+
+/// Packs A (`m x k`, bf16) into `ceil(m / MR)` tiles of `kp x MR` pairs
+/// (rows past `m` are zero).
+fn pack_a<T: Element>(threads: usize, a: &MatRef<T>, dst: &mut [u32]) {
+    let (m, k) = (a.rows, a.cols);
+    let kp = k.div_ceil(2);
+    let dp = SendPtr(dst.as_mut_ptr());
+    parallel_for(threads, m.div_ceil(MR), 0, |t, _| {
+        // SAFETY: tile t owns dst[t*kp*MR .. (t+1)*kp*MR], disjoint per tile.
+        let tile = unsafe { std::slice::from_raw_parts_mut(dp.get().add(t * kp * MR), kp * MR) };
+        let rows = MR.min(m - t * MR);
+        for i in 0..MR {
+            let r = t * MR + i;
+            for q in 0..kp {
+                tile[q * MR + i] = if i < rows {
+                    if a.cs == 1 {
+                        let row = &a.data[r * a.rs..r * a.rs + k];
+                        pair(k, q, |kk| row[kk])
+                    } else {
+                        pair(k, q, |kk| a.at(r, kk))
+                    }
+                } else {
+                    0
+                };
+            }
+        }
+    });
+}
+
+/// `C = epilogue(alpha * A B)` with bf16 A and B via `VDPBF16PS`.
+///
+/// # Safety
+/// `T` is bf16, the shapes were validated, `m, n, k > 0`, and the CPU has
+/// AVX-512 F/BW/VL and BF16 (the caller checked `avx512_core_bf16`).
+pub(super) unsafe fn run<T: Element, O: Element>(
+    ep: &Ep,
+    a: MatRef<T>,
+    b: BSource<T>,
+    c: MatMut<O>,
+) {
+    let (m, n, k) = (c.rows, c.cols, a.cols);
+    let kp = k.div_ceil(2);
+    let threads = if 2 * m * n * k < PAR_MIN_FLOPS {
+        1
+    } else {
+        num_threads()
+    };
+    let mut bpack = vec![0u32; n.div_ceil(NR) * kp * NR];
+    pack_b(threads, b, k, n, &mut bpack);
+    let mut apack = vec![0u32; m.div_ceil(MR) * kp * MR];
+    pack_a(threads, &a, &mut apack);
+    let ldc = c.rs;
+    let cp = SendPtr(c.data.as_mut_ptr());
+    let (mc, nc) = (MR * MC_TILES, NR * NC_PANELS);
+    let (mblocks, nblocks) = (m.div_ceil(mc), n.div_ceil(nc));
+    let (apack, bpack) = (&apack, &bpack);
+    parallel_for(threads, mblocks * nblocks, mc * nc, |item, ws| {
+        let (i0, j0) = ((item / nblocks) * mc, (item % nblocks) * nc);
+        let (mcb, ncb) = (mc.min(m - i0), nc.min(n - j0));
+        for pc in (0..kp).step_by(KCP) {
+            let kcp = KCP.min(kp - pc);
+            let last = pc + kcp == kp;
+            for q in 0..ncb.div_ceil(NR) {
+                let panel = j0 / NR + q;
+                let bptr = bpack[panel * kp * NR + pc * NR..].as_ptr();
+                for tl in 0..mcb.div_ceil(MR) {
+                    let t = i0 / MR + tl;
+                    let aptr = apack[t * kp * MR + pc * MR..].as_ptr();
+                    let wsp = ws[tl * MR * nc + q * NR..].as_mut_ptr();
+                    // SAFETY: the A tile holds kcp*MR pairs from pc*MR on, the B panel
+                    // kcp*NR pairs from pc*NR on; the workspace tile is MR x NR at
+                    // stride nc inside mc x nc; the caller checked AVX512-BF16.
+                    unsafe { tile(kcp, aptr, bptr, wsp, nc, pc > 0) };
+                    if last {
+                        let rows = MR.min(m - t * MR);
+                        let cols = NR.min(ncb - q * NR);
+                        let (r0, c0) = (t * MR, j0 + q * NR);
+                        // SAFETY: rows r0..r0+rows, columns c0..c0+cols of C belong to this item.
+                        unsafe {
+                            ep.store(wsp, nc, rows, cols, cp.get().add(r0 * ldc + c0), ldc, c0)
+                        };
+                    }
+                }
+            }
+        }
+    });
+}

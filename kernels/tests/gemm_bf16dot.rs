@@ -1,0 +1,433 @@
+//! `Accumulation::Bf16Dot` (VDPBF16PS) against an f64 reference with the
+//! documented bound `2 (k + 2) u |alpha| (|A||B|)_ij + |alpha| e_ftz +
+//! epilogue and store rounding`, the DAZ behaviour on subnormal inputs, and
+//! the typed errors for other input types and capped levels.
+
+use half::{bf16, f16};
+use mixprec_kernels::Isa;
+use mixprec_kernels::gemm::{
+    Accumulation, Activation, Element, Epilogue, GemmError, MatMut, MatRef, gemm_at,
+};
+use mixprec_kernels::isa::{IsaError, detected_isa};
+use proptest::prelude::*;
+
+const U: f64 = 1.0 / (1u64 << 24) as f64;
+
+fn have_bf16() -> bool {
+    Isa::Avx512CoreBf16.is_available()
+}
+
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+}
+
+/// A bf16 matrix stored with padding, optionally transposed in memory and viewed with `.t()`.
+struct Stored {
+    data: Vec<bf16>,
+    rows: usize,
+    cols: usize,
+    stride: usize,
+    transposed: bool,
+}
+
+impl Stored {
+    fn new(rng: &mut Lcg, rows: usize, cols: usize, pad: usize, transposed: bool) -> Self {
+        let (sr, sc) = if transposed {
+            (cols, rows)
+        } else {
+            (rows, cols)
+        };
+        let stride = sc + pad;
+        let data = (0..sr * stride)
+            .map(|_| bf16::from_f32(rng.next() * 2.0))
+            .collect();
+        Stored {
+            data,
+            rows,
+            cols,
+            stride,
+            transposed,
+        }
+    }
+    fn view(&self) -> MatRef<'_, bf16> {
+        if self.transposed {
+            MatRef::new(&self.data, self.cols, self.rows, self.stride)
+                .unwrap()
+                .t()
+        } else {
+            MatRef::new(&self.data, self.rows, self.cols, self.stride).unwrap()
+        }
+    }
+    fn at(&self, i: usize, j: usize) -> f64 {
+        let idx = if self.transposed {
+            j * self.stride + i
+        } else {
+            i * self.stride + j
+        };
+        self.data[idx].to_f32() as f64
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "erf"]
+    fn erf64_libm(x: f64) -> f64;
+}
+
+/// (value, slope bound that propagates the pre-activation error).
+fn act64(act: Activation, v: f64) -> (f64, f64) {
+    match act {
+        Activation::Identity => (v, 1.0),
+        Activation::Relu => (v.max(0.0), 1.0),
+        Activation::GeluErf => {
+            // SAFETY: erf is a pure libm function.
+            let e = unsafe { erf64_libm(v / std::f64::consts::SQRT_2) };
+            (0.5 * v * (1.0 + e), 1.2)
+        }
+        Activation::GeluTanh => {
+            let inner = (2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v);
+            (0.5 * v * (1.0 + inner.tanh()), 1.2)
+        }
+    }
+}
+
+/// Store rounding of O: (relative, absolute).
+fn store_err<O: Element>() -> (f64, f64) {
+    match std::mem::size_of::<O>() {
+        4 => (0.0, 0.0),
+        _ if O::from_f32(1.0 + 1.0 / 512.0).to_f32() != 1.0 => {
+            (1.0 / 2048.0, 1.0 / (1u64 << 25) as f64)
+        }
+        _ => (1.0 / 256.0, 0.0),
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    m: usize,
+    n: usize,
+    k: usize,
+    pads: [usize; 3],
+    ta: bool,
+    tb: bool,
+    alpha: f32,
+    beta: f32,
+    bias: bool,
+    act: Activation,
+    seed: u64,
+}
+
+fn run_case<O: Element>(case: &Case, isa: Isa) {
+    let mut rng = Lcg(case.seed);
+    let a = Stored::new(&mut rng, case.m, case.k, case.pads[0], case.ta);
+    let b = Stored::new(&mut rng, case.k, case.n, case.pads[1], case.tb);
+    let ldc = case.n + case.pads[2];
+    let clen = if case.m == 0 {
+        0
+    } else {
+        (case.m - 1) * ldc + case.n
+    };
+    let c0: Vec<O> = (0..clen)
+        .map(|_| {
+            if case.beta == 0.0 {
+                O::from_f32(f32::NAN)
+            } else {
+                O::from_f32(rng.next() * 2.0)
+            }
+        })
+        .collect();
+    let bias_v: Vec<f32> = (0..case.n).map(|_| rng.next()).collect();
+    let bias = case.bias.then_some(&bias_v[..]);
+    let ep = Epilogue {
+        bias,
+        activation: case.act,
+    };
+    let mut c = c0.clone();
+    gemm_at(
+        isa,
+        Accumulation::Bf16Dot,
+        case.alpha,
+        a.view(),
+        b.view(),
+        case.beta,
+        MatMut::new(&mut c, case.m, case.n, ldc).unwrap(),
+        &ep,
+    )
+    .unwrap();
+    let (rel, abs) = store_err::<O>();
+    let maxa = a
+        .data
+        .iter()
+        .fold(0.0f64, |m, x| m.max(x.to_f32().abs() as f64));
+    let maxb = b
+        .data
+        .iter()
+        .fold(0.0f64, |m, x| m.max(x.to_f32().abs() as f64));
+    let e_ftz = 2.0 * case.k as f64 * 2f64.powi(-126) * (1.0 + maxa) * (1.0 + maxb);
+    for i in 0..case.m {
+        for j in 0..case.n {
+            let (mut acc, mut mag) = (0.0f64, 0.0f64);
+            for p in 0..case.k {
+                acc += a.at(i, p) * b.at(p, j);
+                mag += (a.at(i, p) * b.at(p, j)).abs();
+            }
+            let alpha = case.alpha as f64;
+            let (acc, mag) = if case.alpha == 0.0 {
+                (0.0, 0.0)
+            } else {
+                (alpha * acc, alpha.abs() * mag)
+            };
+            let old = if case.beta != 0.0 {
+                case.beta as f64 * c0[i * ldc + j].to_f32() as f64
+            } else {
+                0.0
+            };
+            let bj = bias.map_or(0.0, |b| b[j] as f64);
+            let pre = acc + old + bj;
+            let pre_tol = 2.0 * (case.k as f64 + 2.0) * U * mag
+                + alpha.abs() * e_ftz
+                + 8.0 * U * (acc.abs() + old.abs() + bj.abs());
+            let (want, slope) = act64(case.act, pre);
+            let tol =
+                slope * pre_tol + 8.0 * U * want.abs() + 2.0 * (rel * want.abs() + abs) + 1e-30;
+            let got = c[i * ldc + j].to_f32() as f64;
+            assert!(
+                (got - want).abs() <= tol,
+                "C[{i},{j}] = {got}, reference {want}, tol {tol}, {case:?}"
+            );
+        }
+    }
+    // Untouched padding of C stays as it was.
+    for i in 0..case.m.saturating_sub(1) {
+        for j in case.n..ldc {
+            let idx = i * ldc + j;
+            assert_eq!(
+                c[idx].to_f32().to_bits(),
+                c0[idx].to_f32().to_bits(),
+                "padding C[{idx}] written"
+            );
+        }
+    }
+}
+
+fn dim() -> impl Strategy<Value = usize> {
+    prop_oneof![0usize..=2, 0usize..=70]
+}
+
+fn activation() -> impl Strategy<Value = Activation> {
+    prop_oneof![
+        Just(Activation::Identity),
+        Just(Activation::Relu),
+        Just(Activation::GeluErf),
+        Just(Activation::GeluTanh),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+    #[test]
+    fn bf16dot_matches_f64_reference(
+        m in dim(), n in dim(), k in dim(),
+        pads in prop::array::uniform3(0usize..3),
+        ta in any::<bool>(), tb in any::<bool>(),
+        alpha in prop_oneof![Just(1.0f32), Just(0.0f32), -2.0f32..2.0],
+        beta in prop_oneof![Just(0.0f32), Just(1.0f32), -1.5f32..1.5],
+        bias in any::<bool>(),
+        act in activation(),
+        out in 0u8..3,
+        seed in any::<u64>(),
+    ) {
+        prop_assume!(have_bf16());
+        let case = Case { m, n, k, pads, ta, tb, alpha, beta, bias, act, seed };
+        for isa in Isa::available().filter(|&i| i >= Isa::Avx512CoreBf16) {
+            match out {
+                0 => run_case::<f32>(&case, isa),
+                1 => run_case::<bf16>(&case, isa),
+                _ => run_case::<f16>(&case, isa),
+            }
+        }
+    }
+}
+
+#[test]
+fn larger_cases_cross_blocks_and_threads() {
+    if !have_bf16() {
+        return;
+    }
+    // m, n past one M/N block (112 x 256) and k past one k block (384) with odd k.
+    for (m, n, k, ta, tb) in [(130, 300, 777, false, false), (229, 70, 401, true, true)] {
+        let case = Case {
+            m,
+            n,
+            k,
+            pads: [1, 2, 3],
+            ta,
+            tb,
+            alpha: 0.75,
+            beta: 0.5,
+            bias: true,
+            act: Activation::Relu,
+            seed: (m * n + k) as u64,
+        };
+        run_case::<f32>(&case, Isa::Avx512CoreBf16);
+        run_case::<bf16>(&case, detected_isa());
+    }
+}
+
+fn bf16dot_1xk(a: &[bf16], b: &[bf16]) -> Result<f32, GemmError> {
+    let k = a.len();
+    let mut c = [0.0f32];
+    gemm_at(
+        detected_isa(),
+        Accumulation::Bf16Dot,
+        1.0,
+        MatRef::new(a, 1, k, k).unwrap(),
+        MatRef::new(b, k, 1, 1).unwrap(),
+        0.0,
+        MatMut::new(&mut c, 1, 1, 1).unwrap(),
+        &Epilogue::default(),
+    )?;
+    Ok(c[0])
+}
+
+#[test]
+fn subnormal_inputs_are_flushed() {
+    if !have_bf16() {
+        return;
+    }
+    // 2^-130 is a bf16 subnormal; times 2^20 it would be 2^-110, a normal f32.
+    let sub = bf16::from_bits(0x0008);
+    assert!(sub.to_f32() != 0.0 && !sub.is_normal());
+    let big = bf16::from_f32(2f32.powi(20));
+    assert_eq!(bf16dot_1xk(&[sub], &[big]).unwrap(), 0.0);
+    // The F32 path keeps it: that is the documented difference.
+    let mut c = [0.0f32];
+    gemm_at(
+        detected_isa(),
+        Accumulation::F32,
+        1.0,
+        MatRef::new(&[sub], 1, 1, 1).unwrap(),
+        MatRef::new(&[big], 1, 1, 1).unwrap(),
+        0.0,
+        MatMut::new(&mut c, 1, 1, 1).unwrap(),
+        &Epilogue::default(),
+    )
+    .unwrap();
+    assert_eq!(c[0], sub.to_f32() * big.to_f32());
+    // A subnormal in the second element of a pair too, next to a normal product.
+    let one = bf16::ONE;
+    assert_eq!(
+        bf16dot_1xk(&[one, sub, sub], &[one, big, big]).unwrap(),
+        1.0
+    );
+    // Normal inputs whose product is subnormal in f32 are flushed (FTZ).
+    let tiny = bf16::from_f32(2f32.powi(-70));
+    assert_eq!(bf16dot_1xk(&[tiny], &[tiny]).unwrap(), 0.0);
+}
+
+#[test]
+fn typed_errors() {
+    let a32 = [1.0f32; 4];
+    let mut c = [0.0f32; 4];
+    let v32 = MatRef::new(&a32, 2, 2, 2).unwrap();
+    let err = gemm_at(
+        detected_isa(),
+        Accumulation::Bf16Dot,
+        1.0,
+        v32,
+        v32,
+        0.0,
+        MatMut::new(&mut c, 2, 2, 2).unwrap(),
+        &Epilogue::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            GemmError::AccumulationUnsupported {
+                accumulation: Accumulation::Bf16Dot,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let a16 = [f16::ONE; 4];
+    let v16 = MatRef::new(&a16, 2, 2, 2).unwrap();
+    let err = gemm_at(
+        detected_isa(),
+        Accumulation::Bf16Dot,
+        1.0,
+        v16,
+        v16,
+        0.0,
+        MatMut::new(&mut c, 2, 2, 2).unwrap(),
+        &Epilogue::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, GemmError::AccumulationUnsupported { .. }),
+        "{err}"
+    );
+    let ab = [bf16::ONE; 4];
+    let vb = MatRef::new(&ab, 2, 2, 2).unwrap();
+    for isa in Isa::available().filter(|&i| i < Isa::Avx512CoreBf16) {
+        let err = gemm_at(
+            isa,
+            Accumulation::Bf16Dot,
+            1.0,
+            vb,
+            vb,
+            0.0,
+            MatMut::new(&mut c, 2, 2, 2).unwrap(),
+            &Epilogue::default(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                GemmError::Isa(IsaError::Unsupported {
+                    requested: Isa::Avx512CoreBf16,
+                    ..
+                })
+            ),
+            "{isa}: {err}"
+        );
+    }
+    if !have_bf16() {
+        let err = gemm_at(
+            detected_isa(),
+            Accumulation::Bf16Dot,
+            1.0,
+            vb,
+            vb,
+            0.0,
+            MatMut::new(&mut c, 2, 2, 2).unwrap(),
+            &Epilogue::default(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, GemmError::Isa(IsaError::Unsupported { .. })),
+            "{err}"
+        );
+    } else {
+        c = [f32::NAN; 4];
+        gemm_at(
+            detected_isa(),
+            Accumulation::Bf16Dot,
+            1.0,
+            vb,
+            vb,
+            0.0,
+            MatMut::new(&mut c, 2, 2, 2).unwrap(),
+            &Epilogue::default(),
+        )
+        .unwrap();
+        assert_eq!(c, [2.0; 4]);
+    }
+}
