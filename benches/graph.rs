@@ -1,13 +1,14 @@
 //! Op-graph inference latency: an MLP (784-512-512-10, batch 64) and a
 //! transformer encoder block (d 256, 4 heads, FF 1024, batch 4 x seq 64) under
-//! all-f32, all-bf16 and all-f16 plans, on the active ISA level with the
-//! default thread count. Also prints one profiled run's per-op-type split.
+//! all-f32, all-bf16 and all-f16 plans, and a conv net (three 3x3 64->64
+//! pad-1 Conv + Relu on 8x64x56x56, the benches/onnx_vs_ort.py case), on the
+//! active ISA level with the default thread count. Also prints one profiled run's per-op-type split.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use mixprec::graph::{DType, Dim, Graph, GraphBuilder, PrecisionPlan, Tensor};
+use mixprec::graph::{ConvAttrs, DType, Dim, Graph, GraphBuilder, PrecisionPlan, Tensor};
 use mixprec::kernels::FloatType;
 
 struct Rng(u64);
@@ -87,6 +88,28 @@ fn block(rng: &mut Rng, d: usize, heads: usize, ff: usize) -> Graph {
     g.finish().unwrap()
 }
 
+fn convnet(rng: &mut Rng, ch: usize, layers: usize) -> Graph {
+    let mut g = GraphBuilder::new();
+    let x = g.input(
+        "x",
+        &[Dim::sym("batch"), ch.into(), 56.into(), 56.into()],
+        DType::F32,
+    );
+    let mut h = x;
+    for i in 0..layers {
+        let w = rng.tensor(&[ch, ch, 3, 3], 0.05);
+        let b = rng.tensor(&[ch], 0.05);
+        let attrs = ConvAttrs {
+            pads: vec![1, 1, 1, 1],
+            ..Default::default()
+        };
+        h = g.conv(&format!("conv{i}"), h, &w, Some(&b), attrs).unwrap();
+        h = g.relu(&format!("relu{i}"), h).unwrap();
+    }
+    g.output(h);
+    g.finish().unwrap()
+}
+
 fn bench_graph(c: &mut Criterion) {
     let mut rng = Rng(0x1234_5678_9abc_def1);
     let cases = [
@@ -99,6 +122,11 @@ fn bench_graph(c: &mut Criterion) {
             "encoder_d256_h4_ff1024_b4_s64",
             block(&mut rng, 256, 4, 1024),
             rng.tensor(&[4, 64, 256], 1.0),
+        ),
+        (
+            "convnet_3x3_64_b8_56x56",
+            convnet(&mut rng, 64, 3),
+            rng.tensor(&[8, 64, 56, 56], 1.0),
         ),
     ];
     let mut group = c.benchmark_group("graph");

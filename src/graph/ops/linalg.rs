@@ -318,49 +318,67 @@ fn conv_typed<T: Element + TensorElement>(
     let xd = x.as_slice::<T>()?;
     let wdat = w.as_slice::<T>()?;
     let bias: Option<Vec<f32>> = ins.get(2).map(|b| b.to_f32_vec());
+    // The GEMM runs as out^T [ohw, mg] = col^T [ohw, kk] x W^T [kk, mg]: the
+    // large im2col matrix is A, which the GEMM packs in cache-sized row tiles,
+    // and the small weight matrix is the packed B (once per call, not per
+    // image); the bias is per column, so it goes through the epilogue. Each
+    // element is still one FMA chain over k in increasing order.
+    let packed: Vec<PackedB<T>> = (0..group)
+        .map(|gi| {
+            MatRef::new(&wdat[gi * mg * kk..(gi + 1) * mg * kk], mg, kk, kk)
+                .map(|v| PackedB::pack(v.t()))
+                .map_err(|e| kerr(node, e))
+        })
+        .collect::<Result<_>>()?;
     let od = out.as_slice_mut::<T>()?;
     let direct =
         kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && oh == h && ow == wd;
+    let zero = T::from_f32(0.0);
     let mut col: Vec<T> = if direct {
         Vec::new()
     } else {
-        vec![T::from_f32(0.0); kk * ohw]
+        vec![zero; kk * ohw]
     };
+    let mut tmp: Vec<T> = vec![zero; ohw * mg];
+    // Output columns whose taps all fall inside the row, per kernel column:
+    // `o_w * sw + kj * dw - pw` in `0..wd` for `o_w` in `lo..hi`.
+    let wrange: Vec<(usize, usize)> = (0..kw)
+        .map(|kj| valid_range(kj * dw, pw, sw, wd, ow))
+        .collect();
     for n in 0..nb {
         for gi in 0..group {
             let xoff = (n * c + gi * cg) * h * wd;
             let ooff = (n * mo + gi * mg) * ohw;
-            let cslice = &mut od[ooff..ooff + mg * ohw];
-            let beta = if let Some(b) = &bias {
-                // The bias is C, so it is stored (rounded) like any input.
-                for (oc, row) in cslice.chunks_mut(ohw).enumerate() {
-                    row.fill(T::from_f32(b[gi * mg + oc]));
-                }
-                1.0
-            } else {
-                0.0
-            };
             let bsrc: &[T] = if direct {
                 &xd[xoff..xoff + cg * h * wd]
             } else {
                 for ci in 0..cg {
+                    let plane = &xd[xoff + ci * h * wd..xoff + (ci + 1) * h * wd];
                     for ki in 0..kh {
-                        for kj in 0..kw {
+                        for (kj, &(lo, hi)) in wrange.iter().enumerate() {
                             let row = (ci * kh + ki) * kw + kj;
                             let dst = &mut col[row * ohw..(row + 1) * ohw];
-                            for o_h in 0..oh {
+                            for (o_h, drow) in dst.chunks_exact_mut(ow).enumerate() {
                                 let ih = (o_h * sh + ki * dh) as isize - ph as isize;
-                                for o_w in 0..ow {
-                                    let iw = (o_w * sw + kj * dw) as isize - pw as isize;
-                                    dst[o_h * ow + o_w] = if ih >= 0
-                                        && (ih as usize) < h
-                                        && iw >= 0
-                                        && (iw as usize) < wd
-                                    {
-                                        xd[xoff + (ci * h + ih as usize) * wd + iw as usize]
+                                if ih < 0 || ih as usize >= h {
+                                    drow.fill(zero);
+                                    continue;
+                                }
+                                let src = &plane[ih as usize * wd..(ih as usize + 1) * wd];
+                                drow[..lo].fill(zero);
+                                drow[hi..].fill(zero);
+                                if hi > lo {
+                                    let first = lo * sw + kj * dw - pw;
+                                    if sw == 1 {
+                                        drow[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
                                     } else {
-                                        T::from_f32(0.0)
-                                    };
+                                        for (d, s) in drow[lo..hi]
+                                            .iter_mut()
+                                            .zip(src[first..].iter().step_by(sw))
+                                        {
+                                            *d = *s;
+                                        }
+                                    }
                                 }
                             }
                         }
@@ -368,14 +386,51 @@ fn conv_typed<T: Element + TensorElement>(
                 }
                 &col
             };
-            let av = MatRef::new(&wdat[gi * mg * kk..(gi + 1) * mg * kk], mg, kk, kk)
+            let av = MatRef::new(bsrc, kk, ohw, ohw).map_err(|e| kerr(node, e))?;
+            let gbias = bias.as_ref().map(|b| &b[gi * mg..(gi + 1) * mg]);
+            let epi = Epilogue {
+                bias: gbias,
+                ..Default::default()
+            };
+            let cv = MatMut::new(&mut tmp, ohw, mg, mg).map_err(|e| kerr(node, e))?;
+            gemm::gemm_packed(1.0, av.t(), &packed[gi], 0.0, cv, &epi)
                 .map_err(|e| kerr(node, e))?;
-            let bv = MatRef::new(bsrc, kk, ohw, ohw).map_err(|e| kerr(node, e))?;
-            let cv = MatMut::new(cslice, mg, ohw, ohw).map_err(|e| kerr(node, e))?;
-            gemm::gemm(1.0, av, bv, beta, cv, &Epilogue::default()).map_err(|e| kerr(node, e))?;
+            transpose_into(&tmp, ohw, mg, &mut od[ooff..ooff + mg * ohw]);
         }
     }
     Ok(())
+}
+
+/// The output positions `lo..hi` (clamped to `0..out`) for which the input
+/// column `o * stride + off - pad` lies in `0..len`.
+fn valid_range(off: usize, pad: usize, stride: usize, len: usize, out: usize) -> (usize, usize) {
+    // o * stride + off >= pad  <=>  o >= ceil((pad - off) / stride)
+    let lo = pad.saturating_sub(off).div_ceil(stride).min(out);
+    // o * stride + off < len + pad  <=>  o < ceil((len + pad - off) / stride)
+    let hi = (len + pad)
+        .saturating_sub(off)
+        .div_ceil(stride)
+        .min(out)
+        .max(lo);
+    (lo, hi)
+}
+
+/// `dst[j * rows + i] = src[i * cols + j]` (a row-major `rows x cols` matrix
+/// into its transpose), in square blocks so both sides stay in cache.
+fn transpose_into<T: Copy>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
+    const B: usize = 32;
+    for i0 in (0..rows).step_by(B) {
+        let i1 = (i0 + B).min(rows);
+        for j0 in (0..cols).step_by(B) {
+            let j1 = (j0 + B).min(cols);
+            for j in j0..j1 {
+                let d = &mut dst[j * rows + i0..j * rows + i1];
+                for (x, i) in d.iter_mut().zip(i0..i1) {
+                    *x = src[i * cols + j];
+                }
+            }
+        }
+    }
 }
 
 /// `Conv` 1-D / 2-D by im2col + GEMM (a 1x1 stride-1 conv skips im2col).
