@@ -84,10 +84,64 @@ unsafe fn tile(kcp: usize, a: *const u32, b: *const u32, out: *mut f32, ldo: usi
     }
 }
 
+thread_local! {
+    /// The calling thread's packed A and B, kept between calls so large
+    /// GEMMs do not page-fault fresh buffers every time.
+    static PACK_A: std::cell::Cell<Vec<u32>> = const { std::cell::Cell::new(Vec::new()) };
+    static PACK_B: std::cell::Cell<Vec<u32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Takes a thread-local buffer of at least `len` pairs (contents unspecified).
+fn take_buf(
+    key: &'static std::thread::LocalKey<std::cell::Cell<Vec<u32>>>,
+    len: usize,
+) -> Vec<u32> {
+    let mut v = key.with(|c| c.take());
+    if v.len() < len {
+        v.resize(len, 0);
+    }
+    v
+}
+
 /// Packs B (`k x n`, bf16) into `ceil(n / NR)` panels of `kp x NR` pairs.
 fn pack_b<T: Element>(threads: usize, b: BSource<T>, k: usize, n: usize, dst: &mut [u32]) {
     let kp = k.div_ceil(2);
     let dp = SendPtr(dst.as_mut_ptr());
+    if let BSource::View(v) = b
+        && v.cs == 1
+    {
+        // Row-contiguous B: read two rows at a time, sequentially, and deal
+        // the interleaved 32-column pieces out to the panels.
+        const QB: usize = 32;
+        let zeros = vec![0u16; n];
+        parallel_for(threads, kp.div_ceil(QB), 0, |blk, _| {
+            for q in blk * QB..kp.min((blk + 1) * QB) {
+                let row = |kk: usize| -> &[u16] {
+                    bytemuck::cast_slice(&v.data[kk * v.rs..kk * v.rs + n])
+                };
+                let lo = row(2 * q);
+                let hi = if 2 * q + 1 < k {
+                    row(2 * q + 1)
+                } else {
+                    &zeros[..]
+                };
+                for (p, (l, h)) in lo.chunks(NR).zip(hi.chunks(NR)).enumerate() {
+                    // SAFETY: row q of panel p lies in dst[p*kp*NR..(p+1)*kp*NR]; blocks
+                    // of q are disjoint per work item.
+                    let out = unsafe {
+                        std::slice::from_raw_parts_mut(dp.get().add(p * kp * NR + q * NR), NR)
+                    };
+                    for (jj, x) in out.iter_mut().enumerate() {
+                        *x = match (l.get(jj), h.get(jj)) {
+                            (Some(&l), Some(&h)) => l as u32 | (h as u32) << 16,
+                            _ => 0,
+                        };
+                    }
+                }
+            }
+        });
+        return;
+    }
     parallel_for(threads, n.div_ceil(NR), 0, |p, _| {
         // SAFETY: panel p owns dst[p*kp*NR .. (p+1)*kp*NR], disjoint per panel.
         let panel = unsafe { std::slice::from_raw_parts_mut(dp.get().add(p * kp * NR), kp * NR) };
@@ -115,6 +169,21 @@ fn pack_a<T: Element>(threads: usize, a: &MatRef<T>, dst: &mut [u32]) {
         // SAFETY: tile t owns dst[t*kp*MR .. (t+1)*kp*MR], disjoint per tile.
         let tile = unsafe { std::slice::from_raw_parts_mut(dp.get().add(t * kp * MR), kp * MR) };
         let rows = MR.min(m - t * MR);
+        if a.cs == 1 {
+            tile.fill(0);
+            for i in 0..rows {
+                let r = t * MR + i;
+                let row: &[u16] = bytemuck::cast_slice(&a.data[r * a.rs..r * a.rs + k]);
+                let mut pairs = row.chunks_exact(2);
+                for (q, pr) in pairs.by_ref().enumerate() {
+                    tile[q * MR + i] = pr[0] as u32 | (pr[1] as u32) << 16;
+                }
+                if let [last] = pairs.remainder() {
+                    tile[(kp - 1) * MR + i] = *last as u32;
+                }
+            }
+            return;
+        }
         for i in 0..MR {
             let r = t * MR + i;
             for q in 0..kp {
@@ -151,15 +220,19 @@ pub(super) unsafe fn run<T: Element, O: Element>(
     } else {
         num_threads()
     };
-    let mut bpack = vec![0u32; n.div_ceil(NR) * kp * NR];
-    pack_b(threads, b, k, n, &mut bpack);
-    let mut apack = vec![0u32; m.div_ceil(MR) * kp * MR];
-    pack_a(threads, &a, &mut apack);
+    let blen = n.div_ceil(NR) * kp * NR;
+    let mut bbuf = take_buf(&PACK_B, blen);
+    let bpack = &mut bbuf[..blen];
+    pack_b(threads, b, k, n, bpack);
+    let alen = m.div_ceil(MR) * kp * MR;
+    let mut abuf = take_buf(&PACK_A, alen);
+    let apack = &mut abuf[..alen];
+    pack_a(threads, &a, apack);
     let ldc = c.rs;
     let cp = SendPtr(c.data.as_mut_ptr());
     let (mc, nc) = (MR * MC_TILES, NR * NC_PANELS);
     let (mblocks, nblocks) = (m.div_ceil(mc), n.div_ceil(nc));
-    let (apack, bpack) = (&apack, &bpack);
+    let (apack, bpack) = (&*apack, &*bpack);
     parallel_for(threads, mblocks * nblocks, mc * nc, |item, ws| {
         let (i0, j0) = ((item / nblocks) * mc, (item % nblocks) * nc);
         let (mcb, ncb) = (mc.min(m - i0), nc.min(n - j0));
@@ -190,4 +263,6 @@ pub(super) unsafe fn run<T: Element, O: Element>(
             }
         }
     });
+    PACK_A.with(|c| c.set(abuf));
+    PACK_B.with(|c| c.set(bbuf));
 }
