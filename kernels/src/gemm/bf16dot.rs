@@ -21,8 +21,10 @@ use super::{BSource, Element, MatMut, MatRef, num_threads};
 
 /// Rows of the register tile.
 const MR: usize = 14;
-/// k-pairs per block: a B block of `KCP x NR` pairs is 24 KiB (Zen 4's L1D is 32 KiB).
-const KCP: usize = 192;
+/// k-pairs per block: a B block of `KCP x NR` pairs (16 KiB) and the A tile
+/// block it meets (7 KiB) fit Zen 4's 32 KiB L1D together; 192 pairs (24 +
+/// 10.5 KiB) did not and measured slower at 2048^3.
+const KCP: usize = 128;
 /// Register tiles per M block and panels per N block (as the F32 driver).
 const MC_TILES: usize = 8;
 const NC_PANELS: usize = 8;
