@@ -375,8 +375,10 @@ pub const fn implementation(isa: Isa) -> &'static str {
         Isa::Avx2 => "avx2 6x16 ymm FMA tiles over packed f32 panels; small-m streaming",
         // bf16/f16 inputs are widened exactly while packing; VDPBF16PS is not
         // used (it flushes subnormal inputs and rounds after each pair).
-        Isa::Avx512Core | Isa::Avx512CoreBf16 | Isa::Avx512CoreFp16 => {
-            "avx512 14x32 zmm FMA tiles over packed f32 panels; small-m streaming"
+        Isa::Avx512Core => "avx512 14x32 zmm FMA tiles over packed f32 panels; small-m streaming",
+        Isa::Avx512CoreBf16 | Isa::Avx512CoreFp16 => {
+            "avx512 14x32 zmm FMA tiles over packed f32 panels; small-m streaming; \
+             opt-in Accumulation::Bf16Dot: vdpbf16ps 14x32 tiles over bf16 k-pairs"
         }
     }
 }
