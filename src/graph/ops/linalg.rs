@@ -318,18 +318,6 @@ fn conv_typed<T: Element + TensorElement>(
     let xd = x.as_slice::<T>()?;
     let wdat = w.as_slice::<T>()?;
     let bias: Option<Vec<f32>> = ins.get(2).map(|b| b.to_f32_vec());
-    // The GEMM runs as out^T [ohw, mg] = col^T [ohw, kk] x W^T [kk, mg]: the
-    // large im2col matrix is A, which the GEMM packs in cache-sized row tiles,
-    // and the small weight matrix is the packed B (once per call, not per
-    // image); the bias is per column, so it goes through the epilogue. Each
-    // element is still one FMA chain over k in increasing order.
-    let packed: Vec<PackedB<T>> = (0..group)
-        .map(|gi| {
-            MatRef::new(&wdat[gi * mg * kk..(gi + 1) * mg * kk], mg, kk, kk)
-                .map(|v| PackedB::pack(v.t()))
-                .map_err(|e| kerr(node, e))
-        })
-        .collect::<Result<_>>()?;
     let od = out.as_slice_mut::<T>()?;
     let direct =
         kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && oh == h && ow == wd;
@@ -339,7 +327,6 @@ fn conv_typed<T: Element + TensorElement>(
     } else {
         vec![zero; kk * ohw]
     };
-    let mut tmp: Vec<T> = vec![zero; ohw * mg];
     // Output columns whose taps all fall inside the row, per kernel column:
     // `o_w * sw + kj * dw - pw` in `0..wd` for `o_w` in `lo..hi`.
     let wrange: Vec<(usize, usize)> = (0..kw)
@@ -349,6 +336,16 @@ fn conv_typed<T: Element + TensorElement>(
         for gi in 0..group {
             let xoff = (n * c + gi * cg) * h * wd;
             let ooff = (n * mo + gi * mg) * ohw;
+            let cslice = &mut od[ooff..ooff + mg * ohw];
+            let beta = if let Some(b) = &bias {
+                // The bias is C, so it is stored (rounded) like any input.
+                for (oc, row) in cslice.chunks_mut(ohw).enumerate() {
+                    row.fill(T::from_f32(b[gi * mg + oc]));
+                }
+                1.0
+            } else {
+                0.0
+            };
             let bsrc: &[T] = if direct {
                 &xd[xoff..xoff + cg * h * wd]
             } else {
@@ -386,16 +383,11 @@ fn conv_typed<T: Element + TensorElement>(
                 }
                 &col
             };
-            let av = MatRef::new(bsrc, kk, ohw, ohw).map_err(|e| kerr(node, e))?;
-            let gbias = bias.as_ref().map(|b| &b[gi * mg..(gi + 1) * mg]);
-            let epi = Epilogue {
-                bias: gbias,
-                ..Default::default()
-            };
-            let cv = MatMut::new(&mut tmp, ohw, mg, mg).map_err(|e| kerr(node, e))?;
-            gemm::gemm_packed(1.0, av.t(), &packed[gi], 0.0, cv, &epi)
+            let av = MatRef::new(&wdat[gi * mg * kk..(gi + 1) * mg * kk], mg, kk, kk)
                 .map_err(|e| kerr(node, e))?;
-            transpose_into(&tmp, ohw, mg, &mut od[ooff..ooff + mg * ohw]);
+            let bv = MatRef::new(bsrc, kk, ohw, ohw).map_err(|e| kerr(node, e))?;
+            let cv = MatMut::new(cslice, mg, ohw, ohw).map_err(|e| kerr(node, e))?;
+            gemm::gemm(1.0, av, bv, beta, cv, &Epilogue::default()).map_err(|e| kerr(node, e))?;
         }
     }
     Ok(())
@@ -413,24 +405,6 @@ fn valid_range(off: usize, pad: usize, stride: usize, len: usize, out: usize) ->
         .min(out)
         .max(lo);
     (lo, hi)
-}
-
-/// `dst[j * rows + i] = src[i * cols + j]` (a row-major `rows x cols` matrix
-/// into its transpose), in square blocks so both sides stay in cache.
-fn transpose_into<T: Copy>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
-    const B: usize = 32;
-    for i0 in (0..rows).step_by(B) {
-        let i1 = (i0 + B).min(rows);
-        for j0 in (0..cols).step_by(B) {
-            let j1 = (j0 + B).min(cols);
-            for j in j0..j1 {
-                let d = &mut dst[j * rows + i0..j * rows + i1];
-                for (x, i) in d.iter_mut().zip(i0..i1) {
-                    *x = src[i * cols + j];
-                }
-            }
-        }
-    }
 }
 
 /// `Conv` 1-D / 2-D by im2col + GEMM (a 1x1 stride-1 conv skips im2col).
