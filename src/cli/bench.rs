@@ -8,8 +8,10 @@
 //! than a safe-Rust read-only loop) at both sizes, because they use 64-byte
 //! loads and non-temporal stores. A real ceiling needs a bandwidth loop and
 //! bare conversion-instruction loops written in the kernels crate (where
-//! `unsafe` lives); until `mixprec_kernels::peak` offers them,
-//! [`conversion_ceiling`] returns `None` and `peak_fraction` is `null`.
+//! `unsafe` lives; at n past the caches, `stream GB/s / 6` since every
+//! conversion moves 6 bytes per element; in cache, the conversion instruction
+//! alone). Until `mixprec_kernels::peak` offers them, the conversions'
+//! `peak_fraction` is `null`; GEMM rows have one (the FMA peak loop).
 
 use std::hint::black_box;
 use std::io::Write;
@@ -330,17 +332,6 @@ impl Buffers {
     }
 }
 
-/// The most Gelem/s conversion `c` can reach at level `isa` and `n` elements,
-/// measured on this machine; `None` until the kernels crate can measure it.
-///
-/// TODO(peak): at n past the caches, `bandwidth GB/s / 6` (every conversion
-/// reads and writes 6 bytes per element) from a zmm-load, non-temporal-store
-/// stream loop; in cache, a bare loop of the conversion instruction.
-pub fn conversion_ceiling(c: Conversion, isa: Isa, n: usize) -> Option<f64> {
-    let _ = (c, isa, n);
-    None
-}
-
 /// Measures copy bandwidth (GB/s, bytes read plus written) of a `bytes`-long buffer.
 pub fn measure_copy(bytes: usize, budget: Budget) -> f64 {
     let src: Vec<u8> = (0..bytes).map(|i| i as u8).collect();
@@ -393,7 +384,8 @@ pub fn measure_kernels_at(budget: Budget, sizes: &[usize]) -> Vec<Measurement> {
                     shape: shape.clone(),
                     value: gelem,
                     unit: "Gelem/s",
-                    peak_fraction: conversion_ceiling(c, isa, n).map(|ceil| gelem / ceil),
+                    // No measured ceiling yet (see the module docs).
+                    peak_fraction: None,
                 });
             }
         }
@@ -640,10 +632,7 @@ mod tests {
                     .find(|r| r.isa == isa.name() && r.kernel.ends_with(c.name()))
                     .unwrap_or_else(|| panic!("{isa} {c:?} missing"));
                 assert!(r.value > 0.0 && r.value.is_finite());
-                assert_eq!(
-                    r.peak_fraction.is_some(),
-                    conversion_ceiling(c, isa, 64).is_some()
-                );
+                assert_eq!(r.peak_fraction, None, "no conversion ceiling is claimed");
             }
         }
         let mut table = Vec::new();
