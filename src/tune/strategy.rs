@@ -333,6 +333,39 @@ fn describe(nodes: &[TunableNode], plan: &[FloatType], low: FloatType) -> String
     format!("{}, fp32: {}{}", low.name(), shown.join(", "), more)
 }
 
+/// How a fallback strategy starts after its all-low trials.
+enum Opening {
+    /// An all-low plan passed, or there is no low dtype: the outcome is final.
+    Done(Outcome),
+    /// Nothing passed: search per node in this low dtype.
+    Search(Outcome, FloatType),
+}
+
+/// The opening the default and `OpWise` strategies share: an empty outcome
+/// for every node, then each low dtype with every candidate low.
+fn open_all_low<T, F, E>(s: &mut Session<'_, T, F>, space: &Space) -> Result<Opening, TuneError<E>>
+where
+    T: Tunable,
+    F: FnMut(&T::Model) -> Result<f64, E>,
+{
+    let n = s.nodes.len();
+    let mut out = Outcome {
+        sensitivity: vec![None; n],
+        reasons: vec![None; n],
+        ..Default::default()
+    };
+    if let Some(p) = try_all_low(s, space)? {
+        out.low = p.iter().copied().find(|d| *d != FloatType::F32);
+        out.winner = Some(p);
+        return Ok(Opening::Done(out));
+    }
+    let Some(&low) = space.lows.first() else {
+        return Ok(Opening::Done(out));
+    };
+    out.low = Some(low);
+    Ok(Opening::Search(out, low))
+}
+
 /// Tries each low dtype with every candidate low; returns the first plan
 /// that passes. Step 2 of the default strategy and step 1 of `OpWise`.
 fn try_all_low<T, F, E>(
@@ -403,21 +436,10 @@ where
     T: Tunable,
     F: FnMut(&T::Model) -> Result<f64, E>,
 {
-    let n = s.nodes.len();
-    let mut out = Outcome {
-        sensitivity: vec![None; n],
-        reasons: vec![None; n],
-        ..Default::default()
+    let (mut out, low) = match open_all_low(s, space)? {
+        Opening::Done(out) => return Ok(out),
+        Opening::Search(out, low) => (out, low),
     };
-    if let Some(p) = try_all_low(s, space)? {
-        out.low = p.iter().copied().find(|d| *d != FloatType::F32);
-        out.winner = Some(p);
-        return Ok(out);
-    }
-    let Some(&low) = space.lows.first() else {
-        return Ok(out);
-    };
-    out.low = Some(low);
     let m = space.cand.len();
     let mut scores = Vec::with_capacity(m);
     for c in 0..m {
@@ -476,21 +498,11 @@ where
     F: FnMut(&T::Model) -> Result<f64, E>,
 {
     let n = s.nodes.len();
-    let mut out = Outcome {
-        sensitivity: vec![None; n],
-        reasons: vec![None; n],
-        ..Default::default()
-    };
     // Step 2: everything low, each dtype in order.
-    if let Some(p) = try_all_low(s, space)? {
-        out.low = p.iter().copied().find(|d| *d != FloatType::F32);
-        out.winner = Some(p);
-        return Ok(out);
-    }
-    let Some(&low) = space.lows.first() else {
-        return Ok(out);
+    let (mut out, low) = match open_all_low(s, space)? {
+        Opening::Done(out) => return Ok(out),
+        Opening::Search(out, low) => (out, low),
     };
-    out.low = Some(low);
     let m = space.cand.len();
     if m == 0 {
         return Ok(out);
