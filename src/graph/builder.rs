@@ -496,25 +496,35 @@ impl GraphBuilder {
         w: &Tensor,
         b: Option<&Tensor>,
     ) -> Result<ValueId> {
+        let op = Op::Gemm {
+            alpha: 1.0,
+            beta: 1.0,
+            trans_a: false,
+            trans_b: true,
+        };
+        self.node_with_params(name, op, x, w, b)
+    }
+
+    /// A node on `x` whose parameters become the initializers
+    /// `{name}.weight` and, if given, `{name}.bias` (its next inputs).
+    fn node_with_params(
+        &mut self,
+        name: &str,
+        op: Op,
+        x: ValueId,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> Result<ValueId> {
         self.check_node_name(name)?;
-        let wv = self.initializer(&format!("{name}.weight"), w.clone());
+        let wv = self.initializer(&format!("{name}.weight"), weight.clone());
         let mut ins = vec![x, wv];
-        if let Some(b) = b {
+        if let Some(b) = bias {
             ins.push(self.initializer(&format!("{name}.bias"), b.clone()));
         }
         if let Some(e) = self.deferred.take() {
             return Err(e);
         }
-        self.node1(
-            name,
-            Op::Gemm {
-                alpha: 1.0,
-                beta: 1.0,
-                trans_a: false,
-                trans_b: true,
-            },
-            &ins,
-        )
+        self.node1(name, op, &ins)
     }
 
     /// `MatMul(a, b)`.
@@ -532,16 +542,7 @@ impl GraphBuilder {
         b: Option<&Tensor>,
         attrs: ConvAttrs,
     ) -> Result<ValueId> {
-        self.check_node_name(name)?;
-        let wv = self.initializer(&format!("{name}.weight"), w.clone());
-        let mut ins = vec![x, wv];
-        if let Some(b) = b {
-            ins.push(self.initializer(&format!("{name}.bias"), b.clone()));
-        }
-        if let Some(e) = self.deferred.take() {
-            return Err(e);
-        }
-        self.node1(name, Op::Conv(attrs), &ins)
+        self.node_with_params(name, Op::Conv(attrs), x, w, b)
     }
 
     /// An elementwise unary function.
@@ -589,16 +590,8 @@ impl GraphBuilder {
         beta: Option<&Tensor>,
         epsilon: f32,
     ) -> Result<ValueId> {
-        self.check_node_name(name)?;
-        let g = self.initializer(&format!("{name}.weight"), gamma.clone());
-        let mut ins = vec![x, g];
-        if let Some(b) = beta {
-            ins.push(self.initializer(&format!("{name}.bias"), b.clone()));
-        }
-        if let Some(e) = self.deferred.take() {
-            return Err(e);
-        }
-        self.node1(name, Op::LayerNormalization { axis: -1, epsilon }, &ins)
+        let op = Op::LayerNormalization { axis: -1, epsilon };
+        self.node_with_params(name, op, x, gamma, beta)
     }
 
     /// `RMSNormalization` over the last axis with `gamma` as `{name}.weight`.
@@ -609,12 +602,8 @@ impl GraphBuilder {
         gamma: &Tensor,
         epsilon: f32,
     ) -> Result<ValueId> {
-        self.check_node_name(name)?;
-        let g = self.initializer(&format!("{name}.weight"), gamma.clone());
-        if let Some(e) = self.deferred.take() {
-            return Err(e);
-        }
-        self.node1(name, Op::RmsNormalization { axis: -1, epsilon }, &[x, g])
+        let op = Op::RmsNormalization { axis: -1, epsilon };
+        self.node_with_params(name, op, x, gamma, None)
     }
 
     /// `Reshape` to a fixed target (0 copies a dim, -1 is inferred); the
