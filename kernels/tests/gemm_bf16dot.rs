@@ -17,95 +17,16 @@ fn have_bf16() -> bool {
     Isa::Avx512CoreBf16.is_available()
 }
 
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-}
+mod gemm_common;
 
-/// A bf16 matrix stored with padding, optionally transposed in memory and viewed with `.t()`.
-struct Stored {
-    data: Vec<bf16>,
-    rows: usize,
-    cols: usize,
-    stride: usize,
-    transposed: bool,
-}
+use gemm_common::{Lcg, act64, store_err};
 
-impl Stored {
-    fn new(rng: &mut Lcg, rows: usize, cols: usize, pad: usize, transposed: bool) -> Self {
-        let (sr, sc) = if transposed {
-            (cols, rows)
-        } else {
-            (rows, cols)
-        };
-        let stride = sc + pad;
-        let data = (0..sr * stride)
-            .map(|_| bf16::from_f32(rng.next() * 2.0))
-            .collect();
-        Stored {
-            data,
-            rows,
-            cols,
-            stride,
-            transposed,
-        }
-    }
-    fn view(&self) -> MatRef<'_, bf16> {
-        if self.transposed {
-            MatRef::new(&self.data, self.cols, self.rows, self.stride)
-                .unwrap()
-                .t()
-        } else {
-            MatRef::new(&self.data, self.rows, self.cols, self.stride).unwrap()
-        }
-    }
-    fn at(&self, i: usize, j: usize) -> f64 {
-        let idx = if self.transposed {
-            j * self.stride + i
-        } else {
-            i * self.stride + j
-        };
-        self.data[idx].to_f32() as f64
-    }
-}
+/// The bf16 test matrices of this file.
+type Stored = gemm_common::Stored<bf16>;
 
-unsafe extern "C" {
-    #[link_name = "erf"]
-    fn erf64_libm(x: f64) -> f64;
-}
-
-/// (value, slope bound that propagates the pre-activation error).
-fn act64(act: Activation, v: f64) -> (f64, f64) {
-    match act {
-        Activation::Identity => (v, 1.0),
-        Activation::Relu => (v.max(0.0), 1.0),
-        Activation::GeluErf => {
-            // SAFETY: erf is a pure libm function.
-            let e = unsafe { erf64_libm(v / std::f64::consts::SQRT_2) };
-            (0.5 * v * (1.0 + e), 1.2)
-        }
-        Activation::GeluTanh => {
-            let inner = (2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v);
-            (0.5 * v * (1.0 + inner.tanh()), 1.2)
-        }
-    }
-}
-
-/// Store rounding of O: (relative, absolute).
-fn store_err<O: Element>() -> (f64, f64) {
-    match std::mem::size_of::<O>() {
-        4 => (0.0, 0.0),
-        _ if O::from_f32(1.0 + 1.0 / 512.0).to_f32() != 1.0 => {
-            (1.0 / 2048.0, 1.0 / (1u64 << 25) as f64)
-        }
-        _ => (1.0 / 256.0, 0.0),
-    }
+/// A bf16 matrix of values in [-2, 2).
+fn stored(rng: &mut Lcg, rows: usize, cols: usize, pad: usize, transposed: bool) -> Stored {
+    Stored::new(rng, rows, cols, pad, transposed, 2.0)
 }
 
 #[derive(Debug, Clone)]
@@ -125,8 +46,8 @@ struct Case {
 
 fn run_case<O: Element>(case: &Case, isa: Isa) {
     let mut rng = Lcg(case.seed);
-    let a = Stored::new(&mut rng, case.m, case.k, case.pads[0], case.ta);
-    let b = Stored::new(&mut rng, case.k, case.n, case.pads[1], case.tb);
+    let a = stored(&mut rng, case.m, case.k, case.pads[0], case.ta);
+    let b = stored(&mut rng, case.k, case.n, case.pads[1], case.tb);
     let ldc = case.n + case.pads[2];
     let clen = if case.m == 0 {
         0
