@@ -6,7 +6,8 @@
 use half::{bf16, f16};
 use mixprec_kernels::Isa;
 use mixprec_kernels::gemm::{
-    Accumulation, Activation, Element, Epilogue, GemmError, MatMut, MatRef, gemm_at,
+    Accumulation, Activation, Element, Epilogue, GemmError, MatMut, MatRef, PackedB, gemm_at,
+    gemm_packed_at,
 };
 use mixprec_kernels::isa::{IsaError, detected_isa};
 use proptest::prelude::*;
@@ -350,5 +351,96 @@ fn typed_errors() {
         )
         .unwrap();
         assert_eq!(c, [2.0; 4]);
+    }
+}
+
+/// `C = A B` in f32 through the Bf16Dot view path at the detected level.
+fn bf16dot_view(a: MatRef<bf16>, b: MatRef<bf16>, bias: Option<&[f32]>) -> Vec<f32> {
+    let (m, n) = (a.rows(), b.cols());
+    let mut c = vec![f32::NAN; m * n];
+    let ep = Epilogue {
+        bias,
+        activation: Activation::GeluTanh,
+    };
+    gemm_at(
+        detected_isa(),
+        Accumulation::Bf16Dot,
+        1.0,
+        a,
+        b,
+        0.0,
+        MatMut::new(&mut c, m, n, n).unwrap(),
+        &ep,
+    )
+    .unwrap();
+    c
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// Weights packed once into k-pair panels give the same bits as the
+    /// per-call packing, for every tile height (m = 1..=29 covers each
+    /// partial tile), and a row's result does not depend on m: row i of an
+    /// m-row product equals the 1-row product of A's row i.
+    #[test]
+    fn packed_weights_match_view_path_bit_for_bit(
+        m in 1usize..30, n in 1usize..70, k in 1usize..90,
+        tb in any::<bool>(), bias in any::<bool>(), seed in any::<u64>(),
+    ) {
+        prop_assume!(have_bf16());
+        let mut rng = Lcg(seed);
+        let a = stored(&mut rng, m, k, 1, false);
+        let b = stored(&mut rng, k, n, 2, tb);
+        let bias_v: Vec<f32> = (0..n).map(|_| rng.next()).collect();
+        let bias = bias.then_some(&bias_v[..]);
+        let want = bf16dot_view(a.view(), b.view(), bias);
+        let packed = PackedB::pack_for(b.view(), Accumulation::Bf16Dot).unwrap();
+        prop_assert_eq!(packed.accumulation(), Accumulation::Bf16Dot);
+        prop_assert_eq!((packed.k(), packed.n()), (k, n));
+        let mut got = vec![f32::NAN; m * n];
+        let ep = Epilogue { bias, activation: Activation::GeluTanh };
+        gemm_packed_at(
+            detected_isa(), 1.0, a.view(), &packed, 0.0,
+            MatMut::new(&mut got, m, n, n).unwrap(), &ep,
+        ).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        prop_assert_eq!(bits(&got), bits(&want));
+        let ad: Vec<bf16> = (0..m * k).map(|x| bf16::from_f64(a.at(x / k, x % k))).collect();
+        for i in [0, m / 2, m - 1] {
+            let row = MatRef::new(&ad[i * k..(i + 1) * k], 1, k, k).unwrap();
+            let one = bf16dot_view(row, b.view(), bias);
+            prop_assert_eq!(bits(&one), bits(&want[i * n..(i + 1) * n]), "row {}", i);
+        }
+    }
+}
+
+#[test]
+fn packing_for_bf16dot_has_typed_errors() {
+    let w16 = [f16::ONE; 6];
+    let err =
+        PackedB::pack_for(MatRef::new(&w16, 2, 3, 3).unwrap(), Accumulation::Bf16Dot).unwrap_err();
+    assert!(
+        matches!(err, GemmError::AccumulationUnsupported { .. }),
+        "{err}"
+    );
+    let wb = [bf16::ONE; 6];
+    let f32_packed = PackedB::pack_for(MatRef::new(&wb, 2, 3, 3).unwrap(), Accumulation::F32);
+    assert_eq!(f32_packed.unwrap().accumulation(), Accumulation::F32);
+    let packed =
+        PackedB::pack_for(MatRef::new(&wb, 2, 3, 3).unwrap(), Accumulation::Bf16Dot).unwrap();
+    let a = [bf16::ONE; 4];
+    let mut c = [0.0f32; 6];
+    for isa in Isa::available().filter(|&i| i < Isa::Avx512CoreBf16) {
+        let err = gemm_packed_at(
+            isa,
+            1.0,
+            MatRef::new(&a, 2, 2, 2).unwrap(),
+            &packed,
+            0.0,
+            MatMut::new(&mut c, 2, 3, 3).unwrap(),
+            &Epilogue::default(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, GemmError::Isa(_)), "{isa}: {err}");
     }
 }

@@ -16,7 +16,7 @@
 use std::arch::x86_64::*;
 
 use super::driver::{Ep, SendPtr, parallel_for};
-use super::pack::NR;
+use super::pack::{Layout, NR};
 use super::{BSource, Element, MatMut, MatRef, num_threads};
 
 /// Rows of the register tile.
@@ -49,14 +49,26 @@ fn pair<T: Element>(k: usize, q: usize, at: impl Fn(usize) -> T) -> u32 {
     lo | (hi << 16)
 }
 
-/// `out[i][0..32] (+)= sum_q dpbf16(a[q * MR + i], b[q * NR + 0..32])` for `i < MR`, `q < kcp`.
+/// `out[i][0..32] (+)= sum_q dpbf16(a[q * MR + i], b[q * NR + 0..32])` for `i < R`, `q < kcp`.
+///
+/// `R <= MR` rows: the last tile of a call (and every tile of a small-m
+/// call, e.g. one row for GEMV) computes only its real rows. Each element's
+/// instruction sequence is the same for every `R`, so a row's result does
+/// not depend on m.
 ///
 /// # Safety
 /// The CPU has AVX-512 F/BW/VL and BF16; `a` holds `kcp * MR` pairs, `b`
-/// holds `kcp * NR` pairs, `out` holds `MR` rows of 32 f32 at stride `ldo`.
+/// holds `kcp * NR` pairs, `out` holds `R` rows of 32 f32 at stride `ldo`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-unsafe fn tile(kcp: usize, a: *const u32, b: *const u32, out: *mut f32, ldo: usize, load: bool) {
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+unsafe fn tile<const R: usize>(
+    kcp: usize,
+    a: *const u32,
+    b: *const u32,
+    out: *mut f32,
+    ldo: usize,
+    load: bool,
+) {
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
     // SAFETY: every access stays within the extents the caller guarantees.
     unsafe {
         if load {
@@ -85,6 +97,15 @@ unsafe fn tile(kcp: usize, a: *const u32, b: *const u32, out: *mut f32, ldo: usi
         }
     }
 }
+
+/// A micro-kernel for a given number of real rows.
+type TileFn = unsafe fn(usize, *const u32, *const u32, *mut f32, usize, bool);
+
+/// `TILES[r - 1]` computes `r` rows.
+const TILES: [TileFn; MR] = [
+    tile::<1>, tile::<2>, tile::<3>, tile::<4>, tile::<5>, tile::<6>, tile::<7>, tile::<8>,
+    tile::<9>, tile::<10>, tile::<11>, tile::<12>, tile::<13>, tile::<14>,
+];
 
 thread_local! {
     /// The calling thread's packed A and B, kept between calls so large
@@ -223,9 +244,17 @@ pub(super) unsafe fn run<T: Element, O: Element>(
         num_threads()
     };
     let blen = n.div_ceil(NR) * kp * NR;
-    let mut bbuf = take_buf(&PACK_B, blen);
-    let bpack = &mut bbuf[..blen];
-    pack_b(threads, b, k, n, bpack);
+    let mut bbuf = Vec::new();
+    let bpack: &[u32] = match b {
+        // Weights packed once by `PackedB::pack_for` are already the panels.
+        BSource::Packed(p) if p.layout == Layout::Bf16Pairs => &p.pairs,
+        _ => {
+            bbuf = take_buf(&PACK_B, blen);
+            pack_b(threads, b, k, n, &mut bbuf[..blen]);
+            &bbuf[..blen]
+        }
+    };
+    debug_assert_eq!(bpack.len(), blen);
     let alen = m.div_ceil(MR) * kp * MR;
     let mut abuf = take_buf(&PACK_A, alen);
     let apack = &mut abuf[..alen];
@@ -234,7 +263,7 @@ pub(super) unsafe fn run<T: Element, O: Element>(
     let cp = SendPtr(c.data.as_mut_ptr());
     let (mc, nc) = (MR * MC_TILES, NR * NC_PANELS);
     let (mblocks, nblocks) = (m.div_ceil(mc), n.div_ceil(nc));
-    let (apack, bpack) = (&*apack, &*bpack);
+    let apack = &*apack;
     parallel_for(threads, mblocks * nblocks, mc * nc, |item, ws| {
         let (i0, j0) = ((item / nblocks) * mc, (item % nblocks) * nc);
         let (mcb, ncb) = (mc.min(m - i0), nc.min(n - j0));
@@ -248,12 +277,13 @@ pub(super) unsafe fn run<T: Element, O: Element>(
                     let t = i0 / MR + tl;
                     let aptr = apack[t * kp * MR + pc * MR..].as_ptr();
                     let wsp = ws[tl * MR * nc + q * NR..].as_mut_ptr();
+                    let rows = MR.min(m - t * MR);
                     // SAFETY: the A tile holds kcp*MR pairs from pc*MR on, the B panel
                     // kcp*NR pairs from pc*NR on; the workspace tile is MR x NR at
-                    // stride nc inside mc x nc; the caller checked AVX512-BF16.
-                    unsafe { tile(kcp, aptr, bptr, wsp, nc, pc > 0) };
+                    // stride nc inside mc x nc and `rows <= MR`; the caller checked
+                    // AVX512-BF16.
+                    unsafe { TILES[rows - 1](kcp, aptr, bptr, wsp, nc, pc > 0) };
                     if last {
-                        let rows = MR.min(m - t * MR);
                         let cols = NR.min(ncb - q * NR);
                         let (r0, c0) = (t * MR, j0 + q * NR);
                         // SAFETY: rows r0..r0+rows, columns c0..c0+cols of C belong to this item.
@@ -266,5 +296,7 @@ pub(super) unsafe fn run<T: Element, O: Element>(
         }
     });
     PACK_A.with(|c| c.set(abuf));
-    PACK_B.with(|c| c.set(bbuf));
+    if !bbuf.is_empty() {
+        PACK_B.with(|c| c.set(bbuf));
+    }
 }

@@ -253,7 +253,12 @@ pub enum Accumulation {
     /// Needs AVX512-FP16; not implemented (see the module docs).
     F16Blocked,
     /// bf16 A and B multiplied with `VDPBF16PS` (levels `avx512_core_bf16`
-    /// and up; [`gemm_at`] only), about twice the f32 FMA throughput on Zen 4.
+    /// and up), about twice the f32 FMA throughput on Zen 4: through
+    /// [`gemm_at`], or [`gemm_packed`] with weights packed by
+    /// [`PackedB::pack_for`]. One micro-kernel serves every m (GEMV
+    /// included) with the same per-element instruction sequence, so a row of
+    /// C does not depend on how many rows are computed with it, and packed and
+    /// unpacked B give the same bits.
     ///
     /// Numerics (Intel SDM, `VDPBF16PS`): k is taken in pairs (an odd k is
     /// padded with a zero); per output element and pair `q` the instruction
@@ -378,7 +383,7 @@ pub const fn implementation(isa: Isa) -> &'static str {
         Isa::Avx512Core => "avx512 14x32 zmm FMA tiles over packed f32 panels; small-m streaming",
         Isa::Avx512CoreBf16 | Isa::Avx512CoreFp16 => {
             "avx512 14x32 zmm FMA tiles over packed f32 panels; small-m streaming; \
-             opt-in Accumulation::Bf16Dot: vdpbf16ps 14x32 tiles over bf16 k-pairs"
+             opt-in Accumulation::Bf16Dot: vdpbf16ps 1..14 x 32 tiles over bf16 k-pairs"
         }
     }
 }
@@ -421,7 +426,7 @@ impl<T: Element> BSource<'_, T> {
     }
 }
 
-fn check_accumulation<T: Element>(accumulation: Accumulation) -> Result<(), GemmError> {
+pub(crate) fn check_accumulation<T: Element>(accumulation: Accumulation) -> Result<(), GemmError> {
     match accumulation {
         Accumulation::F32 => Ok(()),
         Accumulation::F16Blocked if T::DTYPE != FloatType::F16 => {
@@ -506,16 +511,48 @@ pub fn gemm_at<T: Element, O: Element>(
     let isa = isa.require()?;
     check_accumulation::<T>(accumulation)?;
     if accumulation == Accumulation::Bf16Dot {
-        // The CPU must have AVX512-BF16 and the caller's level (a cap) must include it.
-        Isa::Avx512CoreBf16.require()?;
-        if isa < Isa::Avx512CoreBf16 {
-            return Err(GemmError::Isa(IsaError::Unsupported {
-                requested: Isa::Avx512CoreBf16,
-                detected: isa,
-            }));
-        }
+        require_bf16dot(isa)?;
     }
     check_shapes((a.rows, a.cols), (b.rows, b.cols), &c, epilogue)?;
+    run_mode(
+        isa,
+        accumulation,
+        alpha,
+        a,
+        BSource::View(b),
+        beta,
+        c,
+        epilogue,
+    );
+    Ok(())
+}
+
+/// `Accumulation::Bf16Dot` needs AVX512-BF16 on the CPU and a caller's
+/// level (a cap) that includes it.
+fn require_bf16dot(isa: Isa) -> Result<(), GemmError> {
+    Isa::Avx512CoreBf16.require()?;
+    if isa < Isa::Avx512CoreBf16 {
+        return Err(GemmError::Isa(IsaError::Unsupported {
+            requested: Isa::Avx512CoreBf16,
+            detected: isa,
+        }));
+    }
+    Ok(())
+}
+
+/// Validated entry for every mode: shapes agree, `isa` is available and
+/// covers `accumulation`, T suits it.
+#[allow(clippy::too_many_arguments)]
+fn run_mode<T: Element, O: Element>(
+    isa: Isa,
+    accumulation: Accumulation,
+    alpha: f32,
+    a: MatRef<T>,
+    b: BSource<T>,
+    beta: f32,
+    c: MatMut<O>,
+    epilogue: &Epilogue,
+) {
     #[cfg(target_arch = "x86_64")]
     if accumulation == Accumulation::Bf16Dot
         && alpha != 0.0
@@ -526,13 +563,15 @@ pub fn gemm_at<T: Element, O: Element>(
         let ep = driver::Ep::new(isa, alpha, beta, epilogue);
         // SAFETY: T is bf16 (check_accumulation), the shapes were checked and
         // are non-empty, and the CPU has AVX-512 F/BW/VL and BF16
-        // (`Isa::Avx512CoreBf16.require()` passed).
-        unsafe { bf16dot::run(&ep, a, BSource::View(b), c) };
-        return Ok(());
+        // (`require_bf16dot` passed).
+        unsafe { bf16dot::run(&ep, a, b, c) };
+        return;
     }
-    // alpha == 0 or k == 0 forms no product: every mode is the epilogue on zeros.
-    run(isa, alpha, a, BSource::View(b), beta, c, epilogue);
-    Ok(())
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = accumulation;
+    // alpha == 0 or k == 0 forms no product: every mode is the epilogue on
+    // zeros, which the F32 path does without reading B.
+    run(isa, alpha, a, b, beta, c, epilogue);
 }
 
 /// [`gemm`] with a pre-packed B on the active level.
@@ -548,6 +587,10 @@ pub fn gemm_packed<T: Element, O: Element>(
 }
 
 /// [`gemm_packed`] at an explicit level.
+///
+/// A B packed for [`Accumulation::Bf16Dot`] ([`PackedB::pack_for`]) runs
+/// with that accumulation and needs `avx512_core_bf16` (else
+/// [`GemmError::Isa`]).
 pub fn gemm_packed_at<T: Element, O: Element>(
     isa: Isa,
     alpha: f32,
@@ -558,8 +601,21 @@ pub fn gemm_packed_at<T: Element, O: Element>(
     epilogue: &Epilogue,
 ) -> Result<(), GemmError> {
     let isa = isa.require()?;
+    let accumulation = b.accumulation();
+    if accumulation == Accumulation::Bf16Dot {
+        require_bf16dot(isa)?;
+    }
     check_shapes((a.rows, a.cols), (b.k, b.n), &c, epilogue)?;
-    run(isa, alpha, a, BSource::Packed(b), beta, c, epilogue);
+    run_mode(
+        isa,
+        accumulation,
+        alpha,
+        a,
+        BSource::Packed(b),
+        beta,
+        c,
+        epilogue,
+    );
     Ok(())
 }
 

@@ -7,7 +7,7 @@
 //! their storage type (bf16/f16 weights take half the bytes of f32); the
 //! kernels widen them exactly to f32 before the multiply.
 
-use super::{Element, MatRef};
+use super::{Accumulation, Element, GemmError, MatRef, check_accumulation};
 
 /// Panel width in columns: two zmm or four ymm registers of f32.
 pub(crate) const NR: usize = 32;
@@ -25,11 +25,31 @@ pub(crate) const KC: usize = 192;
 /// Results of [`super::gemm_packed`] are bit-identical to [`super::gemm`] with
 /// the unpacked view at the same level (see the [`super`] module docs for
 /// the one documented exception, the small-m path for `rs == 1` views).
+///
+/// [`PackedB::pack_for`] with [`Accumulation::Bf16Dot`] packs a bf16 B
+/// into the k-pair panels `VDPBF16PS` reads instead (the same bytes);
+/// [`super::gemm_packed`] then multiplies with that accumulation.
 #[derive(Clone, Debug)]
 pub struct PackedB<T> {
+    /// The panels of a [`Layout::Rows`] B (empty otherwise).
     pub(crate) data: Vec<T>,
+    /// The pair panels of a [`Layout::Bf16Pairs`] B (empty otherwise): one
+    /// u32 lane per pair, `x[2q]` in the low half, as the kernel loads them.
+    pub(crate) pairs: Vec<u32>,
     pub(crate) k: usize,
     pub(crate) n: usize,
+    pub(crate) layout: Layout,
+}
+
+/// How a [`PackedB`] lays out its panels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// `k` rows of `NR` elements per panel (every F32-accumulation path).
+    Rows,
+    /// `ceil(k / 2)` rows of `NR` bf16 pairs per panel: element `(kk, j)` of
+    /// panel `p` in lane `(kk / 2) * NR + j % NR`, half `kk % 2`, the odd `k`
+    /// padded with zero (the [`Accumulation::Bf16Dot`] micro-kernel's layout).
+    Bf16Pairs,
 }
 
 impl<T: Element> PackedB<T> {
@@ -59,7 +79,60 @@ impl<T: Element> PackedB<T> {
                 }
             }
         }
-        PackedB { data, k, n }
+        PackedB {
+            data,
+            pairs: Vec::new(),
+            k,
+            n,
+            layout: Layout::Rows,
+        }
+    }
+
+    /// Packs `b` for the given accumulation mode: [`Accumulation::F32`] is
+    /// [`PackedB::pack`]; [`Accumulation::Bf16Dot`] (bf16 only) packs the
+    /// k-pair panels of the `VDPBF16PS` kernel, which [`super::gemm_packed`]
+    /// then uses at `avx512_core_bf16` and up and refuses with
+    /// [`GemmError::Isa`] below.
+    ///
+    /// Errors as [`super::gemm_at`] does for a mode that does not apply to
+    /// `T` or is not implemented.
+    pub fn pack_for(b: MatRef<T>, accumulation: Accumulation) -> Result<Self, GemmError> {
+        check_accumulation::<T>(accumulation)?;
+        if accumulation != Accumulation::Bf16Dot {
+            return Ok(Self::pack(b));
+        }
+        let (k, n) = (b.rows(), b.cols());
+        let kp = k.div_ceil(2);
+        let panels = n.div_ceil(NR);
+        let mut pairs = vec![0u32; panels * kp * NR];
+        for p in 0..panels {
+            let j0 = p * NR;
+            let w = NR.min(n - j0);
+            let panel = &mut pairs[p * kp * NR..(p + 1) * kp * NR];
+            for kk in 0..k {
+                let row = &mut panel[(kk / 2) * NR..(kk / 2) * NR + w];
+                for (jj, lane) in row.iter_mut().enumerate() {
+                    // bf16 widens to the top half of an f32 exactly.
+                    let bits = b.at(kk, j0 + jj).to_f32().to_bits() >> 16;
+                    *lane |= bits << (16 * (kk % 2));
+                }
+            }
+        }
+        Ok(PackedB {
+            data: Vec::new(),
+            pairs,
+            k,
+            n,
+            layout: Layout::Bf16Pairs,
+        })
+    }
+
+    /// The accumulation mode this B was packed for.
+    pub fn accumulation(&self) -> Accumulation {
+        match self.layout {
+            Layout::Rows => Accumulation::F32,
+            Layout::Bf16Pairs => Accumulation::Bf16Dot,
+        }
     }
 
     /// Rows of the logical B (the shared dimension).
@@ -75,12 +148,20 @@ impl<T: Element> PackedB<T> {
     /// Element (kk, j) of the logical B.
     #[inline(always)]
     pub(crate) fn at(&self, kk: usize, j: usize) -> T {
-        self.data[(j / NR) * self.k * NR + kk * NR + j % NR]
+        match self.layout {
+            Layout::Rows => self.data[(j / NR) * self.k * NR + kk * NR + j % NR],
+            Layout::Bf16Pairs => {
+                let lane = self.pairs[(j / NR) * self.k.div_ceil(2) * NR + (kk / 2) * NR + j % NR];
+                let bits = (lane >> (16 * (kk % 2))) & 0xffff;
+                T::from_f32(f32::from_bits(bits << 16))
+            }
+        }
     }
 
-    /// Panel `p` (all k rows).
+    /// Panel `p` (all k rows) of a [`Layout::Rows`] B.
     #[inline(always)]
     pub(crate) fn panel(&self, p: usize) -> &[T] {
+        debug_assert_eq!(self.layout, Layout::Rows);
         &self.data[p * self.k * NR..(p + 1) * self.k * NR]
     }
 }
