@@ -27,6 +27,19 @@ pub enum GraphError {
         /// Elements given.
         actual: usize,
     },
+    /// The product of a shape overflows `usize`.
+    ShapeOverflow {
+        /// The shape given.
+        shape: Vec<usize>,
+    },
+    /// Raw bytes for a [`TensorView`](super::TensorView) do not start at a
+    /// multiple of the element size, so they cannot be read in place.
+    Misaligned {
+        /// The dtype asked for.
+        dtype: DType,
+        /// The alignment it needs, in bytes.
+        align: usize,
+    },
     /// Two nodes, two values, or a node and a graph input share a name.
     DuplicateName {
         /// `"node"` or `"value"`.
@@ -203,6 +216,14 @@ impl fmt::Display for GraphError {
             } => write!(
                 f,
                 "shape {shape:?} needs {expected} elements, data has {actual}"
+            ),
+            ShapeOverflow { shape } => {
+                write!(f, "the element count of shape {shape:?} overflows usize")
+            }
+            Misaligned { dtype, align } => write!(
+                f,
+                "{dtype} data at this address is not {align}-byte aligned and cannot be viewed \
+                 in place (Tensor::from_bytes copies it)"
             ),
             DuplicateName { kind, name } => write!(f, "duplicate {kind} name `{name}`"),
             UnknownValue { node, value } => {

@@ -53,6 +53,7 @@ pub use ops::{AutoPad, Binary, ConvAttrs, Op, PoolAttrs, ReduceKind, Unary, erf_
 pub use plan::PrecisionPlan;
 pub use profile::{Profile, ProfileEntry};
 pub use tensor::{
-    DEFAULT_MAX_TENSOR_BYTES, Tensor, TensorElement, max_tensor_bytes, numel, set_max_tensor_bytes,
+    DEFAULT_MAX_TENSOR_BYTES, Tensor, TensorElement, TensorView, max_tensor_bytes, numel,
+    set_max_tensor_bytes,
 };
 pub use weights::Weights;

@@ -1,5 +1,7 @@
-//! Owned, contiguous, 64-byte-aligned tensors.
+//! Owned, contiguous, 64-byte-aligned tensors, and borrowed views of
+//! caller-owned buffers.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -101,6 +103,28 @@ pub fn max_tensor_bytes() -> usize {
     MAX_TENSOR_BYTES.load(Ordering::Relaxed)
 }
 
+/// Checks that `len` elements fill `shape`: [`GraphError::ShapeOverflow`] if
+/// the product of `shape` overflows `usize`, [`GraphError::DataLength`] if it
+/// differs from `len`.
+fn check_len(shape: &[usize], len: usize) -> Result<()> {
+    let n = if shape.contains(&0) {
+        Some(0)
+    } else {
+        shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+    };
+    match n {
+        None => Err(GraphError::ShapeOverflow {
+            shape: shape.to_vec(),
+        }),
+        Some(n) if n != len => Err(GraphError::DataLength {
+            shape: shape.to_vec(),
+            expected: n,
+            actual: len,
+        }),
+        Some(_) => Ok(()),
+    }
+}
+
 /// Bytes of a `dtype` tensor of `shape`, `None` on overflow.
 pub(crate) fn checked_bytes(dtype: DType, shape: &[usize]) -> Option<usize> {
     numel(shape)
@@ -144,16 +168,11 @@ impl Tensor {
     /// Copies `data` into a new tensor of the given shape.
     ///
     /// Errors with [`GraphError::DataLength`] when `data.len()` is not the
-    /// product of `shape`.
+    /// product of `shape`, [`GraphError::ShapeOverflow`] when that product
+    /// overflows `usize`. To use `data` in place instead, see
+    /// [`TensorView::from_slice`].
     pub fn from_slice<T: TensorElement>(shape: &[usize], data: &[T]) -> Result<Tensor> {
-        let n = numel(shape);
-        if n != data.len() {
-            return Err(GraphError::DataLength {
-                shape: shape.to_vec(),
-                expected: n,
-                actual: data.len(),
-            });
-        }
+        check_len(shape, data.len())?;
         let mut t = Tensor::zeros(T::DTYPE, shape);
         t.bytes_mut().copy_from_slice(bytemuck::cast_slice(data));
         Ok(t)
@@ -186,14 +205,7 @@ impl Tensor {
 
     /// A bool tensor.
     pub fn from_bool(shape: &[usize], data: &[bool]) -> Result<Tensor> {
-        let n = numel(shape);
-        if n != data.len() {
-            return Err(GraphError::DataLength {
-                shape: shape.to_vec(),
-                expected: n,
-                actual: data.len(),
-            });
-        }
+        check_len(shape, data.len())?;
         let mut t = Tensor::zeros(DType::Bool, shape);
         for (d, &b) in t.bytes_mut().iter_mut().zip(data) {
             *d = b as u8;
@@ -225,6 +237,16 @@ impl Tensor {
         let mut t = Tensor::zeros(dtype, shape);
         t.bytes_mut().copy_from_slice(bytes);
         Ok(t)
+    }
+
+    /// A borrowed view of this tensor (no copy), the form the executor's ops
+    /// read their inputs in.
+    pub fn view(&self) -> TensorView<'_> {
+        TensorView {
+            shape: Cow::Borrowed(&self.shape),
+            dtype: self.dtype,
+            bytes: self.bytes(),
+        }
     }
 
     /// The shape.
@@ -369,42 +391,13 @@ impl Tensor {
     /// All elements widened to f32 (exact for bf16/f16; integers convert as
     /// `as f32`; booleans give 0.0/1.0).
     pub fn to_f32_vec(&self) -> Vec<f32> {
-        match self.dtype {
-            DType::F32 | DType::Bf16 | DType::F16 => {
-                let mut out = vec![0f32; self.len()];
-                float_to_f32(self.as_float_slice().expect("float"), &mut out);
-                out
-            }
-            DType::I64 => self
-                .as_i64()
-                .expect("i64")
-                .iter()
-                .map(|&v| v as f32)
-                .collect(),
-            DType::I32 => self
-                .as_i32()
-                .expect("i32")
-                .iter()
-                .map(|&v| v as f32)
-                .collect(),
-            DType::Bool => self.bytes().iter().map(|&v| v as f32).collect(),
-        }
+        self.view().to_f32_vec()
     }
 
     /// All elements as i64 (floats truncate toward zero like `as i64`;
     /// booleans give 0/1).
     pub fn to_i64_vec(&self) -> Vec<i64> {
-        match self.dtype {
-            DType::I64 => self.as_i64().expect("i64").to_vec(),
-            DType::I32 => self
-                .as_i32()
-                .expect("i32")
-                .iter()
-                .map(|&v| v as i64)
-                .collect(),
-            DType::Bool => self.bytes().iter().map(|&v| v as i64).collect(),
-            _ => self.to_f32_vec().iter().map(|&v| v as i64).collect(),
-        }
+        self.view().to_i64_vec()
     }
 
     /// A copy converted to another float type with the kernels' rounding
@@ -426,6 +419,311 @@ impl Tensor {
 impl fmt::Debug for Tensor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Tensor({}, {:?}", self.dtype, self.shape)?;
+        if self.len() <= 16 {
+            match self.dtype {
+                DType::I64 | DType::I32 | DType::Bool => write!(f, ", {:?}", self.to_i64_vec())?,
+                _ => write!(f, ", {:?}", self.to_f32_vec())?,
+            }
+        }
+        f.write_str(")")
+    }
+}
+
+/// A borrowed tensor: a shape and a dtype over elements that live in the
+/// caller's buffer (a `&[half::bf16]`, a memory-mapped safetensors file, or a
+/// [`Tensor`]), read in place.
+///
+/// [`CompiledModel::run_views`](super::CompiledModel::run_views) runs a
+/// model on views without copying its inputs, and the executor hands every
+/// op its inputs as views. Unlike [`Tensor`], a view needs no 64-byte
+/// alignment: the kernels use unaligned loads, so any slice of elements
+/// works, including a sub-slice such as `&buf[1..]`. The constructors take
+/// typed slices (or check the alignment of raw bytes), so the elements are
+/// always aligned to their own size.
+///
+/// ```
+/// use half::bf16;
+/// use mixprec::graph::{DType, TensorView};
+/// # fn main() -> Result<(), mixprec::graph::GraphError> {
+/// let buf: Vec<bf16> = (0..6).map(|i| bf16::from_f32(i as f32)).collect();
+/// let v = TensorView::from_bf16(&[2, 3], &buf)?;
+/// assert_eq!(v.dtype(), DType::Bf16);
+/// assert_eq!(v.as_bf16()?.as_ptr(), buf.as_ptr()); // the caller's memory
+/// assert_eq!(v.to_f32_vec(), [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+/// assert!(TensorView::from_bf16(&[4, 2], &buf).is_err()); // 8 != 6 elements
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct TensorView<'a> {
+    // Borrowed from a Tensor; owned (a few words) when built from a caller's
+    // shape or re-shaped by the executor, so a view never borrows a temporary.
+    shape: Cow<'a, [usize]>,
+    dtype: DType,
+    // Invariant: aligned for the element type of `dtype` and exactly
+    // `numel(shape) * dtype.size()` long, so `bytemuck` casts cannot fail.
+    bytes: &'a [u8],
+}
+
+impl<'a> TensorView<'a> {
+    /// Views `data` as a tensor of the given shape, without copying.
+    ///
+    /// Errors with [`GraphError::DataLength`] when `data.len()` is not the
+    /// product of `shape`, [`GraphError::ShapeOverflow`] when that product
+    /// overflows `usize`.
+    pub fn from_slice<T: TensorElement>(shape: &[usize], data: &'a [T]) -> Result<Self> {
+        check_len(shape, data.len())?;
+        Ok(TensorView {
+            shape: Cow::Owned(shape.to_vec()),
+            dtype: T::DTYPE,
+            bytes: bytemuck::cast_slice(data),
+        })
+    }
+
+    /// An f32 view.
+    pub fn from_f32(shape: &[usize], data: &'a [f32]) -> Result<Self> {
+        Self::from_slice(shape, data)
+    }
+
+    /// A bf16 view of `half::bf16` values.
+    pub fn from_bf16(shape: &[usize], data: &'a [bf16]) -> Result<Self> {
+        Self::from_slice(shape, data)
+    }
+
+    /// An f16 view of `half::f16` values.
+    pub fn from_f16(shape: &[usize], data: &'a [f16]) -> Result<Self> {
+        Self::from_slice(shape, data)
+    }
+
+    /// An i64 view.
+    pub fn from_i64(shape: &[usize], data: &'a [i64]) -> Result<Self> {
+        Self::from_slice(shape, data)
+    }
+
+    /// An i32 view.
+    pub fn from_i32(shape: &[usize], data: &'a [i32]) -> Result<Self> {
+        Self::from_slice(shape, data)
+    }
+
+    /// A bool view (`bool` is one byte, 0 or 1, as bool tensors store it).
+    pub fn from_bool(shape: &[usize], data: &'a [bool]) -> Result<Self> {
+        check_len(shape, data.len())?;
+        Ok(TensorView {
+            shape: Cow::Owned(shape.to_vec()),
+            dtype: DType::Bool,
+            bytes: bytemuck::cast_slice(data),
+        })
+    }
+
+    /// Views raw little-endian bytes (e.g. `safetensors::tensor::TensorView::data()`)
+    /// as a tensor of `dtype`, without copying.
+    ///
+    /// Errors with [`GraphError::DataLength`] / [`GraphError::ShapeOverflow`]
+    /// like [`TensorView::from_slice`] (a byte count that is not a whole number
+    /// of elements is a `DataLength` error too), and with
+    /// [`GraphError::Misaligned`] when `bytes` does not start at a multiple of
+    /// the element size; [`Tensor::from_bytes`] copies such data instead. A
+    /// bool view's bytes must be 0 or 1.
+    pub fn from_bytes(dtype: DType, shape: &[usize], bytes: &'a [u8]) -> Result<Self> {
+        let size = dtype.size();
+        if bytes.len() % size != 0 {
+            return Err(GraphError::DataLength {
+                shape: shape.to_vec(),
+                expected: numel(shape),
+                actual: bytes.len() / size,
+            });
+        }
+        check_len(shape, bytes.len() / size)?;
+        // An empty slice may dangle anywhere, so it is swapped for one that
+        // is aligned for every element type rather than rejected.
+        let bytes = if bytes.is_empty() {
+            bytemuck::cast_slice::<u64, u8>(&[])
+        } else if bytes.as_ptr() as usize % size != 0 {
+            return Err(GraphError::Misaligned { dtype, align: size });
+        } else {
+            bytes
+        };
+        Ok(TensorView {
+            shape: Cow::Owned(shape.to_vec()),
+            dtype,
+            bytes,
+        })
+    }
+
+    /// A view of the same data borrowed from this one (cheap: the shape is
+    /// borrowed, not copied).
+    pub fn view(&self) -> TensorView<'_> {
+        TensorView {
+            shape: Cow::Borrowed(&self.shape),
+            dtype: self.dtype,
+            bytes: self.bytes,
+        }
+    }
+
+    /// The same data under another shape with the same element count.
+    pub fn reshape(self, shape: &[usize]) -> Result<Self> {
+        check_len(shape, self.len())?;
+        Ok(self.with_shape(shape))
+    }
+
+    /// [`TensorView::reshape`] for shapes already checked (the executor's
+    /// view ops, whose output shape inference guarantees the count).
+    pub(crate) fn with_shape(self, shape: &[usize]) -> Self {
+        debug_assert_eq!(numel(shape), self.len());
+        TensorView {
+            shape: Cow::Owned(shape.to_vec()),
+            ..self
+        }
+    }
+
+    /// Copies the elements into an owned, 64-byte-aligned [`Tensor`].
+    pub fn to_owned(&self) -> Tensor {
+        let mut t = Tensor::zeros(self.dtype, &self.shape);
+        t.bytes_mut().copy_from_slice(self.bytes);
+        t
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.bytes.len() / self.dtype.size()
+    }
+
+    /// Whether the view has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Size of the data in bytes.
+    pub fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The raw little-endian bytes of the elements.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// The elements as `T` (the caller's memory); errors if `T` is not this
+    /// dtype.
+    pub fn as_slice<T: TensorElement>(&self) -> Result<&'a [T]> {
+        if T::DTYPE != self.dtype {
+            return Err(GraphError::DTypeMismatch {
+                context: "TensorView::as_slice".into(),
+                expected: T::DTYPE,
+                actual: self.dtype,
+            });
+        }
+        Ok(bytemuck::cast_slice(self.bytes))
+    }
+
+    /// The f32 elements; errors unless the dtype is f32.
+    pub fn as_f32(&self) -> Result<&'a [f32]> {
+        self.as_slice()
+    }
+
+    /// The bf16 elements; errors unless the dtype is bf16.
+    pub fn as_bf16(&self) -> Result<&'a [bf16]> {
+        self.as_slice()
+    }
+
+    /// The f16 elements; errors unless the dtype is f16.
+    pub fn as_f16(&self) -> Result<&'a [f16]> {
+        self.as_slice()
+    }
+
+    /// The i64 elements; errors unless the dtype is i64.
+    pub fn as_i64(&self) -> Result<&'a [i64]> {
+        self.as_slice()
+    }
+
+    /// The i32 elements; errors unless the dtype is i32.
+    pub fn as_i32(&self) -> Result<&'a [i32]> {
+        self.as_slice()
+    }
+
+    /// The booleans as bytes (0 or 1); errors unless the dtype is bool.
+    pub fn as_bool_bytes(&self) -> Result<&'a [u8]> {
+        if self.dtype != DType::Bool {
+            return Err(GraphError::DTypeMismatch {
+                context: "TensorView::as_bool_bytes".into(),
+                expected: DType::Bool,
+                actual: self.dtype,
+            });
+        }
+        Ok(self.bytes)
+    }
+
+    /// A kernel view of floating-point data; `None` for other dtypes.
+    pub fn as_float_slice(&self) -> Option<FloatSlice<'a>> {
+        let b = self.bytes;
+        Some(match self.dtype {
+            DType::F32 => FloatSlice::F32(bytemuck::cast_slice(b)),
+            DType::Bf16 => FloatSlice::Bf16(bytemuck::cast_slice(b)),
+            DType::F16 => FloatSlice::F16(bytemuck::cast_slice(b)),
+            _ => return None,
+        })
+    }
+
+    /// All elements widened to f32 (exact for bf16/f16; integers convert as
+    /// `as f32`; booleans give 0.0/1.0).
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        match self.dtype {
+            DType::F32 | DType::Bf16 | DType::F16 => {
+                let mut out = vec![0f32; self.len()];
+                float_to_f32(self.as_float_slice().expect("float"), &mut out);
+                out
+            }
+            DType::I64 => self
+                .as_i64()
+                .expect("i64")
+                .iter()
+                .map(|&v| v as f32)
+                .collect(),
+            DType::I32 => self
+                .as_i32()
+                .expect("i32")
+                .iter()
+                .map(|&v| v as f32)
+                .collect(),
+            DType::Bool => self.bytes.iter().map(|&v| v as f32).collect(),
+        }
+    }
+
+    /// All elements as i64 (floats truncate toward zero like `as i64`;
+    /// booleans give 0/1).
+    pub fn to_i64_vec(&self) -> Vec<i64> {
+        match self.dtype {
+            DType::I64 => self.as_i64().expect("i64").to_vec(),
+            DType::I32 => self
+                .as_i32()
+                .expect("i32")
+                .iter()
+                .map(|&v| v as i64)
+                .collect(),
+            DType::Bool => self.bytes.iter().map(|&v| v as i64).collect(),
+            _ => self.to_f32_vec().iter().map(|&v| v as i64).collect(),
+        }
+    }
+}
+
+impl<'a> From<&'a Tensor> for TensorView<'a> {
+    fn from(t: &'a Tensor) -> Self {
+        t.view()
+    }
+}
+
+impl fmt::Debug for TensorView<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TensorView({}, {:?}", self.dtype, self.shape)?;
         if self.len() <= 16 {
             match self.dtype {
                 DType::I64 | DType::I32 | DType::Bool => write!(f, ", {:?}", self.to_i64_vec())?,
