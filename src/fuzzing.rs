@@ -586,6 +586,7 @@ fn gemm_case<T: Element, O: Element>(b: &mut Bytes) {
     let epilogue = Epilogue {
         bias: bias.as_deref(),
         activation,
+        ..Default::default()
     };
 
     // f64 reference with the documented error bound.

@@ -25,7 +25,8 @@ struct Case {
     tb: bool,
     alpha: f32,
     beta: f32,
-    bias: bool,
+    /// Bit 0: a column bias; bit 1: a row bias.
+    bias: u8,
     act: Activation,
     seed: u64,
 }
@@ -39,7 +40,7 @@ fn check<T: Element, O: Element>(
     c0: &[O],
     c: &[O],
     ldc: usize,
-    bias: Option<&[f32]>,
+    ep: &Epilogue,
     what: &str,
 ) {
     let (rel, abs) = store_err::<O>();
@@ -61,7 +62,8 @@ fn check<T: Element, O: Element>(
             } else {
                 0.0
             };
-            let bj = bias.map_or(0.0, |b| b[j] as f64);
+            let bj =
+                ep.bias.map_or(0.0, |b| b[j] as f64) + ep.row_bias.map_or(0.0, |b| b[i] as f64);
             let pre = acc + old + bj;
             let pre_tol = 2.0 * (case.k as f64 + 2.0) * U * mag
                 + 8.0 * U * (acc.abs() + old.abs() + bj.abs());
@@ -105,9 +107,10 @@ fn run_case<T: Element, O: Element>(case: &Case) {
         })
         .collect();
     let bias_v: Vec<f32> = (0..case.n).map(|_| rng.next()).collect();
-    let bias = case.bias.then_some(&bias_v[..]);
+    let row_bias_v: Vec<f32> = (0..case.m).map(|_| 4.0 * rng.next()).collect();
     let ep = Epilogue {
-        bias,
+        bias: (case.bias & 1 != 0).then_some(&bias_v[..]),
+        row_bias: (case.bias & 2 != 0).then_some(&row_bias_v[..]),
         activation: case.act,
     };
     let packed = PackedB::pack(b.view());
@@ -124,7 +127,7 @@ fn run_case<T: Element, O: Element>(case: &Case) {
             &ep,
         )
         .unwrap();
-        check(case, &a, &b, &c0, &c, ldc, bias, isa.name());
+        check(case, &a, &b, &c0, &c, ldc, &ep, isa.name());
         let mut cp = c0.clone();
         gemm_packed_at(
             isa,
@@ -139,7 +142,7 @@ fn run_case<T: Element, O: Element>(case: &Case) {
         // The documented exception: small m with column-contiguous B on SIMD levels.
         let exempt = isa != Isa::Scalar && case.m <= 16 && case.tb;
         if exempt {
-            check(case, &a, &b, &c0, &cp, ldc, bias, "packed");
+            check(case, &a, &b, &c0, &cp, ldc, &ep, "packed");
         } else {
             let bits = |v: &[O]| v.iter().map(|x| x.to_f32().to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&c), bits(&cp), "{isa}: packed B differs from unpacked");
@@ -156,7 +159,7 @@ fn run_case<T: Element, O: Element>(case: &Case) {
         &ep,
     )
     .unwrap();
-    check(case, &a, &b, &c0, &c, ldc, bias, "default");
+    check(case, &a, &b, &c0, &c, ldc, &ep, "default");
 }
 
 fn dim() -> impl Strategy<Value = usize> {
@@ -182,7 +185,7 @@ proptest! {
         ta in any::<bool>(), tb in any::<bool>(),
         alpha in prop_oneof![Just(1.0f32), Just(-0.5), Just(0.0), Just(2.5)],
         beta in prop_oneof![Just(0.0f32), Just(1.0), Just(-1.5)],
-        bias in any::<bool>(), act in activation(),
+        bias in 0u8..4, act in activation(),
         types in 0usize..9, seed in any::<u64>(),
     ) {
         let case = Case { m, n, k, pads, ta, tb, alpha, beta, bias, act, seed };
@@ -210,7 +213,7 @@ fn fixed(m: usize, n: usize, k: usize, ta: bool, tb: bool, beta: f32) -> Case {
         tb,
         alpha: 1.0,
         beta,
-        bias: true,
+        bias: 3,
         act: Activation::Identity,
         seed: 7,
     }
@@ -244,6 +247,7 @@ fn threads_case<T: Element>(m: usize, n: usize, k: usize, tb: bool) {
     let ep = Epilogue {
         bias: Some(&bias),
         activation: Activation::GeluTanh,
+        ..Default::default()
     };
     let packed = PackedB::pack(b.view());
     let mut results = Vec::new();
@@ -317,6 +321,7 @@ fn typed_errors_for_bad_shapes() {
     let ep = Epilogue {
         bias: Some(&[0.0; 4]),
         activation: Activation::Relu,
+        ..Default::default()
     };
     let err = gemm(1.0, a, b, 0.0, MatMut::new(&mut c, 4, 5, 5).unwrap(), &ep).unwrap_err();
     assert_eq!(
@@ -324,6 +329,18 @@ fn typed_errors_for_bad_shapes() {
         GemmError::BiasLength {
             expected: 5,
             got: 4
+        }
+    );
+    let ep = Epilogue {
+        row_bias: Some(&[0.0; 5]),
+        ..Default::default()
+    };
+    let err = gemm(1.0, a, b, 0.0, MatMut::new(&mut c, 4, 5, 5).unwrap(), &ep).unwrap_err();
+    assert_eq!(
+        err,
+        GemmError::RowBiasLength {
+            expected: 4,
+            got: 5
         }
     );
     assert!(MatMut::new(&mut c, 9, 8, 8).is_err());
@@ -340,6 +357,7 @@ fn beta_zero_overwrites_nan_and_alpha_zero_ignores_inputs() {
         let ep = Epilogue {
             bias: Some(&[1.0, -2.0]),
             activation: Activation::Relu,
+            ..Default::default()
         };
         gemm_at(
             isa,

@@ -65,9 +65,13 @@ fn run_case<O: Element>(case: &Case, isa: Isa) {
         })
         .collect();
     let bias_v: Vec<f32> = (0..case.n).map(|_| rng.next()).collect();
+    let row_bias_v: Vec<f32> = (0..case.m).map(|_| rng.next()).collect();
+    // `bias` turns on both biases.
     let bias = case.bias.then_some(&bias_v[..]);
+    let row_bias = case.bias.then_some(&row_bias_v[..]);
     let ep = Epilogue {
         bias,
+        row_bias,
         activation: case.act,
     };
     let mut c = c0.clone();
@@ -110,7 +114,7 @@ fn run_case<O: Element>(case: &Case, isa: Isa) {
             } else {
                 0.0
             };
-            let bj = bias.map_or(0.0, |b| b[j] as f64);
+            let bj = bias.map_or(0.0, |b| b[j] as f64) + row_bias.map_or(0.0, |b| b[i] as f64);
             let pre = acc + old + bj;
             let pre_tol = 2.0 * (case.k as f64 + 2.0) * U * mag
                 + alpha.abs() * e_ftz
@@ -361,6 +365,7 @@ fn bf16dot_view(a: MatRef<bf16>, b: MatRef<bf16>, bias: Option<&[f32]>) -> Vec<f
     let ep = Epilogue {
         bias,
         activation: Activation::GeluTanh,
+        ..Default::default()
     };
     gemm_at(
         detected_isa(),
@@ -398,7 +403,7 @@ proptest! {
         prop_assert_eq!(packed.accumulation(), Accumulation::Bf16Dot);
         prop_assert_eq!((packed.k(), packed.n()), (k, n));
         let mut got = vec![f32::NAN; m * n];
-        let ep = Epilogue { bias, activation: Activation::GeluTanh };
+        let ep = Epilogue { bias, activation: Activation::GeluTanh, ..Default::default() };
         gemm_packed_at(
             detected_isa(), 1.0, a.view(), &packed, 0.0,
             MatMut::new(&mut got, m, n, n).unwrap(), &ep,

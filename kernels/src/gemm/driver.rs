@@ -167,6 +167,7 @@ pub(super) struct Ep<'a> {
     alpha: f32,
     beta: f32,
     bias: Option<&'a [f32]>,
+    row_bias: Option<&'a [f32]>,
     act: Activation,
 }
 
@@ -178,13 +179,24 @@ impl<'a> Ep<'a> {
             alpha,
             beta,
             bias: epi.bias,
+            row_bias: epi.row_bias,
             act: epi.activation,
         }
     }
 
+    /// The epilogue for the rows from `r0` on (row 0 of the result is row
+    /// `r0` of C), for passes over a slice of C's rows.
+    fn from_row(&self, r0: usize) -> Self {
+        Ep {
+            row_bias: self.row_bias.map(|b| &b[r0..]),
+            ..*self
+        }
+    }
+
     /// Applies the epilogue to a `rows x cols` block of accumulators (`ws`,
-    /// stride `ldw`) and stores it at `c` (stride `ldc`); `j0` is the block's
-    /// first column in C. Same operations, same order as `epilogue::finish`.
+    /// stride `ldw`) and stores it at `c` (stride `ldc`); `(i0, j0)` is the
+    /// block's first row and column in C. Same operations, same order as
+    /// `epilogue::finish`.
     ///
     /// # Safety
     /// `ws` is readable and `c` readable/writable for the block; `cols <= 64`.
@@ -197,7 +209,7 @@ impl<'a> Ep<'a> {
         cols: usize,
         c: *mut O,
         ldc: usize,
-        j0: usize,
+        (i0, j0): (usize, usize),
     ) {
         if O::DTYPE == FloatType::F32 {
             // f32 C: the same operations, in place, with no staging copy.
@@ -218,7 +230,7 @@ impl<'a> Ep<'a> {
                         *x = self.alpha * *a;
                     }
                 }
-                self.bias_act(crow, j0);
+                self.bias_act(crow, i0 + r, j0);
             }
             return;
         }
@@ -245,21 +257,26 @@ impl<'a> Ep<'a> {
                     *x += self.beta * *o;
                 }
             }
-            self.bias_act(buf, j0);
+            self.bias_act(buf, i0 + r, j0);
             store_row(self.isa, buf, crow);
         }
     }
 }
 
 impl Ep<'_> {
-    /// Adds the bias (columns `j0..`) and applies the activation, in place.
+    /// Adds the biases (row `i` of C, columns `j0..`) and applies the
+    /// activation, in place.
     #[inline]
-    fn bias_act(&self, v: &mut [f32], j0: usize) {
+    fn bias_act(&self, v: &mut [f32], i: usize, j0: usize) {
         if let Some(bias) = self.bias {
             let len = v.len();
             for (x, b) in v.iter_mut().zip(&bias[j0..j0 + len]) {
                 *x += *b;
             }
+        }
+        if let Some(row_bias) = self.row_bias {
+            let b = row_bias[i];
+            v.iter_mut().for_each(|x| *x += b);
         }
         match self.act {
             Activation::Identity => {}
@@ -371,13 +388,7 @@ pub(super) fn run<T: Element, O: Element>(
     epi: &Epilogue,
 ) {
     let (m, n, k) = (c.rows, c.cols, a.cols);
-    let ep = Ep {
-        isa,
-        alpha,
-        beta,
-        bias: epi.bias,
-        act: epi.activation,
-    };
+    let ep = Ep::new(isa, alpha, beta, epi);
     let ldc = c.rs;
     let cp = SendPtr(c.data.as_mut_ptr());
     if alpha == 0.0 || k == 0 {
@@ -395,7 +406,7 @@ pub(super) fn run<T: Element, O: Element>(
                         cols,
                         cp.get().add(i * ldc + j0),
                         ldc,
-                        j0,
+                        (i, j0),
                     )
                 };
             }
@@ -426,6 +437,7 @@ pub(super) fn run<T: Element, O: Element>(
             };
             // SAFETY: row r0 of C is in bounds (r0 < m).
             let c_rows = SendPtr(unsafe { cp.get().add(r0 * ldc) });
+            let ep = ep.from_row(r0);
             small(kern, &ep, threads, a_rows, b, c_rows, ldc, rows, n, k);
         }
     } else {
@@ -600,7 +612,7 @@ unsafe fn store_block<O: Element>(
                 w,
                 cp.get().add(j0 + jj),
                 ldc,
-                j0 + jj,
+                (0, j0 + jj),
             )
         };
     }
@@ -676,7 +688,15 @@ fn large<T: Element, O: Element>(
                         let (r0, c0) = (t * mr, j0 + q * NR);
                         // SAFETY: rows r0..r0+rows, columns c0..c0+cols of C belong to this item.
                         unsafe {
-                            ep.store(wsp, nc, rows, cols, cp.get().add(r0 * ldc + c0), ldc, c0)
+                            ep.store(
+                                wsp,
+                                nc,
+                                rows,
+                                cols,
+                                cp.get().add(r0 * ldc + c0),
+                                ldc,
+                                (r0, c0),
+                            )
                         };
                     }
                 }

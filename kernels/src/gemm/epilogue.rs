@@ -3,7 +3,7 @@
 //! Per element, in this order and without fused multiply-adds, so that every
 //! path computes the same function of the f32 accumulator:
 //! `v = alpha * acc; if beta != 0 { v = v + beta * c_old }; if bias { v = v + bias[j] };
-//! v = act(v); c = O::from_f32(v)`.
+//! if row_bias { v = v + row_bias[i] }; v = act(v); c = O::from_f32(v)`.
 
 use super::Activation;
 use crate::elementwise::UnaryOp;
@@ -46,6 +46,7 @@ pub(crate) fn finish(
     beta: f32,
     c_old: impl FnOnce() -> f32,
     bias: Option<f32>,
+    row_bias: Option<f32>,
     act: Activation,
 ) -> f32 {
     let mut v = alpha * acc;
@@ -53,6 +54,9 @@ pub(crate) fn finish(
         v += beta * c_old();
     }
     if let Some(b) = bias {
+        v += b;
+    }
+    if let Some(b) = row_bias {
         v += b;
     }
     activate(act, v)

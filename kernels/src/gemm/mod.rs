@@ -11,7 +11,8 @@
 //!   `|C - C_ref| <= 2 (k + 2) u |alpha| (|A| |B|)_ij + (rounding of the
 //!   epilogue and of the store)`, `u = 2^-24`.
 //! * The epilogue is the same f32 function on every path (see `epilogue.rs`):
-//!   `v = alpha*acc; if beta != 0 { v += beta*c }; if bias { v += bias[j] }; act(v)`,
+//!   `v = alpha*acc; if beta != 0 { v += beta*c }; if bias { v += bias[j] };
+//!   if row_bias { v += row_bias[i] }; act(v)`,
 //!   without FMA contraction. `beta == 0` means C is not read, so NaN or
 //!   garbage in C is overwritten. `alpha == 0` means A and B are not read
 //!   (as in BLAS), so NaN in them does not reach C.
@@ -239,6 +240,10 @@ pub enum Activation {
 pub struct Epilogue<'a> {
     /// Per-column bias (length n), added after `alpha * A B + beta * C`.
     pub bias: Option<&'a [f32]>,
+    /// Per-row bias (length m), added after the column bias: a convolution's
+    /// per-channel bias when C is `channels x positions`. Kept in f32 like
+    /// the accumulator, whatever C's storage type.
+    pub row_bias: Option<&'a [f32]>,
     /// Activation applied after the bias.
     pub activation: Activation,
 }
@@ -310,6 +315,13 @@ pub enum GemmError {
         /// The bias length given.
         got: usize,
     },
+    /// The row bias does not have m elements.
+    RowBiasLength {
+        /// m, the rows of C.
+        expected: usize,
+        /// The row bias length given.
+        got: usize,
+    },
     /// The accumulation mode cannot run for this input type or is not implemented.
     AccumulationUnsupported {
         /// The mode asked for.
@@ -344,6 +356,9 @@ impl fmt::Display for GemmError {
             ),
             GemmError::BiasLength { expected, got } => {
                 write!(f, "bias has {got} elements but C has {expected} columns")
+            }
+            GemmError::RowBiasLength { expected, got } => {
+                write!(f, "row bias has {got} elements but C has {expected} rows")
             }
             GemmError::AccumulationUnsupported {
                 accumulation,
@@ -467,6 +482,14 @@ fn check_shapes<O: Element>(
     {
         return Err(GemmError::BiasLength {
             expected: cs.1,
+            got: bias.len(),
+        });
+    }
+    if let Some(bias) = epilogue.row_bias
+        && bias.len() != cs.0
+    {
+        return Err(GemmError::RowBiasLength {
+            expected: cs.0,
             got: bias.len(),
         });
     }

@@ -28,6 +28,7 @@ pub(super) fn gemm<T: Element, O: Element>(
                 beta,
                 || old.to_f32(),
                 ep.bias.map(|bias| bias[j]),
+                ep.row_bias.map(|bias| bias[i]),
                 ep.activation,
             );
             *out = O::from_f32(v);
