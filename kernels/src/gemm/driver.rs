@@ -186,7 +186,7 @@ impl<'a> Ep<'a> {
 
     /// The epilogue for the rows from `r0` on (row 0 of the result is row
     /// `r0` of C), for passes over a slice of C's rows.
-    fn from_row(&self, r0: usize) -> Self {
+    fn rows_from(&self, r0: usize) -> Self {
         Ep {
             row_bias: self.row_bias.map(|b| &b[r0..]),
             ..*self
@@ -437,7 +437,7 @@ pub(super) fn run<T: Element, O: Element>(
             };
             // SAFETY: row r0 of C is in bounds (r0 < m).
             let c_rows = SendPtr(unsafe { cp.get().add(r0 * ldc) });
-            let ep = ep.from_row(r0);
+            let ep = ep.rows_from(r0);
             small(kern, &ep, threads, a_rows, b, c_rows, ldc, rows, n, k);
         }
     } else {
