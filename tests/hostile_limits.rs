@@ -341,6 +341,21 @@ fn onnx_tile_with_huge_repeats_is_a_typed_error() {
     assert!(r.is_err(), "{r:?}");
 }
 
+/// Found by the onnx_bytes fuzzer (session 2): a Conv node with no inputs
+/// indexed its (empty) input list while checking the rank, a panic instead
+/// of an error naming the node.
+#[test]
+fn onnx_conv_without_inputs_is_a_typed_error() {
+    let m = model(
+        vec![node("Conv", "conv", &[], "y")],
+        vec![value_info("x", &[1, 1, 4, 4])],
+        "y",
+    );
+    let err = onnx::load_bytes(&m.encode_to_vec(), None, &ImportOptions::default()).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("conv") && msg.contains("input 0"), "{msg}");
+}
+
 /// Found by the gemm_differential fuzzer (a GELU-erf reference at v == 0):
 /// `graph::erf_f64(0.0)` looped forever because its series stopped on
 /// `|term| < 1e-17 |sum|`, never true when both are 0.

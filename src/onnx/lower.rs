@@ -325,7 +325,10 @@ impl<'a> Lower<'a> {
                     let ins: Vec<ValueId> = (0..n.n_inputs())
                         .map(|i| self.input(n, i))
                         .collect::<Result<_, _>>()?;
-                    let rank = self.shape(ins[0]).len();
+                    // `input` names a missing X as a typed error (a Conv
+                    // with no inputs reached `ins[0]` here; fuzzing found it).
+                    let x = self.input(n, 0)?;
+                    let rank = self.shape(x).len();
                     if !(3..=4).contains(&rank) {
                         return Err(n.bad_attr(
                             o,
