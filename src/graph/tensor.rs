@@ -525,7 +525,7 @@ impl<'a> TensorView<'a> {
     /// bool view's bytes must be 0 or 1.
     pub fn from_bytes(dtype: DType, shape: &[usize], bytes: &'a [u8]) -> Result<Self> {
         let size = dtype.size();
-        if bytes.len() % size != 0 {
+        if !bytes.len().is_multiple_of(size) {
             return Err(GraphError::DataLength {
                 shape: shape.to_vec(),
                 expected: numel(shape),
@@ -537,7 +537,7 @@ impl<'a> TensorView<'a> {
         // is aligned for every element type rather than rejected.
         let bytes = if bytes.is_empty() {
             bytemuck::cast_slice::<u64, u8>(&[])
-        } else if bytes.as_ptr() as usize % size != 0 {
+        } else if !(bytes.as_ptr() as usize).is_multiple_of(size) {
             return Err(GraphError::Misaligned { dtype, align: size });
         } else {
             bytes
