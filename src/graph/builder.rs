@@ -8,7 +8,7 @@ use super::error::{GraphError, Result};
 use super::graph::{Dim, Graph, Node, ValueId, ValueInfo};
 use super::ops::infer::infer;
 use super::ops::{Binary, ConvAttrs, Meta, Op, PoolAttrs, ReduceKind, Unary};
-use super::tensor::Tensor;
+use super::tensor::{Tensor, TensorView};
 
 #[derive(Clone, Debug)]
 enum InRef {
@@ -201,7 +201,11 @@ impl GraphBuilder {
         let out_metas = if metas.iter().all(Option::is_some) {
             let metas: Vec<Meta> = metas.into_iter().map(Option::unwrap).collect();
             let refs: Vec<&Meta> = metas.iter().collect();
-            let kn: Vec<Option<&Tensor>> = known.iter().map(|k| k.as_deref()).collect();
+            let known_views: Vec<Option<TensorView>> = known
+                .iter()
+                .map(|k| k.as_deref().map(Tensor::view))
+                .collect();
+            let kn: Vec<Option<&TensorView>> = known_views.iter().map(Option::as_ref).collect();
             let mut counter = self.fresh;
             let r = infer(&op, name, &refs, &kn, &mut || {
                 Self::fresh_dim(&mut counter, name)
@@ -377,10 +381,9 @@ impl GraphBuilder {
                 .iter()
                 .map(|v| metas[v.0].as_ref().expect("inputs inferred first"))
                 .collect();
-            let kn: Vec<Option<&Tensor>> = ins
-                .iter()
-                .map(|v| known.get(v).map(|t| t.as_ref()))
-                .collect();
+            let known_views: Vec<Option<TensorView>> =
+                ins.iter().map(|v| known.get(v).map(|t| t.view())).collect();
+            let kn: Vec<Option<&TensorView>> = known_views.iter().map(Option::as_ref).collect();
             let name = n.name.clone();
             let outs = infer(&n.op, &n.name, &in_metas, &kn, &mut || {
                 Self::fresh_dim(&mut fresh, &name)
@@ -429,7 +432,7 @@ impl GraphBuilder {
                         vec![Tensor::vec_i64(&dims[start..start + len])]
                     }
                     _ => {
-                        let args: Vec<&Tensor> = kn.iter().map(|k| k.expect("known")).collect();
+                        let args: Vec<&TensorView> = kn.iter().map(|k| k.expect("known")).collect();
                         super::ops::exec::execute(&n.op, &n.name, &args, &mut pool, None)?
                     }
                 };

@@ -16,7 +16,7 @@ use super::ops::linalg::{Prepared, pack, row_bias};
 use super::ops::{Meta, Op};
 use super::plan::PrecisionPlan;
 use super::profile::{Profile, ProfileEntry};
-use super::tensor::{Tensor, convert_float};
+use super::tensor::{Tensor, TensorView, convert_float};
 
 /// Options of [`Graph::compile_with`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -151,7 +151,7 @@ impl Builder<'_> {
         let c = match &self.consts[slot] {
             Some(t) => {
                 let mut out = Tensor::zeros(dtype, t.shape());
-                super::ops::elementwise::cast(t, &mut out);
+                super::ops::elementwise::cast(&t.view(), &mut out);
                 Some(Arc::new(out))
             }
             None => None,
@@ -292,7 +292,11 @@ impl Graph {
                 })
                 .collect();
             let refs: Vec<&Meta> = metas.iter().collect();
-            let known: Vec<Option<&Tensor>> = ins.iter().map(|&s| b.consts[s].as_deref()).collect();
+            let known_views: Vec<Option<TensorView>> = ins
+                .iter()
+                .map(|&s| b.consts[s].as_deref().map(Tensor::view))
+                .collect();
+            let known: Vec<Option<&TensorView>> = known_views.iter().map(Option::as_ref).collect();
             let mut k = 0usize;
             let name = node.name.clone();
             let outs = infer(&node.op, &node.name, &refs, &known, &mut || {
@@ -301,10 +305,7 @@ impl Graph {
             })?;
             if ins.iter().all(|&s| b.consts[s].is_some()) {
                 // Constant sub-graph: evaluate once with the same kernels.
-                let args: Vec<&Tensor> = ins
-                    .iter()
-                    .map(|&s| b.consts[s].as_deref().expect("const"))
-                    .collect();
+                let args: Vec<&TensorView> = known.iter().map(|k| k.expect("const")).collect();
                 let res = execute(&node.op, &node.name, &args, &mut b.pool, None)?;
                 for ((&o, m), t) in node.outputs.iter().zip(outs).zip(res) {
                     let s = b.new_slot(m.dtype, m.shape, o, Some(Arc::new(t)));
@@ -324,7 +325,7 @@ impl Graph {
                         let bias = uncast_ins
                             .get(2)
                             .and_then(|&c| b.consts[c].as_deref())
-                            .and_then(|c| row_bias(c, n, *beta));
+                            .and_then(|c| row_bias(&c.view(), n, *beta));
                         Some(Prepared::Packed {
                             b: pack(w, *trans_b)?,
                             bias,
@@ -432,18 +433,27 @@ impl Graph {
     }
 }
 
+/// A slot's value during a run.
 enum Val<'a> {
-    Ref(&'a Tensor),
+    /// Read in place: a graph input, a constant, or a view op's output over
+    /// one of those.
+    View(TensorView<'a>),
+    /// Produced by this run.
     Own(Tensor),
 }
 
 impl Val<'_> {
-    fn get(&self) -> &Tensor {
+    fn view(&self) -> TensorView<'_> {
         match self {
-            Val::Ref(t) => t,
-            Val::Own(t) => t,
+            Val::View(v) => v.view(),
+            Val::Own(t) => t.view(),
         }
     }
+}
+
+/// The owned-tensor argument form of the `run*` methods as views.
+fn views<'a>(inputs: &[(&'a str, &'a Tensor)]) -> Vec<(&'a str, TensorView<'a>)> {
+    inputs.iter().map(|&(n, t)| (n, t.view())).collect()
 }
 
 impl CompiledModel {
@@ -488,18 +498,46 @@ impl CompiledModel {
     /// declared one (symbolic dims bind to one size per run). Returns the
     /// outputs by name.
     pub fn run(&self, inputs: &[(&str, &Tensor)]) -> Result<HashMap<String, Tensor>> {
+        self.run_inner(&views(inputs), None)
+    }
+
+    /// [`CompiledModel::run`] on borrowed inputs, read in place: the data of
+    /// a `&[half::bf16]`, a memory-mapped weights file or any other buffer is
+    /// not copied (see [`TensorView`]; no alignment is needed). The checks
+    /// and the outputs (owned tensors) are those of `run`.
+    ///
+    /// ```
+    /// use half::bf16;
+    /// use mixprec::graph::{DType, Dim, GraphBuilder, PrecisionPlan, Tensor, TensorView};
+    /// use mixprec::kernels::FloatType;
+    /// # fn main() -> Result<(), mixprec::graph::GraphError> {
+    /// let w = Tensor::from_f32(&[3, 4], vec![0.5; 12])?;
+    /// let mut g = GraphBuilder::new();
+    /// let x = g.input("x", &[Dim::sym("batch"), 4.into()], DType::Bf16);
+    /// let y = g.linear("fc", x, &w, None)?;
+    /// g.output(y);
+    /// let graph = g.finish()?;
+    /// let model = graph.compile(&PrecisionPlan::all(&graph, FloatType::Bf16))?;
+    /// // Activations the caller already holds as bf16, e.g. from another crate.
+    /// let acts: Vec<bf16> = vec![bf16::from_f32(1.0); 8];
+    /// let out = model.run_views(&[("x", TensorView::from_bf16(&[2, 4], &acts)?)])?;
+    /// assert_eq!(out["fc"].to_f32_vec(), vec![2.0; 6]);
+    /// # Ok(()) }
+    /// ```
+    pub fn run_views(&self, inputs: &[(&str, TensorView<'_>)]) -> Result<HashMap<String, Tensor>> {
         self.run_inner(inputs, None)
     }
 
     /// [`CompiledModel::run`] with inputs in a map.
     pub fn run_map(&self, inputs: &HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>> {
-        let v: Vec<(&str, &Tensor)> = inputs.iter().map(|(k, t)| (k.as_str(), t)).collect();
+        let v: Vec<(&str, TensorView)> =
+            inputs.iter().map(|(k, t)| (k.as_str(), t.view())).collect();
         self.run_inner(&v, None)
     }
 
     /// Runs and returns the outputs in graph output order.
     pub fn run_ordered(&self, inputs: &[(&str, &Tensor)]) -> Result<Vec<Tensor>> {
-        let mut m = self.run_inner(inputs, None)?;
+        let mut m = self.run_inner(&views(inputs), None)?;
         Ok(self
             .output_slots
             .iter()
@@ -514,14 +552,17 @@ impl CompiledModel {
     ) -> Result<(HashMap<String, Tensor>, Profile)> {
         let mut p = Profile::default();
         let t0 = Instant::now();
-        let out = self.run_inner(inputs, Some(&mut p.entries))?;
+        let out = self.run_inner(&views(inputs), Some(&mut p.entries))?;
         p.total_seconds = t0.elapsed().as_secs_f64();
         Ok((out, p))
     }
 
-    fn check_inputs<'a>(&self, inputs: &[(&str, &'a Tensor)]) -> Result<Vec<&'a Tensor>> {
+    fn check_inputs<'i, 'a>(
+        &self,
+        inputs: &'i [(&str, TensorView<'a>)],
+    ) -> Result<Vec<&'i TensorView<'a>>> {
         let g = &self.graph;
-        let mut given: HashMap<&str, &Tensor> = HashMap::new();
+        let mut given: HashMap<&str, &TensorView> = HashMap::new();
         for (name, t) in inputs {
             if !g.inputs.iter().any(|v| g.value(*v).name == *name) {
                 return Err(GraphError::UnknownInput {
@@ -593,7 +634,7 @@ impl CompiledModel {
 
     fn run_inner(
         &self,
-        inputs: &[(&str, &Tensor)],
+        inputs: &[(&str, TensorView<'_>)],
         mut profile: Option<&mut Vec<ProfileEntry>>,
     ) -> Result<HashMap<String, Tensor>> {
         let given = self.check_inputs(inputs)?;
@@ -601,32 +642,32 @@ impl CompiledModel {
             capture.get_or_init(|| {
                 inputs
                     .iter()
-                    .map(|(name, t)| (name.to_string(), (*t).clone()))
+                    .map(|(name, t)| (name.to_string(), t.to_owned()))
                     .collect()
             });
         }
         let mut table: Vec<Option<Val<'_>>> = self
             .consts
             .iter()
-            .map(|c| c.as_deref().map(Val::Ref))
+            .map(|c| c.as_deref().map(|t| Val::View(t.view())))
             .collect();
         for ((_, s), t) in self.input_slots.iter().zip(given) {
-            table[*s] = Some(Val::Ref(t));
+            table[*s] = Some(Val::View(t.view()));
         }
         let mut pool = Pool::default();
         for st in &self.steps {
             let t0 = profile.as_ref().map(|_| Instant::now());
-            let results: Vec<Tensor> = match &st.kind {
+            let results: Vec<Val> = match &st.kind {
                 StepKind::Cast => {
-                    let x = table[st.inputs[0]].as_ref().expect("slot filled").get();
+                    let x = table[st.inputs[0]].as_ref().expect("slot filled").view();
                     let mut out = pool.alloc(self.slot_dtype[st.outputs[0]], x.shape());
                     match (x.as_float_slice(), out.dtype().is_float()) {
                         (Some(src), true) => {
                             convert_float(src, out.as_float_slice_mut().expect("float"))
                         }
-                        _ => super::ops::elementwise::cast(x, &mut out),
+                        _ => super::ops::elementwise::cast(&x, &mut out),
                     }
-                    vec![out]
+                    vec![Val::Own(out)]
                 }
                 StepKind::Node {
                     node,
@@ -634,25 +675,35 @@ impl CompiledModel {
                     alias_input,
                 } => {
                     let n = &self.graph.nodes[*node];
-                    if *alias_input && matches!(table[st.inputs[0]], Some(Val::Own(_))) {
-                        let args: Vec<&Tensor> = st
-                            .inputs
-                            .iter()
-                            .map(|&s| table[s].as_ref().expect("slot filled").get())
-                            .collect();
+                    let views: Vec<TensorView> = st
+                        .inputs
+                        .iter()
+                        .map(|&s| table[s].as_ref().expect("slot filled").view())
+                        .collect();
+                    let args: Vec<&TensorView> = views.iter().collect();
+                    #[cfg(test)]
+                    trace::record(&st.label, &args);
+                    if is_view_op(&n.op) && matches!(table[st.inputs[0]], Some(Val::View(_))) {
+                        // Borrowed data under a new shape: still borrowed, never copied.
                         let metas = output_metas(&n.op, &n.name, &args)?;
+                        let Some(Val::View(v)) = &table[st.inputs[0]] else {
+                            unreachable!("checked View")
+                        };
+                        vec![Val::View(v.clone().with_shape(&metas[0].1))]
+                    } else if *alias_input && matches!(table[st.inputs[0]], Some(Val::Own(_))) {
+                        let metas = output_metas(&n.op, &n.name, &args)?;
+                        drop(args);
+                        drop(views);
                         let Some(Val::Own(mut t)) = table[st.inputs[0]].take() else {
                             unreachable!("checked Own")
                         };
                         t.set_shape(&metas[0].1);
-                        vec![t]
+                        vec![Val::Own(t)]
                     } else {
-                        let args: Vec<&Tensor> = st
-                            .inputs
-                            .iter()
-                            .map(|&s| table[s].as_ref().expect("slot filled").get())
-                            .collect();
                         execute(&n.op, &n.name, &args, &mut pool, prepared.as_ref())?
+                            .into_iter()
+                            .map(Val::Own)
+                            .collect()
                     }
                 }
             };
@@ -662,10 +713,13 @@ impl CompiledModel {
                     .inputs
                     .iter()
                     .filter_map(|&s| table[s].as_ref())
-                    .map(|v| v.get().byte_len())
+                    .map(|v| v.view().byte_len())
                     .sum();
-                let written: usize = results.iter().map(Tensor::byte_len).sum();
-                let node_dtype = results.first().map(Tensor::dtype).unwrap_or(DType::F32);
+                let written: usize = results.iter().map(|v| v.view().byte_len()).sum();
+                let node_dtype = results
+                    .first()
+                    .map(|v| v.view().dtype())
+                    .unwrap_or(DType::F32);
                 p.push(ProfileEntry {
                     name: st.label.clone(),
                     op_type: st.op_type,
@@ -675,8 +729,8 @@ impl CompiledModel {
                     bytes: read + written,
                 });
             }
-            for (&s, t) in st.outputs.iter().zip(results) {
-                table[s] = Some(Val::Own(t));
+            for (&s, v) in st.outputs.iter().zip(results) {
+                table[s] = Some(v);
             }
             for &s in &st.free_after {
                 if let Some(Val::Own(t)) = table[s].take() {
@@ -690,7 +744,7 @@ impl CompiledModel {
             let t = match table[*s].take() {
                 Some(Val::Own(t)) if !shared_later => t,
                 Some(v) => {
-                    let c = v.get().clone();
+                    let c = v.view().to_owned();
                     table[*s] = Some(v);
                     c
                 }
@@ -704,5 +758,68 @@ impl CompiledModel {
     /// Float type a node runs in (f32 for nodes that are not lowerable).
     pub fn node_dtype(&self, node: &str) -> FloatType {
         self.plan.dtype_of(node)
+    }
+}
+
+/// What each node step of a run on this thread read, so tests can check
+/// which inputs were used in place.
+#[cfg(test)]
+mod trace {
+    use std::cell::RefCell;
+
+    use super::TensorView;
+
+    thread_local! {
+        static STEPS: RefCell<Vec<(String, Vec<usize>)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Notes the data address of each input of step `label`.
+    pub(super) fn record(label: &str, args: &[&TensorView<'_>]) {
+        let addrs = args.iter().map(|a| a.bytes().as_ptr() as usize).collect();
+        STEPS.with(|s| s.borrow_mut().push((label.to_string(), addrs)));
+    }
+
+    /// The steps recorded since the last call.
+    pub(super) fn take() -> Vec<(String, Vec<usize>)> {
+        STEPS.with(|s| std::mem::take(&mut *s.borrow_mut()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::GraphBuilder;
+
+    /// A run on a view reads the caller's buffer itself: a Reshape of the
+    /// input stays a view of it, and the node after it reads that same
+    /// address. (A copy anywhere, of the input or by the Reshape, would give
+    /// the Relu another address.)
+    #[test]
+    fn run_views_reads_the_callers_buffer() {
+        let mut g = GraphBuilder::new();
+        let x = g.input("x", &[2.into(), 6.into()], DType::F32);
+        let r = g.reshape("r", x, &[3, 4]).unwrap();
+        let y = g.relu("act", r).unwrap();
+        g.output(y);
+        let graph = g.finish().unwrap();
+        let model = graph
+            .compile(&PrecisionPlan::all(&graph, FloatType::F32))
+            .unwrap();
+        let buf: Vec<f32> = (0..13).map(|i| i as f32 - 6.0).collect();
+        // Off by one element: not 64-byte aligned, as a real sub-slice may be.
+        let data = &buf[1..];
+        let addr = data.as_ptr() as usize;
+        trace::take();
+        let out = model
+            .run_views(&[("x", TensorView::from_f32(&[2, 6], data).unwrap())])
+            .unwrap();
+        let steps = trace::take();
+        let act = steps.iter().find(|(l, _)| l == "act").expect("act ran");
+        assert_eq!(act.1, vec![addr]);
+        let r = steps.iter().find(|(l, _)| l == "r").expect("r ran");
+        assert_eq!(r.1[0], addr);
+        let want: Vec<f32> = data.iter().map(|v| v.max(0.0)).collect();
+        assert_eq!(out["act"].to_f32_vec(), want);
+        assert_eq!(out["act"].shape(), &[3, 4]);
     }
 }

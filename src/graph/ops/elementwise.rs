@@ -6,7 +6,7 @@ use mixprec_kernels::elementwise::{self as ew, BinaryOp, UnaryOp};
 use super::{Binary, Unary};
 use crate::graph::dtype::DType;
 use crate::graph::error::{GraphError, Result};
-use crate::graph::tensor::{Tensor, convert_float, get_f32, sub, sub_mut};
+use crate::graph::tensor::{Tensor, TensorView, convert_float, get_f32, sub, sub_mut};
 
 fn kernel_unary(f: Unary) -> UnaryOp {
     match f {
@@ -39,7 +39,7 @@ fn kernel_binary(f: Binary) -> BinaryOp {
 }
 
 /// A unary op on the elementwise kernels.
-pub(crate) fn unary(f: Unary, x: &Tensor, out: &mut Tensor) {
+pub(crate) fn unary(f: Unary, x: &TensorView<'_>, out: &mut Tensor) {
     let xs = x.as_float_slice().expect("inference admits float only");
     ew::unary(
         kernel_unary(f),
@@ -85,7 +85,7 @@ pub(crate) fn bcast_map(shape: &[usize], out: &[usize]) -> Vec<usize> {
 
 /// Broadcast binary float op decomposed into contiguous runs, each one
 /// kernel call (vector-vector, vector-scalar or scalar-vector).
-fn float_binary(f: BinaryOp, a: &Tensor, b: &Tensor, out: &mut Tensor) {
+fn float_binary(f: BinaryOp, a: &TensorView<'_>, b: &TensorView<'_>, out: &mut Tensor) {
     let os = out.shape().to_vec();
     let r = os.len();
     let (sa, sb) = (bcast_strides(a.shape(), &os), bcast_strides(b.shape(), &os));
@@ -197,8 +197,8 @@ mod num_like {
 pub(crate) fn binary(
     node: &str,
     f: Binary,
-    a: &Tensor,
-    b: &Tensor,
+    a: &TensorView<'_>,
+    b: &TensorView<'_>,
     out: &mut Tensor,
 ) -> Result<()> {
     if a.dtype().is_float() {
@@ -231,7 +231,7 @@ pub(crate) fn binary(
 }
 
 /// `Equal` with broadcasting, on any dtype (floats compare as values).
-pub(crate) fn equal(a: &Tensor, b: &Tensor, out: &mut Tensor) {
+pub(crate) fn equal(a: &TensorView<'_>, b: &TensorView<'_>, out: &mut Tensor) {
     let os = out.shape().to_vec();
     let (ma, mb) = (bcast_map(a.shape(), &os), bcast_map(b.shape(), &os));
     let y = out.bytes_mut();
@@ -267,7 +267,7 @@ pub(crate) fn equal(a: &Tensor, b: &Tensor, out: &mut Tensor) {
 }
 
 /// `Where(cond, x, y)` with broadcasting, any element type.
-pub(crate) fn where_(c: &Tensor, x: &Tensor, y: &Tensor, out: &mut Tensor) {
+pub(crate) fn where_(c: &TensorView<'_>, x: &TensorView<'_>, y: &TensorView<'_>, out: &mut Tensor) {
     let os = out.shape().to_vec();
     let (mc, mx, my) = (
         bcast_map(c.shape(), &os),
@@ -289,7 +289,7 @@ pub(crate) fn where_(c: &Tensor, x: &Tensor, y: &Tensor, out: &mut Tensor) {
 
 /// `Cast` between any two dtypes. Float to float rounds to nearest even;
 /// float to int truncates toward zero (saturating, NaN to 0); to bool is `!= 0`.
-pub(crate) fn cast(x: &Tensor, out: &mut Tensor) {
+pub(crate) fn cast(x: &TensorView<'_>, out: &mut Tensor) {
     if let (Some(src), true) = (x.as_float_slice(), out.dtype().is_float()) {
         convert_float(src, out.as_float_slice_mut().expect("float"));
         return;

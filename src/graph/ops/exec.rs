@@ -6,7 +6,7 @@ use super::{Meta, Op};
 use crate::graph::dtype::DType;
 use crate::graph::error::{GraphError, Result};
 use crate::graph::graph::Dim;
-use crate::graph::tensor::{Block, Tensor, checked_bytes, max_tensor_bytes, numel};
+use crate::graph::tensor::{Block, Tensor, TensorView, checked_bytes, max_tensor_bytes, numel};
 
 /// Free storage of finished intermediate values, reused for new outputs so a
 /// run allocates little after its first few nodes.
@@ -45,11 +45,11 @@ impl Pool {
 pub(crate) fn output_metas(
     op: &Op,
     node: &str,
-    inputs: &[&Tensor],
+    inputs: &[&TensorView<'_>],
 ) -> Result<Vec<(DType, Vec<usize>)>> {
-    let metas: Vec<Meta> = inputs.iter().map(|t| Meta::of(t)).collect();
+    let metas: Vec<Meta> = inputs.iter().map(|t| Meta::of_view(t)).collect();
     let refs: Vec<&Meta> = metas.iter().collect();
-    let known: Vec<Option<&Tensor>> = inputs.iter().map(|t| Some(*t)).collect();
+    let known: Vec<Option<&TensorView<'_>>> = inputs.iter().map(|t| Some(*t)).collect();
     let outs = infer(
         op,
         node,
@@ -76,7 +76,7 @@ pub(crate) fn output_metas(
 pub(crate) fn execute(
     op: &Op,
     node: &str,
-    inputs: &[&Tensor],
+    inputs: &[&TensorView<'_>],
     pool: &mut Pool,
     prepared: Option<&Prepared>,
 ) -> Result<Vec<Tensor>> {

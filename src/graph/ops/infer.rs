@@ -5,7 +5,7 @@ use super::{AutoPad, Meta, Op, ReduceKind};
 use crate::graph::dtype::DType;
 use crate::graph::error::{GraphError, Result};
 use crate::graph::graph::{Dim, shape_string};
-use crate::graph::tensor::Tensor;
+use crate::graph::tensor::TensorView;
 
 pub(crate) fn shape_err(node: &str, detail: impl Into<String>) -> GraphError {
     GraphError::ShapeMismatch {
@@ -102,7 +102,7 @@ fn product(dims: &[Dim], fresh: &mut dyn FnMut() -> Dim) -> Dim {
     }
 }
 
-fn ints(t: &Tensor) -> Vec<i64> {
+fn ints(t: &TensorView<'_>) -> Vec<i64> {
     t.to_i64_vec()
 }
 
@@ -251,7 +251,7 @@ pub(crate) fn infer(
     op: &Op,
     node: &str,
     ins: &[&Meta],
-    known: &[Option<&Tensor>],
+    known: &[Option<&TensorView<'_>>],
     fresh: &mut dyn FnMut() -> Dim,
 ) -> Result<Vec<Meta>> {
     op.check_arity(node, ins.len())?;

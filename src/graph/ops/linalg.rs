@@ -7,7 +7,7 @@ use mixprec_kernels::{Element, FloatType};
 use super::ConvAttrs;
 use super::infer::geometry;
 use crate::graph::error::{GraphError, Result};
-use crate::graph::tensor::{Tensor, TensorElement, numel};
+use crate::graph::tensor::{Tensor, TensorElement, TensorView, numel};
 
 /// Work done once at compile time for a node with constant operands.
 pub(crate) enum Prepared {
@@ -52,7 +52,7 @@ pub(crate) fn pack(b: &Tensor, trans: bool) -> Result<PackedWeight> {
 
 /// A column bias of length n from a Gemm C that broadcasts as a row (shape
 /// `[]`, `[1]`, `[n]`, `[1, n]`, `[1, 1]`), scaled by beta; `None` otherwise.
-pub(crate) fn row_bias(c: &Tensor, n: usize, beta: f32) -> Option<Vec<f32>> {
+pub(crate) fn row_bias(c: &TensorView<'_>, n: usize, beta: f32) -> Option<Vec<f32>> {
     let s = c.shape();
     let is_row = match s {
         [] => true,
@@ -71,12 +71,12 @@ pub(crate) fn row_bias(c: &Tensor, n: usize, beta: f32) -> Option<Vec<f32>> {
     })
 }
 
-fn view<T: Element + TensorElement>(
-    t: &Tensor,
+fn view<'a, T: Element + TensorElement>(
+    t: &TensorView<'a>,
     off: usize,
     rows: usize,
     cols: usize,
-) -> Result<MatRef<'_, T>> {
+) -> Result<MatRef<'a, T>> {
     let d = t.as_slice::<T>()?;
     MatRef::new(&d[off..off + rows * cols], rows, cols, cols).map_err(|e| kerr("<view>", e))
 }
@@ -84,7 +84,7 @@ fn view<T: Element + TensorElement>(
 #[allow(clippy::too_many_arguments)]
 fn gemm_typed<T: Element + TensorElement>(
     node: &str,
-    ins: &[&Tensor],
+    ins: &[&TensorView<'_>],
     out: &mut Tensor,
     alpha: f32,
     beta: f32,
@@ -142,7 +142,7 @@ fn typed_packed<T: 'static, U: 'static>(p: &PackedB<U>) -> Option<&PackedB<T>> {
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_op(
     node: &str,
-    ins: &[&Tensor],
+    ins: &[&TensorView<'_>],
     out: &mut Tensor,
     alpha: f32,
     beta: f32,
@@ -165,7 +165,7 @@ pub(crate) fn gemm_op(
 
 fn matmul_typed<T: Element + TensorElement>(
     node: &str,
-    ins: &[&Tensor],
+    ins: &[&TensorView<'_>],
     out: &mut Tensor,
     prepared: Option<&Prepared>,
 ) -> Result<()> {
@@ -257,7 +257,7 @@ fn matmul_typed<T: Element + TensorElement>(
 /// `MatMul` (numpy semantics).
 pub(crate) fn matmul(
     node: &str,
-    ins: &[&Tensor],
+    ins: &[&TensorView<'_>],
     out: &mut Tensor,
     prepared: Option<&Prepared>,
 ) -> Result<()> {
@@ -271,7 +271,7 @@ pub(crate) fn matmul(
 fn conv_typed<T: Element + TensorElement>(
     node: &str,
     attrs: &ConvAttrs,
-    ins: &[&Tensor],
+    ins: &[&TensorView<'_>],
     out: &mut Tensor,
 ) -> Result<()> {
     let (x, w) = (ins[0], ins[1]);
@@ -408,7 +408,12 @@ fn valid_range(off: usize, pad: usize, stride: usize, len: usize, out: usize) ->
 }
 
 /// `Conv` 1-D / 2-D by im2col + GEMM (a 1x1 stride-1 conv skips im2col).
-pub(crate) fn conv(node: &str, attrs: &ConvAttrs, ins: &[&Tensor], out: &mut Tensor) -> Result<()> {
+pub(crate) fn conv(
+    node: &str,
+    attrs: &ConvAttrs,
+    ins: &[&TensorView<'_>],
+    out: &mut Tensor,
+) -> Result<()> {
     match out.dtype().float_type().expect("float") {
         FloatType::F32 => conv_typed::<f32>(node, attrs, ins, out),
         FloatType::Bf16 => conv_typed::<bf16>(node, attrs, ins, out),

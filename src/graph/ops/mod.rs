@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::dtype::DType;
 use super::error::{GraphError, Result};
 use super::graph::Dim;
-use super::tensor::Tensor;
+use super::tensor::{Tensor, TensorView};
 
 pub(crate) mod elementwise;
 pub(crate) mod exec;
@@ -503,6 +503,10 @@ pub(crate) struct Meta {
 
 impl Meta {
     pub fn of(t: &Tensor) -> Meta {
+        Meta::of_view(&t.view())
+    }
+
+    pub fn of_view(t: &TensorView<'_>) -> Meta {
         Meta {
             dtype: t.dtype(),
             shape: super::graph::fixed_shape(t.shape()),

@@ -9,7 +9,7 @@ use super::infer::{norm_axis, reduce_axes, shape_err};
 use super::shape::transpose;
 use crate::graph::dtype::DType;
 use crate::graph::error::Result;
-use crate::graph::tensor::{Tensor, numel};
+use crate::graph::tensor::{Tensor, TensorView, numel};
 
 /// The permutation moving `axes` (sorted) to the end, keeping the order of the rest.
 fn to_back(rank: usize, axes: &[usize]) -> Vec<usize> {
@@ -29,7 +29,7 @@ fn inverse(p: &[usize]) -> Vec<usize> {
 /// `Softmax` / `LogSoftmax` over one axis.
 pub(crate) fn softmax(
     node: &str,
-    x: &Tensor,
+    x: &TensorView<'_>,
     axis: i64,
     log: bool,
     out: &mut Tensor,
@@ -67,7 +67,7 @@ pub(crate) fn softmax(
         cols,
         log,
     );
-    transpose(&u, &inverse(&perm), out);
+    transpose(&u.view(), &inverse(&perm), out);
     pool.give(t);
     pool.give(u);
     Ok(())
@@ -77,7 +77,7 @@ pub(crate) fn softmax(
 /// which are contiguous, so the kernel sees rows of their product.
 pub(crate) fn layer_norm(
     node: &str,
-    ins: &[&Tensor],
+    ins: &[&TensorView<'_>],
     axis: i64,
     eps: f32,
     rms: bool,
@@ -122,7 +122,7 @@ pub(crate) fn reduce(
     node: &str,
     kind: ReduceKind,
     axes: Option<&[i64]>,
-    x: &Tensor,
+    x: &TensorView<'_>,
     out: &mut Tensor,
     pool: &mut Pool,
 ) -> Result<()> {
@@ -175,7 +175,7 @@ pub(crate) fn reduce(
 }
 
 /// `GlobalMaxPool` / `GlobalAveragePool`: a row reduction over the spatial dims.
-pub(crate) fn global_pool(x: &Tensor, max: bool, out: &mut Tensor) {
+pub(crate) fn global_pool(x: &TensorView<'_>, max: bool, out: &mut Tensor) {
     let cols = numel(&x.shape()[2..]);
     let op = if max { ReduceOp::Max } else { ReduceOp::Mean };
     nk::reduce_rows(

@@ -3,7 +3,7 @@
 use super::PoolAttrs;
 use super::infer::geometry;
 use crate::graph::error::Result;
-use crate::graph::tensor::{Tensor, f32_to_float};
+use crate::graph::tensor::{Tensor, TensorView, f32_to_float};
 
 /// `MaxPool` / `AveragePool`: widens the input to f32, computes each window,
 /// rounds each output once.
@@ -11,7 +11,7 @@ pub(crate) fn pool(
     node: &str,
     p: &PoolAttrs,
     max: bool,
-    x: &Tensor,
+    x: &TensorView<'_>,
     out: &mut Tensor,
 ) -> Result<()> {
     let xs = x.shape();

@@ -5,7 +5,7 @@ use bytemuck::Pod;
 
 use super::infer::{norm_axis, slice_range, slice_spec};
 use crate::graph::error::{GraphError, Result};
-use crate::graph::tensor::Tensor;
+use crate::graph::tensor::{Tensor, TensorView};
 
 fn strides(shape: &[usize]) -> Vec<usize> {
     let mut st = vec![1; shape.len()];
@@ -85,7 +85,7 @@ enum Elems<'a> {
 }
 
 /// Strided copy of any tensor into `out` (same dtype, out's shape).
-fn strided_copy(x: &Tensor, base: usize, in_strides: &[usize], out: &mut Tensor) {
+fn strided_copy(x: &TensorView<'_>, base: usize, in_strides: &[usize], out: &mut Tensor) {
     let shape = out.shape().to_vec();
     let es = x.dtype().size();
     with_elems(es, x.bytes(), out.bytes_mut(), |e| match e {
@@ -97,20 +97,20 @@ fn strided_copy(x: &Tensor, base: usize, in_strides: &[usize], out: &mut Tensor)
 }
 
 /// `Transpose` by `perm`.
-pub(crate) fn transpose(x: &Tensor, perm: &[usize], out: &mut Tensor) {
+pub(crate) fn transpose(x: &TensorView<'_>, perm: &[usize], out: &mut Tensor) {
     let st = strides(x.shape());
     let ist: Vec<usize> = perm.iter().map(|&p| st[p]).collect();
     strided_copy(x, 0, &ist, out);
 }
 
 /// Numpy broadcast of `x` into `out`'s shape (`Expand`, Gemm's C).
-pub(crate) fn broadcast_copy(x: &Tensor, out: &mut Tensor) {
+pub(crate) fn broadcast_copy(x: &TensorView<'_>, out: &mut Tensor) {
     let ist = super::elementwise::bcast_strides(x.shape(), out.shape());
     strided_copy(x, 0, &ist, out);
 }
 
 /// `Slice` with ONNX clamping and negative steps.
-pub(crate) fn slice(node: &str, ins: &[&Tensor], out: &mut Tensor) -> Result<()> {
+pub(crate) fn slice(node: &str, ins: &[&TensorView<'_>], out: &mut Tensor) -> Result<()> {
     let x = ins[0];
     let params: Vec<Vec<i64>> = ins[1..].iter().map(|t| t.to_i64_vec()).collect();
     let spec = slice_spec(node, &params, x.shape().len())?;
@@ -160,7 +160,12 @@ pub(crate) fn slice(node: &str, ins: &[&Tensor], out: &mut Tensor) -> Result<()>
 }
 
 /// `Concat` along an axis: each input is a block of rows of its own width.
-pub(crate) fn concat(node: &str, axis: i64, ins: &[&Tensor], out: &mut Tensor) -> Result<()> {
+pub(crate) fn concat(
+    node: &str,
+    axis: i64,
+    ins: &[&TensorView<'_>],
+    out: &mut Tensor,
+) -> Result<()> {
     let os = out.shape().to_vec();
     let a = norm_axis(node, axis, os.len())?;
     let outer: usize = os[..a].iter().product();
@@ -185,8 +190,8 @@ pub(crate) fn concat(node: &str, axis: i64, ins: &[&Tensor], out: &mut Tensor) -
 pub(crate) fn gather(
     node: &str,
     axis: i64,
-    data: &Tensor,
-    indices: &Tensor,
+    data: &TensorView<'_>,
+    indices: &TensorView<'_>,
     out: &mut Tensor,
 ) -> Result<()> {
     let ds = data.shape();
