@@ -1,16 +1,28 @@
-//! Elementwise and normalization throughput: GELU (erf), exp, add, softmax and
-//! layer_norm at 4 Ki and 1 Mi elements, f32 vs bf16 storage (input and output),
-//! scalar level vs the active level. Reported as elements per second.
+//! Elementwise and normalization throughput, in elements per second.
+//!
+//! * `add` (two slices) and `add_splat` (slice + scalar) at n = 4 Ki (cache
+//!   resident) and 4 Mi (memory bound), f32 and bf16 storage (inputs and output);
+//! * `exp`, `gelu_erf`, `gelu_tanh` at 4 Ki (compute bound);
+//! * `softmax`, `layer_norm`, `rms_norm`, `reduce_sum` on 64 rows of 768.
+//!
+//! Levels: every distinct implementation among `avx2` and the active level
+//! (`MIXPREC_MAX_CPU_ISA=avx2` leaves only avx2), plus `scalar` at n = 4 Ki.
 
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use half::bf16;
-use mixprec_kernels::elementwise::{BinaryOp, UnaryOp, binary_at, unary_at};
-use mixprec_kernels::norm::{layer_norm_at, softmax_at};
+use mixprec_kernels::elementwise::{
+    BinaryOp, UnaryOp, binary_at, binary_scalar_rhs_at, implementation, unary_at,
+};
+use mixprec_kernels::norm::{ReduceOp, layer_norm_at, reduce_rows_at, rms_norm_at, softmax_at};
 use mixprec_kernels::{FloatSlice, FloatSliceMut, Isa, active_isa};
 
-const COLS: usize = 4096;
+/// Row length of the normalization cases (BERT-base hidden size).
+const COLS: usize = 768;
+const ROWS: usize = 64;
+const SMALL: usize = 4096;
+const LARGE: usize = 4 << 20;
 
 enum Data {
     F32(Vec<f32>),
@@ -39,51 +51,96 @@ impl Data {
     }
 }
 
+fn values(n: usize) -> Vec<f32> {
+    (0..n)
+        .map(|i| ((i * 7919) % 2000) as f32 * 0.004 - 4.0)
+        .collect()
+}
+
+/// Levels to compare at `n` elements.
+fn levels(n: usize) -> Vec<Isa> {
+    let mut v = Vec::new();
+    if n <= SMALL {
+        v.push(Isa::Scalar);
+    }
+    for isa in [Isa::Avx2, active_isa()] {
+        if isa.is_available()
+            && isa != Isa::Scalar
+            && !v.iter().any(|&l| implementation(l) == implementation(isa))
+        {
+            v.push(isa);
+        }
+    }
+    v
+}
+
 fn bench(c: &mut Criterion) {
-    let best = active_isa();
-    let levels: Vec<Isa> = if best == Isa::Scalar {
-        vec![Isa::Scalar]
-    } else {
-        vec![Isa::Scalar, best]
-    };
-    let gamma = vec![1.1f32; COLS];
-    let beta = vec![0.1f32; COLS];
-    for n in [4096usize, 1 << 20] {
-        let src: Vec<f32> = (0..n)
-            .map(|i| ((i * 7919) % 2000) as f32 * 0.004 - 4.0)
-            .collect();
-        let mut g = c.benchmark_group(format!("elementwise/n={n}"));
-        g.sample_size(10)
-            .warm_up_time(Duration::from_millis(300))
-            .measurement_time(Duration::from_secs(1))
-            .throughput(Throughput::Elements(n as u64));
+    let mut g = c.benchmark_group("ew");
+    g.sample_size(20)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
+    for n in [SMALL, LARGE] {
+        let src = values(n);
+        g.throughput(Throughput::Elements(n as u64));
         for bf in [false, true] {
             let dt = if bf { "bf16" } else { "f32" };
             let (a, b) = (Data::new(bf, &src), Data::new(bf, &src));
             let mut y = Data::new(bf, &src);
-            for &isa in &levels {
-                let id = |op: &str| BenchmarkId::new(op, format!("{dt}/{isa}"));
-                g.bench_function(id("gelu_erf"), |bch| {
-                    bch.iter(|| unary_at(isa, UnaryOp::GeluErf, a.s(), y.m()).unwrap())
-                });
-                g.bench_function(id("exp"), |bch| {
-                    bch.iter(|| unary_at(isa, UnaryOp::Exp, a.s(), y.m()).unwrap())
-                });
+            for isa in levels(n) {
+                let id = |op: &str| BenchmarkId::new(op, format!("{dt}/n={n}/{isa}"));
                 g.bench_function(id("add"), |bch| {
                     bch.iter(|| binary_at(isa, BinaryOp::Add, a.s(), b.s(), y.m()).unwrap())
                 });
-                g.bench_function(id("softmax"), |bch| {
-                    bch.iter(|| softmax_at(isa, a.s(), y.m(), COLS, false).unwrap())
-                });
-                g.bench_function(id("layer_norm"), |bch| {
+                g.bench_function(id("add_splat"), |bch| {
                     bch.iter(|| {
-                        layer_norm_at(isa, a.s(), y.m(), COLS, &gamma, Some(&beta), 1e-5).unwrap()
+                        binary_scalar_rhs_at(isa, BinaryOp::Add, a.s(), 0.5, y.m()).unwrap()
                     })
                 });
+                if n > SMALL {
+                    continue;
+                }
+                for (name, op) in [
+                    ("exp", UnaryOp::Exp),
+                    ("gelu_erf", UnaryOp::GeluErf),
+                    ("gelu_tanh", UnaryOp::GeluTanh),
+                ] {
+                    g.bench_function(id(name), |bch| {
+                        bch.iter(|| unary_at(isa, op, a.s(), y.m()).unwrap())
+                    });
+                }
             }
         }
-        g.finish();
     }
+
+    let n = ROWS * COLS;
+    let src = values(n);
+    let gamma = vec![1.1f32; COLS];
+    let beta = vec![0.1f32; COLS];
+    g.throughput(Throughput::Elements(n as u64));
+    for bf in [false, true] {
+        let dt = if bf { "bf16" } else { "f32" };
+        let a = Data::new(bf, &src);
+        let mut y = Data::new(bf, &src);
+        let mut sums = Data::new(bf, &[0.0; ROWS]);
+        for isa in levels(SMALL) {
+            let id = |op: &str| BenchmarkId::new(op, format!("{dt}/{ROWS}x{COLS}/{isa}"));
+            g.bench_function(id("softmax"), |bch| {
+                bch.iter(|| softmax_at(isa, a.s(), y.m(), COLS, false).unwrap())
+            });
+            g.bench_function(id("layer_norm"), |bch| {
+                bch.iter(|| {
+                    layer_norm_at(isa, a.s(), y.m(), COLS, &gamma, Some(&beta), 1e-5).unwrap()
+                })
+            });
+            g.bench_function(id("rms_norm"), |bch| {
+                bch.iter(|| rms_norm_at(isa, a.s(), y.m(), COLS, &gamma, 1e-5).unwrap())
+            });
+            g.bench_function(id("reduce_sum"), |bch| {
+                bch.iter(|| reduce_rows_at(isa, ReduceOp::Sum, a.s(), COLS, sums.m()).unwrap())
+            });
+        }
+    }
+    g.finish();
 }
 
 criterion_group!(benches, bench);
