@@ -511,7 +511,8 @@ impl CompiledModel {
     /// use mixprec::graph::{DType, Dim, GraphBuilder, PrecisionPlan, Tensor, TensorView};
     /// use mixprec::kernels::FloatType;
     /// # fn main() -> Result<(), mixprec::graph::GraphError> {
-    /// let w = Tensor::from_f32(&[3, 4], vec![0.5; 12])?;
+    /// // A bf16 graph input: the weights are declared bf16 too.
+    /// let w = Tensor::from_f32(&[3, 4], vec![0.5; 12])?.to_float_type(FloatType::Bf16)?;
     /// let mut g = GraphBuilder::new();
     /// let x = g.input("x", &[Dim::sym("batch"), 4.into()], DType::Bf16);
     /// let y = g.linear("fc", x, &w, None)?;
