@@ -19,6 +19,34 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Borrowed data
+//! [`CompiledModel::run_views`] runs on [`TensorView`]s: a shape and dtype
+//! over the caller's own `&[half::bf16]`, `&[half::f16]`, `&[f32]`, integer
+//! or bool slice (or aligned raw bytes, e.g. from a safetensors file), read in
+//! place with no copy. Views need no 64-byte alignment, since the kernels use
+//! unaligned loads; only [`Tensor`]'s own storage is aligned. Inside the
+//! executor every op reads its inputs as views too (of graph inputs,
+//! constants, or earlier results), and a Reshape/Flatten/Squeeze/Unsqueeze/
+//! Identity of borrowed data stays a view. Outputs are owned [`Tensor`]s.
+//!
+//! ```
+//! use half::bf16;
+//! use mixprec::graph::{DType, GraphBuilder, PrecisionPlan, TensorView};
+//! use mixprec::kernels::FloatType;
+//! # fn main() -> Result<(), mixprec::graph::GraphError> {
+//! let mut g = GraphBuilder::new();
+//! let x = g.input("x", &[2.into(), 3.into()], DType::Bf16);
+//! let y = g.softmax("sm", x, -1)?;
+//! g.output(y);
+//! let graph = g.finish()?;
+//! let model = graph.compile(&PrecisionPlan::all(&graph, FloatType::Bf16))?;
+//! let logits = [0.0f32, 0.0, 0.0, 1.0, 1.0, 1.0].map(bf16::from_f32);
+//! let out = model.run_views(&[("x", TensorView::from_bf16(&[2, 3], &logits)?)])?;
+//! let p = out["sm"].to_f32_vec();
+//! assert!(p.iter().all(|&v| (v - 1.0 / 3.0).abs() < 1e-2));
+//! # Ok(()) }
+//! ```
+//!
 //! # Numerics
 //! A node in bf16 or f16 stores its inputs (weights included) and its outputs
 //! in that type and computes in f32 inside the kernels (GEMM accumulation,
@@ -44,7 +72,7 @@ mod tensor;
 mod weights;
 
 pub use builder::GraphBuilder;
-pub use compile::{CastInfo, CompileOptions, CompiledModel};
+pub use compile::{CastInfo, CompileOptions, CompiledModel, GemmAccumulation};
 pub use dtype::{DType, parse_float_type};
 pub use error::{GraphError, Result};
 pub use graph::{Dim, Graph, LowerableNode, Node, ValueId, ValueInfo, fixed_shape, shape_string};
