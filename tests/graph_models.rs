@@ -548,6 +548,7 @@ fn outputs_in_node_dtype_when_asked() {
             &plan,
             &CompileOptions {
                 outputs_in_node_dtype: true,
+                ..Default::default()
             },
         )
         .unwrap();

@@ -168,9 +168,10 @@ fn gemm_conv_in_low_precision() {
         group: 2,
         ..Default::default()
     };
-    check(
+    check_keeping_f32(
         Op::Conv(attrs),
         &[("x", &xi, false), ("w", &wc, true), ("b", &bc, true)],
+        &["b"],
         "conv",
     );
 }

@@ -5,7 +5,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use mixprec_kernels::FloatType;
+use mixprec_kernels::gemm::Accumulation;
+use mixprec_kernels::{FloatType, Isa, active_isa};
 
 use super::dtype::DType;
 use super::error::{GraphError, Result};
@@ -24,6 +25,40 @@ pub struct CompileOptions {
     /// Return each graph output in the storage dtype of the node producing
     /// it (e.g. bf16) instead of casting it back to its declared dtype (f32).
     pub outputs_in_node_dtype: bool,
+    /// How bf16 Gemm, MatMul and Conv nodes accumulate.
+    pub bf16_gemm: GemmAccumulation,
+}
+
+/// How the GEMM-family nodes (Gemm, MatMul, Conv) of a bf16 plan entry
+/// multiply. Every mode accumulates in f32; f32 and f16 nodes always widen
+/// their operands exactly and use f32 FMAs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GemmAccumulation {
+    /// `VDPBF16PS` ([`mixprec_kernels::gemm::Accumulation::Bf16Dot`]) where
+    /// the active ISA level has AVX512_BF16 (about twice the f32 FMA rate),
+    /// else [`GemmAccumulation::WidenToF32`]. The instruction treats
+    /// subnormal bf16 operands and results as zero and sums each k-pair
+    /// before adding it; the kernel docs state the error bound. The tuner
+    /// measures accuracy with whatever this resolves to on the machine.
+    #[default]
+    Auto,
+    /// Widen bf16 operands exactly to f32 and use f32 FMAs: no subnormal
+    /// flushing, and the same bits on every machine at a given ISA level.
+    WidenToF32,
+}
+
+impl GemmAccumulation {
+    /// The kernel mode a node stored in `dtype` runs with on this machine.
+    pub fn resolve(self, dtype: DType) -> Accumulation {
+        let dot = dtype == DType::Bf16
+            && self == GemmAccumulation::Auto
+            && active_isa() >= Isa::Avx512CoreBf16;
+        if dot {
+            Accumulation::Bf16Dot
+        } else {
+            Accumulation::F32
+        }
+    }
 }
 
 /// A cast the compiler inserted where a value crosses a dtype boundary.
@@ -314,32 +349,16 @@ impl Graph {
                 continue;
             }
             let prepared = match &node.op {
-                Op::Gemm { trans_b, beta, .. } => match b.consts[ins[1]].as_deref() {
-                    Some(w) => {
-                        let n = if *trans_b { w.shape()[0] } else { w.shape()[1] };
-                        // The bias joins the f32 accumulator in the GEMM epilogue,
-                        // so it is kept in f32 rather than rounded to the node's
-                        // dtype: a large bias that cancels a large product (an
-                        // input scaler folded into the layer) would otherwise lose
-                        // the small difference that carries the signal.
-                        let bias = uncast_ins
-                            .get(2)
-                            .and_then(|&c| b.consts[c].as_deref())
-                            .and_then(|c| row_bias(&c.view(), n, *beta));
-                        Some(Prepared::Packed {
-                            b: pack(w, *trans_b)?,
-                            bias,
-                        })
-                    }
-                    None => None,
-                },
-                Op::MatMul => match b.consts[ins[1]].as_deref() {
-                    Some(w) if w.shape().len() == 2 => Some(Prepared::Packed {
-                        b: pack(w, false)?,
-                        bias: None,
-                    }),
-                    _ => None,
-                },
+                Op::Gemm { .. } | Op::MatMul | Op::Conv(_) => {
+                    let dtype = b.slot_dtype[ins[0]];
+                    Some(prepare_gemm(
+                        &node.op,
+                        &ins,
+                        &uncast_ins,
+                        &b.consts,
+                        options.bf16_gemm.resolve(dtype),
+                    )?)
+                }
                 _ => None,
             };
             let mut outputs = Vec::new();
@@ -434,6 +453,44 @@ impl Graph {
 }
 
 /// A slot's value during a run.
+/// The compile-time work of a Gemm, MatMul or Conv node: its accumulation,
+/// a constant B packed for it, a constant bias kept in f32.
+///
+/// The bias joins the f32 accumulator in the GEMM epilogue, so it is taken
+/// before the cast to the node's dtype (`uncast_ins`): a large bias that
+/// cancels a large product (an input scaler folded into the layer) would
+/// otherwise lose the small difference that carries the signal.
+fn prepare_gemm(
+    op: &Op,
+    ins: &[usize],
+    uncast_ins: &[usize],
+    consts: &[Option<Arc<Tensor>>],
+    accumulation: Accumulation,
+) -> Result<Prepared> {
+    let konst = |i: usize, slots: &[usize]| slots.get(i).and_then(|&s| consts[s].as_deref());
+    let (packed, bias) = match op {
+        Op::Gemm { trans_b, beta, .. } => match konst(1, ins) {
+            Some(w) => {
+                let n = if *trans_b { w.shape()[0] } else { w.shape()[1] };
+                let bias = konst(2, uncast_ins).and_then(|c| row_bias(&c.view(), n, *beta));
+                (Some(pack(w, *trans_b, accumulation)?), bias)
+            }
+            None => (None, None),
+        },
+        Op::MatMul => match konst(1, ins) {
+            Some(w) if w.shape().len() == 2 => (Some(pack(w, false, accumulation)?), None),
+            _ => (None, None),
+        },
+        Op::Conv(_) => (None, konst(2, uncast_ins).map(Tensor::to_f32_vec)),
+        _ => unreachable!("only GEMM-family ops are prepared"),
+    };
+    Ok(Prepared {
+        packed,
+        bias,
+        accumulation,
+    })
+}
+
 enum Val<'a> {
     /// Read in place: a graph input, a constant, or a view op's output over
     /// one of those.

@@ -105,7 +105,7 @@ pub(crate) fn execute(
         } => super::linalg::gemm_op(
             node, inputs, out, *alpha, *beta, *trans_a, *trans_b, prepared,
         )?,
-        Op::Conv(attrs) => super::linalg::conv(node, attrs, inputs, out)?,
+        Op::Conv(attrs) => super::linalg::conv(node, attrs, inputs, out, prepared)?,
         Op::Unary(f) => super::elementwise::unary(*f, inputs[0], out),
         Op::Binary(f) => super::elementwise::binary(node, *f, inputs[0], inputs[1], out)?,
         Op::Equal => super::elementwise::equal(inputs[0], inputs[1], out),

@@ -1,22 +1,33 @@
 //! MatMul, Gemm and Conv on the GEMM kernels.
 
 use half::{bf16, f16};
-use mixprec_kernels::gemm::{self, Epilogue, MatMut, MatRef, PackedB};
-use mixprec_kernels::{Element, FloatType};
+use mixprec_kernels::gemm::{self, Accumulation, Epilogue, MatMut, MatRef, PackedB};
+use mixprec_kernels::{Element, FloatType, active_isa};
 
 use super::ConvAttrs;
 use super::infer::geometry;
 use crate::graph::error::{GraphError, Result};
 use crate::graph::tensor::{Tensor, TensorElement, TensorView, numel};
 
-/// Work done once at compile time for a node with constant operands.
-pub(crate) enum Prepared {
-    /// A constant B (k x n logical), packed in the node's precision, and the
-    /// constant C of a Gemm as an f32 bias row (`beta` applied), if any.
-    Packed {
-        b: PackedWeight,
-        bias: Option<Vec<f32>>,
-    },
+/// What compile decided for a GEMM-family node (Gemm, MatMul, Conv).
+pub(crate) struct Prepared {
+    /// A constant B (k x n logical), packed once in the node's precision
+    /// for `accumulation`.
+    pub packed: Option<PackedWeight>,
+    /// A constant bias in f32: a Gemm's C as a bias row (`beta` applied), or
+    /// a Conv's per-channel bias. It joins the f32 accumulator in the GEMM
+    /// epilogue, so it is not rounded to the node's storage type.
+    pub bias: Option<Vec<f32>>,
+    /// How the node's products accumulate (see [`crate::graph::GemmAccumulation`]).
+    pub accumulation: Accumulation,
+}
+
+impl Prepared {
+    /// A node's accumulation mode; F32 when compile prepared nothing
+    /// (constant folding).
+    fn accumulation(p: Option<&Prepared>) -> Accumulation {
+        p.map_or(Accumulation::F32, |p| p.accumulation)
+    }
 }
 
 /// A packed B in one of the three float types.
@@ -33,21 +44,36 @@ fn kerr(node: &str, e: gemm::GemmError) -> GraphError {
     }
 }
 
-fn pack_typed<T: Element + TensorElement>(b: &Tensor, trans: bool) -> Result<PackedB<T>> {
+fn pack_typed<T: Element + TensorElement>(
+    b: &Tensor,
+    trans: bool,
+    accumulation: Accumulation,
+) -> Result<PackedB<T>> {
     let s = b.shape();
     let (r, c) = (s[0], s[1]);
     let v = MatRef::new(b.as_slice::<T>()?, r, c, c).map_err(|e| kerr("<pack>", e))?;
-    Ok(PackedB::pack(if trans { v.t() } else { v }))
+    PackedB::pack_for(if trans { v.t() } else { v }, accumulation).map_err(|e| kerr("<pack>", e))
 }
 
-/// Packs a constant 2-D B (`trans`: stored as [n, k]).
-pub(crate) fn pack(b: &Tensor, trans: bool) -> Result<PackedWeight> {
+/// Packs a constant 2-D B (`trans`: stored as [n, k]) for `accumulation`.
+pub(crate) fn pack(b: &Tensor, trans: bool, accumulation: Accumulation) -> Result<PackedWeight> {
     Ok(match b.dtype().float_type() {
-        Some(FloatType::F32) => PackedWeight::F32(pack_typed(b, trans)?),
-        Some(FloatType::Bf16) => PackedWeight::Bf16(pack_typed(b, trans)?),
-        Some(FloatType::F16) => PackedWeight::F16(pack_typed(b, trans)?),
+        Some(FloatType::F32) => PackedWeight::F32(pack_typed(b, trans, accumulation)?),
+        Some(FloatType::Bf16) => PackedWeight::Bf16(pack_typed(b, trans, accumulation)?),
+        Some(FloatType::F16) => PackedWeight::F16(pack_typed(b, trans, accumulation)?),
         None => unreachable!("inference admits only float GEMM operands"),
     })
+}
+
+/// `&PackedB<T>` of a packed weight (compile packs B in the node's precision).
+fn packed_as<T: 'static>(w: &PackedWeight) -> &PackedB<T> {
+    let any: &dyn std::any::Any = match w {
+        PackedWeight::F32(p) => p,
+        PackedWeight::Bf16(p) => p,
+        PackedWeight::F16(p) => p,
+    };
+    any.downcast_ref::<PackedB<T>>()
+        .expect("compile packs B in the node's precision")
 }
 
 /// A column bias of length n from a Gemm C that broadcasts as a row (shape
@@ -98,9 +124,9 @@ fn gemm_typed<T: Element + TensorElement>(
     let av = if trans_a { av.t() } else { av };
     let mut bias_owned = None;
     let mut c_beta = 0.0;
-    match (prepared, ins.get(2)) {
-        (Some(Prepared::Packed { bias: Some(b), .. }), _) => bias_owned = Some(b.clone()),
-        (_, Some(c)) => match row_bias(c, n, beta) {
+    match (prepared.and_then(|p| p.bias.as_ref()), ins.get(2)) {
+        (Some(b), _) => bias_owned = Some(b.clone()),
+        (None, Some(c)) => match row_bias(c, n, beta) {
             Some(b) => bias_owned = Some(b),
             None => {
                 super::shape::broadcast_copy(c, out);
@@ -114,28 +140,18 @@ fn gemm_typed<T: Element + TensorElement>(
         ..Default::default()
     };
     let cv = MatMut::new(out.as_slice_mut::<T>()?, m, n, n).map_err(|e| kerr(node, e))?;
-    match prepared {
-        Some(Prepared::Packed { b, .. }) => {
-            let packed = match b {
-                PackedWeight::F32(p) => typed_packed::<T, f32>(p),
-                PackedWeight::Bf16(p) => typed_packed::<T, bf16>(p),
-                PackedWeight::F16(p) => typed_packed::<T, f16>(p),
-            };
-            let packed = packed.expect("compile packs B in the node's precision");
-            gemm::gemm_packed(alpha, av, packed, c_beta, cv, &epi).map_err(|e| kerr(node, e))
-        }
+    match prepared.and_then(|p| p.packed.as_ref()) {
+        Some(w) => gemm::gemm_packed(alpha, av, packed_as::<T>(w), c_beta, cv, &epi)
+            .map_err(|e| kerr(node, e)),
         None => {
             let b = ins[1];
             let bv = view::<T>(b, 0, b.shape()[0], b.shape()[1])?;
             let bv = if trans_b { bv.t() } else { bv };
-            gemm::gemm(alpha, av, bv, c_beta, cv, &epi).map_err(|e| kerr(node, e))
+            let acc = Prepared::accumulation(prepared);
+            gemm::gemm_at(active_isa(), acc, alpha, av, bv, c_beta, cv, &epi)
+                .map_err(|e| kerr(node, e))
         }
     }
-}
-
-/// Reinterprets `&PackedB<U>` as `&PackedB<T>` when they are the same type.
-fn typed_packed<T: 'static, U: 'static>(p: &PackedB<U>) -> Option<&PackedB<T>> {
-    (p as &dyn std::any::Any).downcast_ref::<PackedB<T>>()
 }
 
 /// `Gemm`.
@@ -186,25 +202,19 @@ fn matmul_typed<T: Element + TensorElement>(
     let ad = a.as_slice::<T>()?;
     let od = out.as_slice_mut::<T>()?;
     let epi = Epilogue::default();
+    let (isa, acc) = (active_isa(), Prepared::accumulation(prepared));
     if rb == 2 {
         // One GEMM over all rows of A: its batch dims are contiguous.
         let rows = ad.len() / k.max(1);
         let rows = if k == 0 { numel(&ash[..ra - 1]) } else { rows };
         let av = MatRef::new(ad, rows, k, k).map_err(|e| kerr(node, e))?;
         let cv = MatMut::new(od, rows, n, n).map_err(|e| kerr(node, e))?;
-        return match prepared {
-            Some(Prepared::Packed { b: pw, .. }) => {
-                let p = match pw {
-                    PackedWeight::F32(p) => typed_packed::<T, f32>(p),
-                    PackedWeight::Bf16(p) => typed_packed::<T, bf16>(p),
-                    PackedWeight::F16(p) => typed_packed::<T, f16>(p),
-                }
-                .expect("compile packs B in the node's precision");
-                gemm::gemm_packed(1.0, av, p, 0.0, cv, &epi).map_err(|e| kerr(node, e))
-            }
+        return match prepared.and_then(|p| p.packed.as_ref()) {
+            Some(w) => gemm::gemm_packed(1.0, av, packed_as::<T>(w), 0.0, cv, &epi)
+                .map_err(|e| kerr(node, e)),
             None => {
                 let bv = MatRef::new(b.as_slice::<T>()?, k, n, n).map_err(|e| kerr(node, e))?;
-                gemm::gemm(1.0, av, bv, 0.0, cv, &epi).map_err(|e| kerr(node, e))
+                gemm::gemm_at(isa, acc, 1.0, av, bv, 0.0, cv, &epi).map_err(|e| kerr(node, e))
             }
         };
     }
@@ -242,7 +252,7 @@ fn matmul_typed<T: Element + TensorElement>(
             MatRef::new(&bd[ib * k * n..(ib + 1) * k * n], k, n, n).map_err(|e| kerr(node, e))?;
         let cv = MatMut::new(&mut od[bi * m * n..(bi + 1) * m * n], m, n, n)
             .map_err(|e| kerr(node, e))?;
-        gemm::gemm(1.0, av, bv, 0.0, cv, &epi).map_err(|e| kerr(node, e))?;
+        gemm::gemm_at(isa, acc, 1.0, av, bv, 0.0, cv, &epi).map_err(|e| kerr(node, e))?;
         for i in (0..r).rev() {
             idx[i] += 1;
             if idx[i] < obatch[i] {
@@ -273,6 +283,7 @@ fn conv_typed<T: Element + TensorElement>(
     attrs: &ConvAttrs,
     ins: &[&TensorView<'_>],
     out: &mut Tensor,
+    prepared: Option<&Prepared>,
 ) -> Result<()> {
     let (x, w) = (ins[0], ins[1]);
     // 1-D is 2-D with height 1.
@@ -317,7 +328,12 @@ fn conv_typed<T: Element + TensorElement>(
     let ohw = oh * ow;
     let xd = x.as_slice::<T>()?;
     let wdat = w.as_slice::<T>()?;
-    let bias: Option<Vec<f32>> = ins.get(2).map(|b| b.to_f32_vec());
+    // A constant bias arrives in f32 from compile; a run-time one is widened.
+    let bias: Option<Vec<f32>> = match prepared.and_then(|p| p.bias.as_ref()) {
+        Some(b) => Some(b.clone()),
+        None => ins.get(2).map(|b| b.to_f32_vec()),
+    };
+    let (isa, acc) = (active_isa(), Prepared::accumulation(prepared));
     let od = out.as_slice_mut::<T>()?;
     let direct =
         kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && oh == h && ow == wd;
@@ -337,15 +353,6 @@ fn conv_typed<T: Element + TensorElement>(
             let xoff = (n * c + gi * cg) * h * wd;
             let ooff = (n * mo + gi * mg) * ohw;
             let cslice = &mut od[ooff..ooff + mg * ohw];
-            let beta = if let Some(b) = &bias {
-                // The bias is C, so it is stored (rounded) like any input.
-                for (oc, row) in cslice.chunks_mut(ohw).enumerate() {
-                    row.fill(T::from_f32(b[gi * mg + oc]));
-                }
-                1.0
-            } else {
-                0.0
-            };
             let bsrc: &[T] = if direct {
                 &xd[xoff..xoff + cg * h * wd]
             } else {
@@ -387,7 +394,13 @@ fn conv_typed<T: Element + TensorElement>(
                 .map_err(|e| kerr(node, e))?;
             let bv = MatRef::new(bsrc, kk, ohw, ohw).map_err(|e| kerr(node, e))?;
             let cv = MatMut::new(cslice, mg, ohw, ohw).map_err(|e| kerr(node, e))?;
-            gemm::gemm(1.0, av, bv, beta, cv, &Epilogue::default()).map_err(|e| kerr(node, e))?;
+            // The per-channel bias is a row bias of this group's C, added to the
+            // f32 accumulator rather than stored in C first.
+            let epi = Epilogue {
+                row_bias: bias.as_ref().map(|b| &b[gi * mg..(gi + 1) * mg]),
+                ..Default::default()
+            };
+            gemm::gemm_at(isa, acc, 1.0, av, bv, 0.0, cv, &epi).map_err(|e| kerr(node, e))?;
         }
     }
     Ok(())
@@ -413,10 +426,11 @@ pub(crate) fn conv(
     attrs: &ConvAttrs,
     ins: &[&TensorView<'_>],
     out: &mut Tensor,
+    prepared: Option<&Prepared>,
 ) -> Result<()> {
     match out.dtype().float_type().expect("float") {
-        FloatType::F32 => conv_typed::<f32>(node, attrs, ins, out),
-        FloatType::Bf16 => conv_typed::<bf16>(node, attrs, ins, out),
-        FloatType::F16 => conv_typed::<f16>(node, attrs, ins, out),
+        FloatType::F32 => conv_typed::<f32>(node, attrs, ins, out, prepared),
+        FloatType::Bf16 => conv_typed::<bf16>(node, attrs, ins, out, prepared),
+        FloatType::F16 => conv_typed::<f16>(node, attrs, ins, out, prepared),
     }
 }

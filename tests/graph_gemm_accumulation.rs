@@ -1,0 +1,149 @@
+//! How the GEMM-family nodes of a bf16 plan multiply (`CompileOptions::bf16_gemm`)
+//! and the f32 bias of a low-precision Conv.
+//!
+//! `VDPBF16PS` reads subnormal bf16 operands as zero; the exact widening
+//! does not. A subnormal activation times a huge weight gives a normal
+//! product, so the output shows which instruction ran: 0 under
+//! `GemmAccumulation::Auto` on a CPU with AVX512_BF16, the product under
+//! `WidenToF32` (and under `Auto` on any other CPU).
+
+mod graph_common;
+
+use graph_common::fixed;
+use mixprec::graph::{
+    CompileOptions, ConvAttrs, DType, GemmAccumulation, GraphBuilder, PrecisionPlan, Tensor,
+};
+use mixprec::kernels::gemm::Accumulation;
+use mixprec::kernels::{FloatType, Isa, active_isa};
+
+/// 2^-130: subnormal in f32 and exactly representable as a bf16 subnormal.
+const TINY: f32 = 7.346839692639297e-40;
+/// 2^100: the product TINY * HUGE = 2^-30 is a normal number.
+const HUGE: f32 = 1.2676506002282294e30;
+
+fn dot_instruction_here() -> bool {
+    active_isa() >= Isa::Avx512CoreBf16
+}
+
+/// Compiles `g` under an all-`ty` plan with `mode` and runs it on `x`.
+fn run(g: &mixprec::graph::Graph, ty: FloatType, mode: GemmAccumulation, x: &Tensor) -> Vec<f32> {
+    let options = CompileOptions {
+        bf16_gemm: mode,
+        ..Default::default()
+    };
+    let model = g
+        .compile_with(&PrecisionPlan::all(g, ty), &options)
+        .unwrap();
+    let mut out = model.run(&[("x", x)]).unwrap();
+    out.remove("y").unwrap().to_f32_vec()
+}
+
+/// Checks the three graphs' outputs: all exactly 2^-30 unless the dot
+/// instruction ran, which flushes the subnormal operand to 0.
+fn check_flush(g: &mixprec::graph::Graph, x: &Tensor, what: &str) {
+    let product = TINY * HUGE;
+    assert_eq!(product, 2f32.powi(-30));
+    let widened = run(g, FloatType::Bf16, GemmAccumulation::WidenToF32, x);
+    assert!(widened.iter().all(|&v| v == product), "{what}: {widened:?}");
+    let f32_plan = run(g, FloatType::F32, GemmAccumulation::Auto, x);
+    assert!(
+        f32_plan.iter().all(|&v| v == product),
+        "{what}: {f32_plan:?}"
+    );
+    let auto = run(g, FloatType::Bf16, GemmAccumulation::Auto, x);
+    let want = if dot_instruction_here() { 0.0 } else { product };
+    assert!(auto.iter().all(|&v| v == want), "{what}: {auto:?}");
+    assert_eq!(
+        GemmAccumulation::Auto.resolve(DType::Bf16) == Accumulation::Bf16Dot,
+        dot_instruction_here()
+    );
+}
+
+#[test]
+fn linear_with_packed_weights_follows_the_mode() {
+    for m in [1, 3, 20] {
+        let mut g = GraphBuilder::new();
+        let x = g.input("x", &fixed(&[m, 6]), DType::F32);
+        // Only the first input column meets a weight.
+        let mut w = vec![0.0f32; 5 * 6];
+        for o in 0..5 {
+            w[o * 6] = HUGE;
+        }
+        let w = Tensor::from_f32(&[5, 6], w).unwrap();
+        let y = g.linear("y", x, &w, None).unwrap();
+        g.output(y);
+        let g = g.finish().unwrap();
+        let mut xv = vec![0.0f32; m * 6];
+        for r in 0..m {
+            xv[r * 6] = TINY;
+        }
+        check_flush(&g, &Tensor::from_f32(&[m, 6], xv).unwrap(), "linear");
+    }
+}
+
+/// A 3-D weight is not packed: the batched MatMul path multiplies views.
+#[test]
+fn batched_matmul_follows_the_mode() {
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", &fixed(&[2, 3, 4]), DType::F32);
+    let w = g.initializer("w", Tensor::from_f32(&[1, 4, 5], vec![HUGE; 20]).unwrap());
+    let y = g.matmul("y", x, w).unwrap();
+    g.output(y);
+    let g = g.finish().unwrap();
+    let mut xv = vec![0.0f32; 24];
+    for r in 0..6 {
+        xv[r * 4 + 1] = TINY;
+    }
+    check_flush(&g, &Tensor::from_f32(&[2, 3, 4], xv).unwrap(), "matmul");
+}
+
+#[test]
+fn conv_follows_the_mode() {
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", &fixed(&[1, 2, 3, 3]), DType::F32);
+    let w = Tensor::from_f32(&[4, 2, 1, 1], vec![HUGE; 8]).unwrap();
+    let y = g.conv("y", x, &w, None, ConvAttrs::default()).unwrap();
+    g.output(y);
+    let g = g.finish().unwrap();
+    let mut xv = vec![0.0f32; 18];
+    xv[..9].fill(TINY);
+    check_flush(&g, &Tensor::from_f32(&[1, 2, 3, 3], xv).unwrap(), "conv");
+}
+
+/// A Conv bias that cancels a large product keeps its small remainder: the
+/// bias joins the f32 accumulator instead of being rounded to the node's
+/// dtype first (1000.25 is 1000 in bf16 and in f16).
+#[test]
+fn conv_bias_stays_f32_in_low_precision_plans() {
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", &fixed(&[1, 1, 3, 3]), DType::F32);
+    let w = Tensor::from_f32(&[1, 1, 2, 2], vec![-250.0; 4]).unwrap();
+    let b = Tensor::from_f32(&[1], [1000.25]).unwrap();
+    let attrs = ConvAttrs {
+        kernel_shape: vec![2, 2],
+        ..Default::default()
+    };
+    let y = g.conv("y", x, &w, Some(&b), attrs).unwrap();
+    g.output(y);
+    let g = g.finish().unwrap();
+    let x = Tensor::from_f32(&[1, 1, 3, 3], vec![1.0; 9]).unwrap();
+    for ty in [FloatType::F32, FloatType::Bf16, FloatType::F16] {
+        for mode in [GemmAccumulation::Auto, GemmAccumulation::WidenToF32] {
+            let out = run(&g, ty, mode, &x);
+            assert_eq!(out, vec![0.25; 4], "{ty:?} {mode:?}");
+        }
+    }
+}
+
+#[test]
+fn accumulation_never_applies_to_f32_or_f16_nodes() {
+    for mode in [GemmAccumulation::Auto, GemmAccumulation::WidenToF32] {
+        for dt in [DType::F32, DType::F16] {
+            assert_eq!(mode.resolve(dt), Accumulation::F32);
+        }
+    }
+    assert_eq!(
+        GemmAccumulation::WidenToF32.resolve(DType::Bf16),
+        Accumulation::F32
+    );
+}
