@@ -4,6 +4,22 @@
 //! A pattern fuses only when its inner values feed nothing else (no other
 //! node, no graph output) and its constants equal the pattern's to within
 //! f32 rounding; otherwise the nodes are left as they are.
+//!
+//! Patterns (the `Fusion::pattern` strings):
+//! * `erf GELU`, `tanh GELU` -> `Gelu`.
+//! * `decomposed LayerNorm (<variance>, <normalizer>)` -> `LayerNormalization`:
+//!   `mean = ReduceMean(x)` over the trailing axes (negative, keepdims),
+//!   `d = x - mean`, variance `E[(x-mean)^2]` (`ReduceMean(d^2)`) or
+//!   `E[x^2]-E[x]^2` (`ReduceMean(x^2) - mean^2`), each square `Pow(_, 2)` or
+//!   `Mul(v, v)`; `ve = var + eps` (scalar eps, either order); normalizer
+//!   `/ Sqrt` (`d / Sqrt(ve)`), `/ Pow(0.5)`, or the rsqrt forms
+//!   `d * Reciprocal(Sqrt(ve))`, `d * Div(1, Sqrt(ve))` and `d * Pow(ve, -0.5)`
+//!   (either order); then optionally `* gamma` and `+ beta`, float constants
+//!   of the normalized shape (else left as their own nodes). The fused kernel
+//!   computes a two-pass variance, so for `E[x^2]-E[x]^2` it is at least as
+//!   accurate as the graph it replaces.
+//! * `exp/sum/div Softmax` -> `Softmax`.
+//! * `MatMul+Add` -> `Gemm`.
 
 use std::collections::HashMap;
 
@@ -25,6 +41,9 @@ pub struct Fusion {
 struct Ctx<'a> {
     g: &'a IGraph,
     producer: HashMap<&'a str, usize>,
+    /// The nodes reading each value, each once, in graph order: consumer
+    /// look-ups stay O(1) however many candidate anchors a graph has.
+    consumers: HashMap<&'a str, Vec<usize>>,
     uses: HashMap<String, usize>,
     removed: Vec<bool>,
 }
@@ -36,14 +55,22 @@ fn close(a: f32, b: f64) -> bool {
 impl<'a> Ctx<'a> {
     fn new(g: &'a IGraph) -> Ctx<'a> {
         let mut producer = HashMap::new();
+        let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
         for (i, n) in g.nodes.iter().enumerate() {
             for o in &n.outputs {
                 producer.insert(o.as_str(), i);
+            }
+            for v in &n.inputs {
+                let c = consumers.entry(v.as_str()).or_default();
+                if c.last() != Some(&i) {
+                    c.push(i);
+                }
             }
         }
         Ctx {
             g,
             producer,
+            consumers,
             uses: g.use_counts(),
             removed: vec![false; g.nodes.len()],
         }
@@ -319,81 +346,107 @@ fn match_gelu(c: &Ctx, i: usize) -> Option<(String, usize, Vec<usize>, &'static 
     Some((x, m1, idx, approx))
 }
 
-impl Ctx<'_> {
-    /// The one live node of this op type that reads `v`.
+impl<'a> Ctx<'a> {
+    /// The one live node of this op type that reads `v` (and no other node does).
     fn prod_consumer(&self, v: &str, op: &str) -> Option<usize> {
-        let mut found = None;
-        for (i, n) in self.g.nodes.iter().enumerate() {
-            if !self.removed[i] && n.inputs.iter().any(|x| x == v) {
-                if n.op_type != op || found.is_some() {
-                    return None;
-                }
-                found = Some(i);
-            }
+        self.sole_consumer(v)
+            .filter(|&i| self.g.nodes[i].op_type == op)
+    }
+
+    /// The one live node that reads `v` (possibly more than once).
+    fn sole_consumer(&self, v: &str) -> Option<usize> {
+        let mut live = self.consumers.get(v)?.iter().filter(|&&i| !self.removed[i]);
+        let first = *live.next()?;
+        live.next().is_none().then_some(first)
+    }
+
+    /// How many times `v` is read (by node inputs and graph outputs).
+    fn reads(&self, v: &str) -> usize {
+        self.uses.get(v).copied().unwrap_or(0)
+    }
+
+    /// The input of a node with exactly one.
+    fn unary(&self, i: usize) -> Option<&'a str> {
+        match self.g.nodes[i].inputs.as_slice() {
+            [a] => Some(a),
+            _ => None,
         }
-        found
+    }
+
+    /// The inputs of a node with exactly two (malformed nodes give `None`,
+    /// never an index panic).
+    fn binary(&self, i: usize) -> Option<(&'a str, &'a str)> {
+        match self.g.nodes[i].inputs.as_slice() {
+            [a, b] => Some((a, b)),
+            _ => None,
+        }
+    }
+
+    /// `v` as `Pow(b, 2)` or `Mul(b, b)`: (b, the node, how often it reads b).
+    fn square(&self, v: &str) -> Option<(&'a str, usize, usize)> {
+        if let Some(p) = self.prod(v, "Pow") {
+            let (b, k) = self.binary(p)?;
+            self.is_const(k, 2.0).then_some((b, p, 1))
+        } else {
+            let m = self.prod(v, "Mul")?;
+            let (a, b) = self.binary(m)?;
+            (a == b).then_some((a, m, 2))
+        }
     }
 }
 
-/// Decomposed LayerNorm: `(x - mean) / sqrt(var + eps) [* gamma] [+ beta]`,
-/// variance as `mean((x-mean)^2)` or `mean(x^2) - mean^2`, division or
-/// multiplication by a reciprocal.
+/// Decomposed LayerNorm: `(x - mean) * 1/sqrt(var + eps) [* gamma] [+ beta]`
+/// in the forms of [`Variance`] and [`Normalizer`], anchored on the `+ eps`.
 fn fuse_layernorm(g: &mut IGraph) -> Vec<Fusion> {
     let mut c = Ctx::new(g);
     let mut groups = Vec::new();
     let mut news = Vec::new();
     let mut fusions = Vec::new();
     for i in 0..g.nodes.len() {
-        if c.removed[i] || g.nodes[i].op_type != "Sqrt" {
+        if c.removed[i] || g.nodes[i].op_type != "Add" {
             continue;
         }
-        let Some((x, d, eps, axes, mut idx)) = match_norm_core(&c, i) else {
+        let Some(m) = match_layernorm(&c, i) else {
             continue;
         };
-        // Scale and shift (optional, each a constant).
-        let mut last_out = g.nodes[*idx.last().unwrap()].outputs[0].clone();
-        let mut gamma = String::new();
-        let mut beta = String::new();
-        if c.single(&last_out)
-            && let Some(m) = c.prod_consumer(&last_out, "Mul")
-            && let Some(o) = c.other(m, &last_out)
-            && g.consts.contains_key(&o)
-        {
-            gamma = o;
-            idx.push(m);
-            last_out = g.nodes[m].outputs[0].clone();
+        let NormMatch {
+            x,
+            eps,
+            axis,
+            mut idx,
+            pattern,
+        } = m;
+        // Scale, then shift, each optional; `idx` ends with the node whose
+        // output the next one must read.
+        let k = axis.unsigned_abs() as usize;
+        let mut params = Vec::new();
+        for op in ["Mul", "Add"] {
+            let out = &g.nodes[*idx.last().expect("non-empty pattern")].outputs;
+            match affine(&c, &out[0], op, k) {
+                Some((p, n)) => {
+                    params.push(p);
+                    idx.push(n);
+                }
+                // Absent: an omitted input. The lowering gives a missing
+                // scale ones, so a shift without a scale still fuses.
+                None => params.push(String::new()),
+            }
         }
-        if !gamma.is_empty()
-            && c.single(&last_out)
-            && let Some(a) = c.prod_consumer(&last_out, "Add")
-            && let Some(o) = c.other(a, &last_out)
-            && g.consts.contains_key(&o)
-        {
-            beta = o;
-            idx.push(a);
-        }
-        let _ = d;
-        let last = *idx.iter().max().unwrap();
-        let last = if idx.contains(&last) {
-            idx[idx.len() - 1].max(last)
-        } else {
-            last
-        };
-        let name = g.nodes[*idx.last().unwrap()].name.clone();
-        let outputs = g.nodes[*idx.last().unwrap()].outputs.clone();
-        for &k in &idx {
-            c.removed[k] = true;
+        let last = *idx.last().expect("non-empty pattern");
+        let name = g.nodes[last].name.clone();
+        let outputs = g.nodes[last].outputs.clone();
+        for &n in &idx {
+            c.removed[n] = true;
         }
         idx.sort();
-        let _ = last;
-        let pattern = "decomposed LayerNorm";
-        fusions.push(record(g, &idx, &name, "LayerNormalization", pattern));
+        fusions.push(record(g, &idx, &name, "LayerNormalization", &pattern));
         let mut attrs = std::collections::BTreeMap::new();
-        attrs.insert("axis".into(), Attr::Int(axes));
+        attrs.insert("axis".into(), Attr::Int(axis));
         attrs.insert("epsilon".into(), Attr::Float(eps));
-        let mut inputs = vec![x, gamma];
-        if !beta.is_empty() {
-            inputs.push(beta);
+        let mut inputs = vec![x];
+        inputs.extend(params);
+        while inputs.last().is_some_and(String::is_empty) {
+            inputs.pop();
         }
         news.push(INode {
             name,
@@ -409,94 +462,203 @@ fn fuse_layernorm(g: &mut IGraph) -> Vec<Fusion> {
     fusions
 }
 
+/// A scale (`Mul`) or shift (`Add`) reading `out`, by a float constant of the
+/// normalized shape: exactly `k` dims, none 1 (a broadcast 1 or a leading 1
+/// would change the output shape or fail the LayerNorm kernel's length check,
+/// so such a constant is left as its own node). Returns (constant, node).
+fn affine(c: &Ctx, out: &str, op: &str, k: usize) -> Option<(String, usize)> {
+    c.single(out).then_some(())?;
+    let n = c.prod_consumer(out, op)?;
+    let p = c.other(n, out)?;
+    (c.node(n).outputs.len() == 1).then_some(())?;
+    let t = c.g.consts.get(&p)?;
+    (t.data.is_float() && t.shape.len() == k && t.shape.iter().all(|&d| d > 1)).then_some((p, n))
+}
+
 /// The trailing axes `axes` as one first axis (negative), if they are the
-/// last `k` axes written as negatives; positive axes need the rank, which
-/// the lowering checks, so they are refused here.
+/// last `k >= 1` axes written as negatives; positive axes need the rank,
+/// which the lowering checks, so they are refused here, and so is an empty
+/// list (all axes, or none with `noop_with_empty_axes`).
 fn trailing_axis(axes: &[i64]) -> Option<i64> {
     let mut a: Vec<i64> = axes.to_vec();
     a.sort();
     let k = a.len() as i64;
-    (a == (-k..0).collect::<Vec<_>>()).then_some(-k)
+    (k > 0 && a == (-k..0).collect::<Vec<_>>()).then_some(-k)
 }
 
-/// Around `Sqrt` node `s`: (x, d, eps, first axis, node indices ending with
-/// the normalizing Div/Mul).
-fn match_norm_core(c: &Ctx, s: usize) -> Option<(String, String, f32, i64, Vec<usize>)> {
-    let g = c.g;
-    let sn = c.node(s);
-    let e = sn.input(0)?;
-    let add = c.prod(e, "Add")?;
-    let an = c.node(add);
-    let (v, eps) = if let Some(x) = g.scalar(&an.inputs[1]) {
-        (an.inputs[0].clone(), x)
-    } else {
-        (an.inputs[1].clone(), g.scalar(&an.inputs[0])?)
-    };
-    let mut idx = vec![add, s];
-    // Normalize: Div(d, sqrt) or Mul(d, Reciprocal(sqrt)) or Mul(d, Div(1, sqrt)).
-    let so = sn.outputs.first()?;
-    if !c.single(so) || !c.single(e) || !c.single(&v) {
-        return None;
-    }
-    let (d, norm) = if let Some(dv) = c.prod_consumer(so, "Div") {
-        let dn = c.node(dv);
-        (dn.inputs[1] == *so).then_some(())?;
-        (dn.inputs[0].clone(), dv)
-    } else if let Some(r) = c.prod_consumer(so, "Reciprocal") {
-        let ro = &c.node(r).outputs[0];
-        c.single(ro).then_some(())?;
-        let m = c.prod_consumer(ro, "Mul")?;
-        idx.push(r);
-        (c.other(m, ro)?, m)
-    } else {
-        return None;
-    };
-    idx.push(norm);
-    // d = x - mean
-    let sub = c.prod(&d, "Sub")?;
-    let x = c.node(sub).inputs[0].clone();
-    let mean = c.node(sub).inputs[1].clone();
-    let rm = c.prod(&mean, "ReduceMean")?;
-    (c.node(rm).inputs[0] == x).then_some(())?;
-    let (axes, keep) = c.reduce_axes(rm)?;
-    keep.then_some(())?;
-    let first = trailing_axis(&axes)?;
-    idx.extend([sub, rm]);
-    // variance
-    let vm = c.prod(&v, "ReduceMean")?;
-    (c.reduce_axes(vm)? == (axes.clone(), true)).then_some(())?;
-    let sq_in = c.node(vm).inputs[0].clone();
-    c.single(&sq_in).then_some(())?;
-    let square_of = |val: &str| -> Option<(String, usize)> {
-        if let Some(p) = c.prod(val, "Pow") {
-            let pn = c.node(p);
-            c.is_const(pn.inputs.get(1)?, 2.0)
-                .then(|| (pn.inputs[0].clone(), p))
-        } else {
-            let m = c.prod(val, "Mul")?;
-            let mn = c.node(m);
-            (mn.inputs[0] == mn.inputs[1]).then(|| (mn.inputs[0].clone(), m))
+/// How a decomposed LayerNorm writes its variance (squares as `Pow(v, 2)` or
+/// `Mul(v, v)`).
+#[derive(Clone, Copy)]
+enum Variance {
+    /// `ReduceMean((x - mean)^2)`.
+    Centered,
+    /// `ReduceMean(x^2) - mean^2`.
+    Moments,
+}
+
+/// How it applies `1 / sqrt(var + eps)` to `d = x - mean`.
+#[derive(Clone, Copy)]
+enum Normalizer {
+    /// `d / Sqrt(ve)`.
+    DivSqrt,
+    /// `d / Pow(ve, 0.5)`.
+    DivPowHalf,
+    /// `d * Reciprocal(Sqrt(ve))`.
+    MulReciprocalSqrt,
+    /// `d * Div(1, Sqrt(ve))` (PyTorch's export of `rsqrt`).
+    MulOneOverSqrt,
+    /// `d * Pow(ve, -0.5)`.
+    MulPowNegHalf,
+}
+
+impl Variance {
+    fn label(self) -> &'static str {
+        match self {
+            Variance::Centered => "E[(x-mean)^2]",
+            Variance::Moments => "E[x^2]-E[x]^2",
         }
-    };
-    idx.push(vm);
-    if let Some((base, sq)) = square_of(&sq_in) {
-        // mean((x - mean)^2): d is read by the square (twice for Mul) and the normalizer.
-        (base == d).then_some(())?;
-        idx.push(sq);
-        let users = c.uses.get(&d).copied().unwrap_or(0);
-        let expected = if c.node(sq).op_type == "Mul" { 3 } else { 2 };
-        (users == expected).then_some(())?;
-        (c.uses.get(&mean).copied() == Some(1)).then_some(())?;
-    } else {
-        // mean(x^2) - mean^2
-        let vs = c.prod(&sq_in, "Sub")?;
-        let _ = vs;
-        return None;
     }
-    // The normalizing node goes last: scale and shift are matched from it.
-    idx.retain(|&k| k != norm);
-    idx.push(norm);
-    Some((x, d, eps, first, idx))
+}
+
+impl Normalizer {
+    fn label(self) -> &'static str {
+        match self {
+            Normalizer::DivSqrt => "/ Sqrt",
+            Normalizer::DivPowHalf => "/ Pow(0.5)",
+            Normalizer::MulReciprocalSqrt => "rsqrt as Reciprocal(Sqrt)",
+            Normalizer::MulOneOverSqrt => "rsqrt as Div(1, Sqrt)",
+            Normalizer::MulPowNegHalf => "rsqrt as Pow(-0.5)",
+        }
+    }
+}
+
+/// A matched normalization, before the optional scale and shift.
+struct NormMatch {
+    x: String,
+    eps: f32,
+    /// First normalized axis, negative.
+    axis: i64,
+    /// Pattern nodes, ending with the normalizing `Div`/`Mul`.
+    idx: Vec<usize>,
+    pattern: String,
+}
+
+/// Around the `Add` node `add` (`var + eps`, either order): the LayerNorm
+/// core, every fused-away value read only inside the pattern.
+fn match_layernorm(c: &Ctx, add: usize) -> Option<NormMatch> {
+    let g = c.g;
+    let (p, q) = c.binary(add)?;
+    let (v, eps) = match (g.scalar(p), g.scalar(q)) {
+        (None, Some(e)) => (p, e),
+        (Some(e), None) => (q, e),
+        _ => return None,
+    };
+    let e = c.node(add).outputs.first()?;
+    (c.single(e) && c.single(v)).then_some(())?;
+    let (d, norm_nodes, norm) = match_normalizer(c, e)?;
+    // d = x - mean, mean = ReduceMean(x) over trailing axes with keepdims.
+    let sub = c.prod(&d, "Sub")?;
+    let (x, mean) = c.binary(sub)?;
+    let rm = c.prod(mean, "ReduceMean")?;
+    (c.node(rm).input(0)? == x).then_some(())?;
+    // The same trailing axes (in any order), keepdims, for every ReduceMean.
+    let trailing = |r: usize| match c.reduce_axes(r)? {
+        (axes, true) => trailing_axis(&axes),
+        _ => None,
+    };
+    let axis = trailing(rm)?;
+    let same_reduce = |r: usize| trailing(r) == Some(axis);
+    // Reads of d and mean the pattern accounts for: any other reader (node
+    // or graph output) needs them, so the pattern must stay.
+    let (variance, var_nodes, d_reads, mean_reads) = if let Some(vm) = c.prod(v, "ReduceMean") {
+        let sq_in = c.node(vm).input(0)?;
+        let (base, sq, reads) = c.square(sq_in)?;
+        (base == d && same_reduce(vm) && c.single(sq_in)).then_some(())?;
+        (Variance::Centered, vec![vm, sq], 1 + reads, 1)
+    } else {
+        let vs = c.prod(v, "Sub")?;
+        let (ex2, m2) = c.binary(vs)?;
+        let vm = c.prod(ex2, "ReduceMean")?;
+        let x2 = c.node(vm).input(0)?;
+        let (xb, xsq, _) = c.square(x2)?;
+        let (mb, msq, reads) = c.square(m2)?;
+        (xb == x && mb == mean && same_reduce(vm) && c.single(ex2) && c.single(m2) && c.single(x2))
+            .then_some(())?;
+        (Variance::Moments, vec![vs, vm, xsq, msq], 1, 1 + reads)
+    };
+    (c.reads(&d) == d_reads && c.reads(mean) == mean_reads).then_some(())?;
+    let mut idx = vec![add, sub, rm];
+    idx.extend(var_nodes);
+    idx.extend(norm_nodes);
+    // Scale and shift are matched from the normalizing node's one output.
+    (c.node(*idx.last()?).outputs.len() == 1).then_some(())?;
+    Some(NormMatch {
+        x: x.to_string(),
+        eps,
+        axis,
+        idx,
+        pattern: format!(
+            "decomposed LayerNorm ({}, {})",
+            variance.label(),
+            norm.label()
+        ),
+    })
+}
+
+/// From `e = var + eps` to the normalizing node: (d, nodes ending with the
+/// normalizing `Div`/`Mul`, form).
+fn match_normalizer(c: &Ctx, e: &str) -> Option<(String, Vec<usize>, Normalizer)> {
+    // `s` as a divisor: Div(d, s).
+    let div_by = |s: &str| -> Option<(String, usize)> {
+        let dv = c.prod_consumer(s, "Div")?;
+        let (num, den) = c.binary(dv)?;
+        (den == s && num != s).then(|| (num.to_string(), dv))
+    };
+    // `r` as a factor: Mul(d, r) or Mul(r, d).
+    let mul_by = |r: &str| -> Option<(String, usize)> {
+        let m = c.prod_consumer(r, "Mul")?;
+        Some((c.other(m, r)?, m))
+    };
+    let first = c.sole_consumer(e)?;
+    let out = c.node(first).outputs.first()?;
+    c.single(out).then_some(())?;
+    let (d, nodes, form) = match c.node(first).op_type.as_str() {
+        "Sqrt" if c.unary(first)? == e => {
+            let next = c.sole_consumer(out)?;
+            let n = c.node(next);
+            let r = n.outputs.first()?;
+            match n.op_type.as_str() {
+                "Reciprocal" if c.unary(next)? == out && c.single(r) => {
+                    let (d, m) = mul_by(r)?;
+                    (d, vec![first, next, m], Normalizer::MulReciprocalSqrt)
+                }
+                "Div" if c.binary(next)?.1 == out && c.is_const(n.input(0)?, 1.0) => {
+                    c.single(r).then_some(())?;
+                    let (d, m) = mul_by(r)?;
+                    (d, vec![first, next, m], Normalizer::MulOneOverSqrt)
+                }
+                _ => {
+                    let (d, dv) = div_by(out)?;
+                    (d, vec![first, dv], Normalizer::DivSqrt)
+                }
+            }
+        }
+        "Pow" => {
+            let (base, k) = c.binary(first)?;
+            (base == e).then_some(())?;
+            if c.is_const(k, -0.5) {
+                let (d, m) = mul_by(out)?;
+                (d, vec![first, m], Normalizer::MulPowNegHalf)
+            } else if c.is_const(k, 0.5) {
+                let (d, dv) = div_by(out)?;
+                (d, vec![first, dv], Normalizer::DivPowHalf)
+            } else {
+                return None;
+            }
+        }
+        _ => return None,
+    };
+    Some((d, nodes, form))
 }
 
 /// `exp(x [- max(x)]) / sum(exp(...), axis, keepdims)` -> Softmax(axis).

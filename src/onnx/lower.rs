@@ -404,14 +404,29 @@ impl<'a> Lower<'a> {
                     let scale = if n.input(1).is_some() {
                         self.input(n, 1)?
                     } else {
-                        let s = self.fixed_shape(x, n, "Scale")?;
+                        // No scale (a fused LayerNorm without gamma): ones of
+                        // the normalized shape, a constant when those dims are
+                        // fixed (a symbolic batch is fine), else expanded at
+                        // run time so that fusion never refuses a model.
+                        let s = self.shape(x);
                         let r = s.len() as i64;
                         let a = if axis < 0 { axis + r } else { axis };
-                        let inner = &s[a.clamp(0, r) as usize..];
-                        self.konst(
-                            &format!("{nm}.ones"),
-                            HostTensor::f32(inner, vec![1.0; inner.iter().product()]),
-                        )?
+                        let inner = s[a.clamp(0, r) as usize..].iter().map(|d| d.fixed());
+                        match inner.collect::<Option<Vec<usize>>>() {
+                            Some(inner) => self.konst(
+                                &format!("{nm}.ones"),
+                                HostTensor::f32(&inner, vec![1.0; inner.iter().product()]),
+                            )?,
+                            None => {
+                                let dims = Op::Shape {
+                                    start: a,
+                                    end: None,
+                                };
+                                let dims = self.emit(&format!("{nm}.dims"), dims, &[x])?;
+                                let one = self.scalar(&format!("{nm}.one"), 1.0)?;
+                                self.emit(&format!("{nm}.ones"), Op::Expand, &[one, dims])?
+                            }
+                        }
                     };
                     let mut ins = vec![x, scale];
                     if n.input(2).is_some() {
