@@ -127,7 +127,7 @@ fn model_graph(dtype: DType) -> Graph {
 /// Offset (in elements, below 32) at which `buf`'s data is not 64-byte
 /// aligned, so a view there is unlike any `Tensor`'s storage.
 fn unaligned_offset(buf: &Buf) -> usize {
-    (1..32).find(|&o| buf.addr(o) % 64 != 0).unwrap()
+    (1..32).find(|&o| !buf.addr(o).is_multiple_of(64)).unwrap()
 }
 
 #[test]
