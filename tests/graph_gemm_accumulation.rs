@@ -17,9 +17,9 @@ use mixprec::kernels::gemm::Accumulation;
 use mixprec::kernels::{FloatType, Isa, active_isa};
 
 /// 2^-130: subnormal in f32 and exactly representable as a bf16 subnormal.
-const TINY: f32 = 7.346839692639297e-40;
+const TINY: f32 = f32::from_bits(1 << 19);
 /// 2^100: the product TINY * HUGE = 2^-30 is a normal number.
-const HUGE: f32 = 1.2676506002282294e30;
+const HUGE: f32 = f32::from_bits((127 + 100) << 23);
 
 fn dot_instruction_here() -> bool {
     active_isa() >= Isa::Avx512CoreBf16
@@ -42,6 +42,7 @@ fn run(g: &mixprec::graph::Graph, ty: FloatType, mode: GemmAccumulation, x: &Ten
 /// instruction ran, which flushes the subnormal operand to 0.
 fn check_flush(g: &mixprec::graph::Graph, x: &Tensor, what: &str) {
     let product = TINY * HUGE;
+    assert_eq!(TINY, 2f32.powi(-130));
     assert_eq!(product, 2f32.powi(-30));
     let widened = run(g, FloatType::Bf16, GemmAccumulation::WidenToF32, x);
     assert!(widened.iter().all(|&v| v == product), "{what}: {widened:?}");

@@ -420,11 +420,13 @@ fn one_cast_shared_by_all_consumers_and_no_cast_pairs() {
 
 #[test]
 fn f32_plans_are_bitwise_identical_for_any_thread_count() {
-    // Large enough that the GEMMs split work across threads.
+    // Large enough that the GEMMs split work across threads, and that the
+    // elementwise, softmax, LayerNorm and cast steps split their rows
+    // (from 2^15 elements per part: the attention scores here have 2^20).
     let b = encoder_block(41);
-    let x = Rng::new(42).tensor(&[8, 48, D], -1.0, 1.0);
+    let x = Rng::new(42).tensor(&[8, 256, D], -1.0, 1.0);
     let m = mlp(43);
-    let xm = Rng::new(44).tensor(&[512, D_IN], -1.0, 1.0);
+    let xm = Rng::new(44).tensor(&[4096, D_IN], -1.0, 1.0);
     let models = [
         (b.graph.compile(&PrecisionPlan::new()).unwrap(), &x),
         (m.graph.compile(&PrecisionPlan::new()).unwrap(), &xm),
@@ -437,7 +439,7 @@ fn f32_plans_are_bitwise_identical_for_any_thread_count() {
     ];
     let before = gemm::num_threads();
     let mut results = Vec::new();
-    for threads in [1, 2, 1] {
+    for threads in [1, 2, 3, 1] {
         gemm::set_num_threads(threads);
         results.push(
             models

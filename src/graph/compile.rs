@@ -17,7 +17,7 @@ use super::ops::linalg::{Prepared, pack, row_bias};
 use super::ops::{Meta, Op};
 use super::plan::PrecisionPlan;
 use super::profile::{Profile, ProfileEntry};
-use super::tensor::{Tensor, TensorView, convert_float};
+use super::tensor::{Tensor, TensorView};
 
 /// Options of [`Graph::compile_with`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -721,7 +721,7 @@ impl CompiledModel {
                     let mut out = pool.alloc(self.slot_dtype[st.outputs[0]], x.shape());
                     match (x.as_float_slice(), out.dtype().is_float()) {
                         (Some(src), true) => {
-                            convert_float(src, out.as_float_slice_mut().expect("float"))
+                            super::ops::par::convert(src, out.as_float_slice_mut().expect("float"))
                         }
                         _ => super::ops::elementwise::cast(&x, &mut out),
                     }

@@ -1,9 +1,9 @@
 //! Unary and binary elementwise ops, Equal, Where and Cast.
 
-use mixprec_kernels::FloatSlice;
 use mixprec_kernels::elementwise::{self as ew, BinaryOp, UnaryOp};
+use mixprec_kernels::{FloatSlice, FloatSliceMut};
 
-use super::{Binary, Unary};
+use super::{Binary, Unary, par};
 use crate::graph::dtype::DType;
 use crate::graph::error::{GraphError, Result};
 use crate::graph::tensor::{Tensor, TensorView, convert_float, get_f32, sub, sub_mut};
@@ -41,11 +41,9 @@ fn kernel_binary(f: Binary) -> BinaryOp {
 /// A unary op on the elementwise kernels.
 pub(crate) fn unary(f: Unary, x: &TensorView<'_>, out: &mut Tensor) {
     let xs = x.as_float_slice().expect("inference admits float only");
-    ew::unary(
-        kernel_unary(f),
-        xs,
-        out.as_float_slice_mut().expect("float"),
-    );
+    let op = kernel_unary(f);
+    let ys = out.as_float_slice_mut().expect("float");
+    par::for_units(ys, 1, 1, |r, y| ew::unary(op, sub(xs, r.start, r.end), y));
 }
 
 /// Strides of `shape` right-aligned to rank `r`, 0 on broadcast axes.
@@ -108,30 +106,36 @@ fn float_binary(f: BinaryOp, a: &TensorView<'_>, b: &TensorView<'_>, out: &mut T
     let (ia, ib) = if inner == 1 { (1, 1) } else { (ia, ib) };
     let av = a.as_float_slice().expect("float");
     let bv = b.as_float_slice().expect("float");
-    let mut yv = out.as_float_slice_mut().expect("float");
+    let yv = out.as_float_slice_mut().expect("float");
     let outer: usize = dims.iter().map(|d| d.0).product();
-    let mut idx = vec![0usize; dims.len()];
-    let (mut oa, mut ob) = (0usize, 0usize);
-    for o in 0..outer {
-        let y = sub_mut(&mut yv, o * inner, (o + 1) * inner);
-        match (ia, ib) {
-            (1, 1) => ew::binary(f, sub(av, oa, oa + inner), sub(bv, ob, ob + inner), y),
-            (1, 0) => ew::binary_scalar_rhs(f, sub(av, oa, oa + inner), get_f32(bv, ob), y),
-            (0, 1) => ew::binary_scalar_lhs(f, get_f32(av, oa), sub(bv, ob, ob + inner), y),
-            _ => ew::binary_scalar_rhs(f, sub(av, oa, oa + 1), get_f32(bv, ob), y),
-        }
-        for i in (0..dims.len()).rev() {
-            idx[i] += 1;
-            oa += dims[i].1;
-            ob += dims[i].2;
-            if idx[i] < dims[i].0 {
-                break;
-            }
-            oa -= dims[i].1 * dims[i].0;
-            ob -= dims[i].2 * dims[i].0;
-            idx[i] = 0;
-        }
+    // One contiguous run: `y = a op b` over `inner` elements.
+    let run = |oa: usize, ob: usize, len: usize, y: FloatSliceMut<'_>| match (ia, ib) {
+        (1, 1) => ew::binary(f, sub(av, oa, oa + len), sub(bv, ob, ob + len), y),
+        (1, 0) => ew::binary_scalar_rhs(f, sub(av, oa, oa + len), get_f32(bv, ob), y),
+        (0, 1) => ew::binary_scalar_lhs(f, get_f32(av, oa), sub(bv, ob, ob + len), y),
+        _ => ew::binary_scalar_rhs(f, sub(av, oa, oa + 1), get_f32(bv, ob), y),
+    };
+    if outer == 1 {
+        // A single run is split anywhere: its operands are contiguous or scalars.
+        par::for_units(yv, 1, 1, |r, y| run(r.start * ia, r.start * ib, r.len(), y));
+        return;
     }
+    // The offsets of a and b at the start of run `o` (row-major over `dims`).
+    let offsets = |mut o: usize| {
+        let (mut oa, mut ob) = (0, 0);
+        for &(len, sa, sb) in dims.iter().rev() {
+            oa += (o % len) * sa;
+            ob += (o % len) * sb;
+            o /= len;
+        }
+        (oa, ob)
+    };
+    par::for_units(yv, inner, inner, |r, mut y| {
+        for (i, o) in r.enumerate() {
+            let (oa, ob) = offsets(o);
+            run(oa, ob, inner, sub_mut(&mut y, i * inner, (i + 1) * inner));
+        }
+    });
 }
 
 fn int_binary<T>(
@@ -291,7 +295,7 @@ pub(crate) fn where_(c: &TensorView<'_>, x: &TensorView<'_>, y: &TensorView<'_>,
 /// float to int truncates toward zero (saturating, NaN to 0); to bool is `!= 0`.
 pub(crate) fn cast(x: &TensorView<'_>, out: &mut Tensor) {
     if let (Some(src), true) = (x.as_float_slice(), out.dtype().is_float()) {
-        convert_float(src, out.as_float_slice_mut().expect("float"));
+        par::convert(src, out.as_float_slice_mut().expect("float"));
         return;
     }
     match out.dtype() {

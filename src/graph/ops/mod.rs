@@ -13,6 +13,7 @@ pub(crate) mod exec;
 pub(crate) mod infer;
 pub(crate) mod linalg;
 pub(crate) mod norm;
+pub(crate) mod par;
 pub(crate) mod pool;
 pub(crate) mod shape;
 

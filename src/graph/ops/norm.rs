@@ -2,14 +2,15 @@
 //! kernels (last axis; other axes are transposed there and back).
 
 use mixprec_kernels::norm::{self as nk, ReduceOp};
+use mixprec_kernels::{FloatSlice, FloatSliceMut};
 
-use super::ReduceKind;
 use super::exec::Pool;
 use super::infer::{norm_axis, reduce_axes, shape_err};
 use super::shape::transpose;
+use super::{ReduceKind, par};
 use crate::graph::dtype::DType;
 use crate::graph::error::Result;
-use crate::graph::tensor::{Tensor, TensorView, numel};
+use crate::graph::tensor::{Tensor, TensorView, numel, sub};
 
 /// The permutation moving `axes` (sorted) to the end, keeping the order of the rest.
 fn to_back(rank: usize, axes: &[usize]) -> Vec<usize> {
@@ -48,7 +49,7 @@ pub(crate) fn softmax(
     let a = norm_axis(node, axis, r)?;
     let cols = x.shape()[a];
     if a == r - 1 || numel(&x.shape()[a + 1..]) == 1 {
-        nk::softmax(
+        softmax_rows(
             x.as_float_slice().expect("float"),
             out.as_float_slice_mut().expect("float"),
             cols,
@@ -61,7 +62,7 @@ pub(crate) fn softmax(
     let mut t = pool.alloc(x.dtype(), &tshape);
     transpose(x, &perm, &mut t);
     let mut u = pool.alloc(out.dtype(), &tshape);
-    nk::softmax(
+    softmax_rows(
         t.as_float_slice().expect("float"),
         u.as_float_slice_mut().expect("float"),
         cols,
@@ -71,6 +72,20 @@ pub(crate) fn softmax(
     pool.give(t);
     pool.give(u);
     Ok(())
+}
+
+/// The softmax kernel over rows of `cols`, rows split over the threads.
+fn softmax_rows(xs: FloatSlice<'_>, ys: FloatSliceMut<'_>, cols: usize, log: bool) {
+    par::for_units(ys, cols, cols, |r, y| {
+        nk::softmax(sub(xs, r.start * cols, r.end * cols), y, cols, log)
+    });
+}
+
+/// The row reduction kernel, rows split over the threads.
+fn reduce_rows(op: ReduceOp, xs: FloatSlice<'_>, cols: usize, ys: FloatSliceMut<'_>) {
+    par::for_units(ys, 1, cols, |r, y| {
+        nk::reduce_rows(op, sub(xs, r.start * cols, r.end * cols), cols, y)
+    });
 }
 
 /// `LayerNormalization` (or, with `rms`, `RMSNormalization`) over axes `axis..`,
@@ -101,11 +116,14 @@ pub(crate) fn layer_norm(
     if cols == 0 {
         return Ok(());
     }
-    if rms {
-        nk::rms_norm(xs, ys, cols, &gamma, eps);
-    } else {
-        nk::layer_norm(xs, ys, cols, &gamma, beta.as_deref(), eps);
-    }
+    par::for_units(ys, cols, cols, |r, y| {
+        let x = sub(xs, r.start * cols, r.end * cols);
+        if rms {
+            nk::rms_norm(x, y, cols, &gamma, eps);
+        } else {
+            nk::layer_norm(x, y, cols, &gamma, beta.as_deref(), eps);
+        }
+    });
     Ok(())
 }
 
@@ -152,7 +170,7 @@ pub(crate) fn reduce(
     let suffix = red.iter().enumerate().all(|(j, &i)| i == r - red.len() + j);
     let op = kernel_reduce(kind);
     if suffix {
-        nk::reduce_rows(
+        reduce_rows(
             op,
             x.as_float_slice().expect("float"),
             cols,
@@ -164,7 +182,7 @@ pub(crate) fn reduce(
     let tshape: Vec<usize> = perm.iter().map(|&p| x.shape()[p]).collect();
     let mut t = pool.alloc(x.dtype(), &tshape);
     transpose(x, &perm, &mut t);
-    nk::reduce_rows(
+    reduce_rows(
         op,
         t.as_float_slice().expect("float"),
         cols,
@@ -178,7 +196,7 @@ pub(crate) fn reduce(
 pub(crate) fn global_pool(x: &TensorView<'_>, max: bool, out: &mut Tensor) {
     let cols = numel(&x.shape()[2..]);
     let op = if max { ReduceOp::Max } else { ReduceOp::Mean };
-    nk::reduce_rows(
+    reduce_rows(
         op,
         x.as_float_slice().expect("float"),
         cols,

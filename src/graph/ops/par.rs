@@ -1,0 +1,94 @@
+//! Row-parallel execution of the ops whose output elements (or rows) do not
+//! depend on each other: elementwise, casts, softmax, normalization and
+//! row reductions.
+//!
+//! The output is cut into contiguous parts of whole units (elements or
+//! rows) and each part runs the same single-threaded kernel call it would
+//! run alone. Every output element is computed by the same instruction
+//! sequence whatever the split, so results are bit-identical for any thread
+//! count. The thread count is the GEMM knob,
+//! [`mixprec_kernels::gemm::set_num_threads`], so one setting governs a
+//! whole run.
+
+use std::ops::Range;
+
+use mixprec_kernels::gemm;
+use mixprec_kernels::{FloatSlice, FloatSliceMut};
+
+use crate::graph::tensor::{convert_float, sub};
+
+/// Below this many output elements per thread the fork/join costs more
+/// than it saves (a 2-thread split of an L2-resident f32 add pays off from
+/// roughly this size on).
+const MIN_ELEMS_PER_PART: usize = 1 << 15;
+
+/// How many parts to cut `elems` output elements into.
+fn parts_for(elems: usize) -> usize {
+    (elems / MIN_ELEMS_PER_PART).clamp(1, gemm::num_threads().max(1))
+}
+
+/// Cuts `y` (of `units * unit` elements) into parts of whole units and runs
+/// `f(unit_range, y_part)` on each, in parallel when the work is large;
+/// `work_per_unit` is the elements a unit reads (a row reduction reads a
+/// whole row per output element).
+pub(crate) fn for_units(
+    y: FloatSliceMut<'_>,
+    unit: usize,
+    work_per_unit: usize,
+    f: impl Fn(Range<usize>, FloatSliceMut<'_>) + Sync,
+) {
+    let units = y.len().checked_div(unit).unwrap_or(0);
+    let parts = parts_for(units.saturating_mul(work_per_unit)).min(units.max(1));
+    if parts <= 1 {
+        f(0..units, y);
+        return;
+    }
+    let per = units.div_ceil(parts);
+    let ranges: Vec<Range<usize>> = (0..units)
+        .step_by(per)
+        .map(|s| s..(s + per).min(units))
+        .collect();
+    let pieces = split_mut(y, &ranges, unit);
+    let f = &f;
+    rayon::scope(|s| {
+        for (r, yp) in ranges.into_iter().zip(pieces) {
+            s.spawn(move |_| f(r, yp));
+        }
+    });
+}
+
+/// [`convert_float`] split over the threads.
+pub(crate) fn convert(src: FloatSlice<'_>, dst: FloatSliceMut<'_>) {
+    for_units(dst, 1, 1, |r, d| convert_float(sub(src, r.start, r.end), d));
+}
+
+/// `y` cut at the unit ranges (consecutive, covering `y`).
+fn split_mut<'a>(
+    y: FloatSliceMut<'a>,
+    ranges: &[Range<usize>],
+    unit: usize,
+) -> Vec<FloatSliceMut<'a>> {
+    fn cut<'a, T>(mut s: &'a mut [T], ranges: &[Range<usize>], unit: usize) -> Vec<&'a mut [T]> {
+        let mut out = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            let (head, tail) = s.split_at_mut(r.len() * unit);
+            out.push(head);
+            s = tail;
+        }
+        out
+    }
+    match y {
+        FloatSliceMut::F32(s) => cut(s, ranges, unit)
+            .into_iter()
+            .map(FloatSliceMut::F32)
+            .collect(),
+        FloatSliceMut::Bf16(s) => cut(s, ranges, unit)
+            .into_iter()
+            .map(FloatSliceMut::Bf16)
+            .collect(),
+        FloatSliceMut::F16(s) => cut(s, ranges, unit)
+            .into_iter()
+            .map(FloatSliceMut::F16)
+            .collect(),
+    }
+}
