@@ -356,6 +356,30 @@ fn onnx_conv_without_inputs_is_a_typed_error() {
     assert!(msg.contains("conv") && msg.contains("input 0"), "{msg}");
 }
 
+/// Found by the onnx_bytes fuzzer (session 2): a Slice of a rank-0 tensor
+/// with one start and default axes indexed past the (empty) shape.
+#[test]
+fn onnx_slice_with_more_starts_than_rank_is_a_typed_error() {
+    let int = |name: &str| TensorProto {
+        dims: vec![1],
+        data_type: Some(proto::data_type::INT64),
+        int64_data: vec![0],
+        name: Some(name.into()),
+        ..Default::default()
+    };
+    let mut m = model(
+        vec![node("Slice", "slice", &["x", "starts", "ends"], "y")],
+        vec![value_info("x", &[])],
+        "y",
+    );
+    let g = m.graph.as_mut().unwrap();
+    g.initializer.push(int("starts"));
+    g.initializer.push(int("ends"));
+    let err = onnx::load_bytes(&m.encode_to_vec(), None, &ImportOptions::default()).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("slice") && msg.contains("rank 0"), "{msg}");
+}
+
 /// Found by the gemm_differential fuzzer (a GELU-erf reference at v == 0):
 /// `graph::erf_f64(0.0)` looped forever because its series stopped on
 /// `|term| < 1e-17 |sum|`, never true when both are 0.

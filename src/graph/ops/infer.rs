@@ -892,6 +892,14 @@ pub(crate) fn slice_spec(
             .iter()
             .map(|&a| norm_axis(node, a, rank))
             .collect::<Result<_>>()?,
+        // The default axes 0..n must exist (found by fuzzing: a rank-0 input
+        // with one start indexed past its shape).
+        None if n > rank => {
+            return Err(shape_err(
+                node,
+                format!("Slice has {n} starts but its input has rank {rank}"),
+            ));
+        }
         None => (0..n).collect(),
     };
     let steps: Vec<i64> = params.get(3).cloned().unwrap_or_else(|| vec![1; n]);
