@@ -380,6 +380,27 @@ fn onnx_slice_with_more_starts_than_rank_is_a_typed_error() {
     assert!(msg.contains("slice") && msg.contains("rank 0"), "{msg}");
 }
 
+/// The fusion matchers read their nodes' inputs by position; a softmax-shaped
+/// subgraph whose ReduceSum, Exp or Sub has no inputs must be an import error
+/// (the lowering names the node), not an index panic inside fusion.
+#[test]
+fn onnx_fusion_patterns_with_missing_inputs_are_typed_errors() {
+    for (missing, exp_in, rs_in) in [("rs", vec!["x"], vec![]), ("e", vec![], vec!["e"])] {
+        let m = model(
+            vec![
+                node("Exp", "e", &exp_in, "e"),
+                node("ReduceSum", "rs", &rs_in, "s"),
+                node("Div", "d", &["e", "s"], "y"),
+            ],
+            vec![value_info("x", &[2, 3])],
+            "y",
+        );
+        let r = onnx::load_bytes(&m.encode_to_vec(), None, &ImportOptions::default());
+        let msg = r.map(|_| ()).unwrap_err().to_string();
+        assert!(msg.contains(missing), "{missing}: {msg}");
+    }
+}
+
 /// Found by the gemm_differential fuzzer (a GELU-erf reference at v == 0):
 /// `graph::erf_f64(0.0)` looped forever because its series stopped on
 /// `|term| < 1e-17 |sum|`, never true when both are 0.

@@ -283,7 +283,7 @@ fn match_gelu(c: &Ctx, i: usize) -> Option<(String, usize, Vec<usize>, &'static 
                     let other = c.other(m3, x)?;
                     let m4 = c.prod(&other, "Mul")?;
                     let n4 = c.node(m4);
-                    (n4.inputs[0] == x && n4.inputs[1] == x).then_some(())?;
+                    (n4.inputs.len() == 2 && n4.inputs.iter().all(|v| v == x)).then_some(())?;
                     (c.single(&other)).then_some(())?;
                     v.extend([m3, m4]);
                 }
@@ -676,26 +676,27 @@ fn fuse_softmax(g: &mut IGraph) -> Vec<Fusion> {
             let (e, s) = (dn.input(0)?, dn.input(1)?);
             let ex = c.prod(e, "Exp")?;
             let rs = c.prod(s, "ReduceSum")?;
-            (c.node(rs).inputs[0] == e && c.uses.get(e).copied() == Some(2) && c.single(s))
+            (c.node(rs).input(0)? == e && c.uses.get(e).copied() == Some(2) && c.single(s))
                 .then_some(())?;
             let (axes, keep) = c.reduce_axes(rs)?;
             (keep && axes.len() == 1).then_some(())?;
             let mut idx = vec![ex, rs, i];
-            let mut x = c.node(ex).inputs[0].clone();
+            let mut x = c.node(ex).input(0)?.to_string();
             // Optional max subtraction (shift invariance).
             if let Some(sub) = c.prod(&x, "Sub") {
                 let sn = c.node(sub);
-                if let Some(mx) = c.prod(&sn.inputs[1], "ReduceMax")
-                    && c.node(mx).inputs[0] == sn.inputs[0]
+                if let (Some(xs), Some(m)) = (sn.input(0), sn.input(1))
+                    && let Some(mx) = c.prod(m, "ReduceMax")
+                    && c.node(mx).input(0) == Some(xs)
                     && c.reduce_axes(mx) == Some((axes.clone(), true))
                     && c.single(&x)
-                    && c.single(&sn.inputs[1])
+                    && c.single(m)
                 {
                     idx.extend([sub, mx]);
-                    x = sn.inputs[0].clone();
+                    x = xs.to_string();
                 }
             }
-            c.single(&c.node(ex).inputs[0]).then_some(())?;
+            c.single(c.node(ex).input(0)?).then_some(())?;
             Some((x, axes[0], idx))
         })() else {
             continue;
