@@ -1,7 +1,8 @@
 //! Elementwise and normalization throughput, in elements per second.
 //!
-//! * `add` (two slices) and `add_splat` (slice + scalar) at n = 4 Ki (cache
-//!   resident) and 4 Mi (memory bound), f32 and bf16 storage (inputs and output);
+//! * `add` (two slices) and `add_splat` (slice + scalar) at n = 2 Ki (f32: 24 KiB
+//!   in all, in a 32 KiB L1d), 4 Ki (48 KiB, from L2) and 4 Mi (memory bound),
+//!   f32 and bf16 storage (inputs and output);
 //! * `exp`, `gelu_erf`, `gelu_tanh` at 4 Ki (compute bound);
 //! * `softmax`, `layer_norm`, `rms_norm`, `reduce_sum` on 64 rows of 768.
 //!
@@ -21,6 +22,7 @@ use mixprec_kernels::{FloatSlice, FloatSliceMut, Isa, active_isa};
 /// Row length of the normalization cases (BERT-base hidden size).
 const COLS: usize = 768;
 const ROWS: usize = 64;
+const L1: usize = 2048;
 const SMALL: usize = 4096;
 const LARGE: usize = 4 << 20;
 
@@ -79,7 +81,7 @@ fn bench(c: &mut Criterion) {
     g.sample_size(20)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(1));
-    for n in [SMALL, LARGE] {
+    for n in [L1, SMALL, LARGE] {
         let src = values(n);
         g.throughput(Throughput::Elements(n as u64));
         for bf in [false, true] {
@@ -96,7 +98,7 @@ fn bench(c: &mut Criterion) {
                         binary_scalar_rhs_at(isa, BinaryOp::Add, a.s(), 0.5, y.m()).unwrap()
                     })
                 });
-                if n > SMALL {
+                if n != SMALL {
                     continue;
                 }
                 for (name, op) in [

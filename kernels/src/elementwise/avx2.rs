@@ -11,7 +11,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{BinaryOp, Src, UnaryOp};
+use super::{BinaryOp, UnaryOp};
 use crate::element::{Element, FloatType};
 use crate::norm::ReduceOp;
 

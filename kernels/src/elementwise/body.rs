@@ -96,6 +96,117 @@ const GT_C3: f32 = 0.071_354_82;
 const NEG_SATURATE: f32 = -200.0;
 const TWO_M64: f32 = 5.421_010_9e-20;
 
+// The loops are macros, not functions taking closures, so that each op gets
+// its own straight-line loop body inside the `#[target_feature]` function that
+// expands it (a closure cannot be a `#[target_feature]` fn, and an op chosen
+// per vector by `match` kept LLVM from hoisting anything out of the loop).
+
+/// `y[j] = $f` for every position `j` of the slice `$y`, where `$f` is an
+/// expression of the vectors `$v`, each loaded from the slice `$s` at `j`
+/// (every `$s` has `$y.len()` elements). `4;` unrolls cheap bodies by four
+/// vectors; `1;` is for the long polynomial ones, which fill the out-of-order
+/// window on their own. A last partial vector goes through zero-padded
+/// buffers (lanes are independent, so the padding never reaches a result).
+macro_rules! map {
+    (4; $y:expr, [$($v:ident = $s:expr),*] => $f:expr) => {
+        map!(@go true; $y, [$($v = $s),*] => $f)
+    };
+    (1; $y:expr, [$($v:ident = $s:expr),*] => $f:expr) => {
+        map!(@go false; $y, [$($v = $s),*] => $f)
+    };
+    (@go $unroll:tt; $y:expr, [$($v:ident = $s:expr),*] => $f:expr) => {{
+        let y = $y;
+        let n = y.len();
+        $(
+            let $v = $s;
+            assert_eq!($v.len(), n, "mixprec elementwise: operand length");
+        )*
+        let yp = y.as_mut_ptr();
+        let mut i = 0;
+        map!(@unrolled $unroll; yp, i, n, [$($v),*] => $f);
+        while i + LANES <= n {
+            map!(@step yp, i, [$($v),*] => $f);
+            i += LANES;
+        }
+        if i < n {
+            $( let $v = load_part(&$v[i..]); )*
+            store_part(&mut y[i..], $f);
+        }
+    }};
+    (@unrolled false; $($rest:tt)*) => {};
+    (@unrolled true; $yp:ident, $i:ident, $n:ident, [$($v:ident),*] => $f:expr) => {
+        while $i + 4 * LANES <= $n {
+            map!(@step $yp, $i, [$($v),*] => $f);
+            map!(@step $yp, $i + LANES, [$($v),*] => $f);
+            map!(@step $yp, $i + 2 * LANES, [$($v),*] => $f);
+            map!(@step $yp, $i + 3 * LANES, [$($v),*] => $f);
+            $i += 4 * LANES;
+        }
+    };
+    (@step $yp:ident, $j:expr, [$($v:ident),*] => $f:expr) => {{
+        let j = $j;
+        // SAFETY: the loops keep j + LANES <= n, the length of the output and
+        // of every operand.
+        $( let $v = unsafe { load($v.as_ptr().add(j)) }; )*
+        let r = $f;
+        // SAFETY: as above.
+        unsafe { store($yp.add(j), r) };
+    }};
+}
+
+/// `match $op` with one [`map!`] per binary op, `$p` and `$q` naming the
+/// left and right operand vectors (loaded by `[$v = $s]` or bound by the caller).
+macro_rules! binary_map {
+    ($op:expr, $y:expr, [$($v:ident = $s:expr),*], |$p:ident, $q:ident|) => {
+        match $op {
+            BinaryOp::Add => map!(4; $y, [$($v = $s),*] => add($p, $q)),
+            BinaryOp::Sub => map!(4; $y, [$($v = $s),*] => sub($p, $q)),
+            BinaryOp::Mul => map!(4; $y, [$($v = $s),*] => mul($p, $q)),
+            BinaryOp::Div => map!(4; $y, [$($v = $s),*] => div($p, $q)),
+            BinaryOp::Max => map!(4; $y, [$($v = $s),*] => max_v($p, $q)),
+            BinaryOp::Min => map!(4; $y, [$($v = $s),*] => min_v($p, $q)),
+            BinaryOp::Pow => unreachable!("pow runs libm's powf before any backend is called"),
+        }
+    };
+}
+
+/// Runs one row `$x` through the 32 virtual accumulators in the documented
+/// order (element `i` into accumulator `i % 32`, in increasing `i`) and
+/// returns them for [`fold`]: `$a` is an accumulator vector, `$v` the row's
+/// vector at position `$j`, and `$step` the accumulator's new value. Whole
+/// blocks of 32 run without masks; in the last, partial block, `$step` also
+/// runs on zero-padded lanes (and on positions up to the next multiple of 32),
+/// whose results are discarded.
+macro_rules! accumulate {
+    ($x:expr, $init:expr, |$a:ident, $v:ident, $j:pat_param| $step:expr) => {{
+        let x = $x;
+        let n = x.len();
+        let mut acc = [$init; NACC];
+        let mut i = 0;
+        while i + RED_LANES <= n {
+            for (k, slot) in acc.iter_mut().enumerate() {
+                let j = i + k * LANES;
+                let $j = j;
+                let $a = *slot;
+                // SAFETY: j + LANES <= i + RED_LANES <= n.
+                let $v = unsafe { load(x.as_ptr().add(j)) };
+                *slot = $step;
+            }
+            i += RED_LANES;
+        }
+        if i < n {
+            for slot in acc.iter_mut() {
+                let $j = i;
+                let $a = *slot;
+                let $v = load_upto(x, i);
+                *slot = select(live(i, n), $step, $a);
+                i += LANES;
+            }
+        }
+        acc
+    }};
+}
+
 simd! {
     fn horner<const N: usize>(x: V, c: &[f32; N]) -> V {
         let mut r = splat(c[0]);
@@ -239,95 +350,85 @@ simd! {
         mul(mul(splat(0.5), xc), add(splat(1.0), e))
     }
 
-    fn unary_v(op: UnaryOp, x: V) -> V {
-        match op {
-            UnaryOp::Neg => neg_v(x),
-            UnaryOp::Abs => abs_v(x),
-            UnaryOp::Sqrt => sqrt(x),
-            UnaryOp::Reciprocal => div(splat(1.0), x),
-            UnaryOp::Exp => exp_v(x),
-            UnaryOp::Log => log_v(x),
-            UnaryOp::Tanh => tanh_v(x),
-            UnaryOp::Erf => erf_v(x),
-            UnaryOp::Sigmoid => sigmoid_v(x),
-            UnaryOp::Relu => relu_v(x),
-            UnaryOp::GeluErf => gelu_erf_v(x),
-            UnaryOp::GeluTanh => gelu_tanh_v(x),
-            UnaryOp::Silu => silu_v(x),
-        }
+    fn recip_v(x: V) -> V {
+        div(splat(1.0), x)
     }
 
-    fn binary_v(op: BinaryOp, a: V, b: V) -> V {
-        match op {
-            BinaryOp::Add => add(a, b),
-            BinaryOp::Sub => sub(a, b),
-            BinaryOp::Mul => mul(a, b),
-            BinaryOp::Div => div(a, b),
-            BinaryOp::Max => max_v(a, b),
-            BinaryOp::Min => min_v(a, b),
-            // Routed to libm before any backend is called.
-            BinaryOp::Pow => splat(f32::NAN),
-        }
+    /// The first `s.len()` (< `LANES`) lanes from `s`, the rest zero.
+    fn load_part<T: Element>(s: &[T]) -> V {
+        let mut buf = [T::zeroed(); LANES];
+        buf[..s.len()].copy_from_slice(s);
+        // SAFETY: buf holds LANES elements.
+        unsafe { load(buf.as_ptr()) }
     }
 
-    /// Loads `LANES` elements of `s` from `i`, or fewer padded with zeros.
-    fn load_src<T: Element>(s: &Src<'_, T>, i: usize) -> V {
-        match s {
-            Src::Splat(c) => splat(*c),
-            Src::Slice(v) if i + LANES <= v.len() => {
-                // SAFETY: i + LANES <= v.len() bounds the LANES-element load.
-                unsafe { load(v.as_ptr().add(i)) }
-            }
-            Src::Slice(v) => {
-                let mut buf = [T::zeroed(); LANES];
-                buf[..v.len() - i].copy_from_slice(&v[i..]);
-                // SAFETY: buf holds LANES elements.
-                unsafe { load(buf.as_ptr()) }
-            }
-        }
+    /// Stores the first `d.len()` (< `LANES`) lanes of `v` to `d`.
+    fn store_part<T: Element>(d: &mut [T], v: V) {
+        let mut buf = [T::zeroed(); LANES];
+        // SAFETY: buf holds LANES elements.
+        unsafe { store(buf.as_mut_ptr(), v) };
+        d.copy_from_slice(&buf[..d.len()]);
     }
 
-    fn load_slice<T: Element>(s: &[T], i: usize) -> V {
-        load_src(&Src::Slice(s), i)
-    }
-
-    /// Stores `LANES` results to `y` from `i`, or as many as fit.
-    fn store_at<T: Element>(y: &mut [T], i: usize, v: V) {
-        if i + LANES <= y.len() {
-            // SAFETY: i + LANES <= y.len() bounds the LANES-element store.
-            unsafe { store(y.as_mut_ptr().add(i), v) }
+    /// `LANES` elements of `x` from `i`, zero-padded past its end (`i` may be past it).
+    fn load_upto<T: Element>(x: &[T], i: usize) -> V {
+        if i + LANES <= x.len() {
+            // SAFETY: i + LANES <= x.len() bounds the LANES-element load.
+            unsafe { load(x.as_ptr().add(i)) }
         } else {
-            let mut buf = [T::zeroed(); LANES];
-            // SAFETY: buf holds LANES elements.
-            unsafe { store(buf.as_mut_ptr(), v) };
-            let rest = y.len() - i;
-            y[i..].copy_from_slice(&buf[..rest]);
+            load_part(&x[i.min(x.len())..])
         }
     }
 
     /// `y[i] = op(x[i])`; `x.len() == y.len()` (checked by the caller).
     pub(crate) fn unary<I: Element, O: Element>(op: UnaryOp, x: &[I], y: &mut [O]) {
-        let mut i = 0;
-        while i < y.len() {
-            let v = load_slice(x, i);
-            store_at(y, i, unary_v(op, v));
-            i += LANES;
+        match op {
+            UnaryOp::Neg => map!(4; y, [v = x] => neg_v(v)),
+            UnaryOp::Abs => map!(4; y, [v = x] => abs_v(v)),
+            UnaryOp::Sqrt => map!(4; y, [v = x] => sqrt(v)),
+            UnaryOp::Reciprocal => map!(4; y, [v = x] => recip_v(v)),
+            UnaryOp::Relu => map!(4; y, [v = x] => relu_v(v)),
+            UnaryOp::Exp => map!(1; y, [v = x] => exp_v(v)),
+            UnaryOp::Log => map!(1; y, [v = x] => log_v(v)),
+            UnaryOp::Tanh => map!(1; y, [v = x] => tanh_v(v)),
+            UnaryOp::Erf => map!(1; y, [v = x] => erf_v(v)),
+            UnaryOp::Sigmoid => map!(1; y, [v = x] => sigmoid_v(v)),
+            UnaryOp::GeluErf => map!(1; y, [v = x] => gelu_erf_v(v)),
+            UnaryOp::GeluTanh => map!(1; y, [v = x] => gelu_tanh_v(v)),
+            UnaryOp::Silu => map!(1; y, [v = x] => silu_v(v)),
         }
     }
 
-    /// `y[i] = a[i] op b[i]`; slice operands have `y.len()` elements (checked by the caller).
+    /// `y[i] = a[i] op b[i]`; all three have one length (checked by the caller).
     pub(crate) fn binary<A: Element, B: Element, O: Element>(
         op: BinaryOp,
-        a: Src<'_, A>,
-        b: Src<'_, B>,
+        a: &[A],
+        b: &[B],
         y: &mut [O],
     ) {
-        let mut i = 0;
-        while i < y.len() {
-            let r = binary_v(op, load_src(&a, i), load_src(&b, i));
-            store_at(y, i, r);
-            i += LANES;
-        }
+        binary_map!(op, y, [p = a, q = b], |p, q|)
+    }
+
+    /// `y[i] = a[i] op b`; `a.len() == y.len()` (checked by the caller).
+    pub(crate) fn binary_splat_rhs<A: Element, O: Element>(
+        op: BinaryOp,
+        a: &[A],
+        b: f32,
+        y: &mut [O],
+    ) {
+        let q = splat(b);
+        binary_map!(op, y, [p = a], |p, q|)
+    }
+
+    /// `y[i] = a op b[i]`; `b.len() == y.len()` (checked by the caller).
+    pub(crate) fn binary_splat_lhs<B: Element, O: Element>(
+        op: BinaryOp,
+        a: f32,
+        b: &[B],
+        y: &mut [O],
+    ) {
+        let p = splat(a);
+        binary_map!(op, y, [q = b], |p, q|)
     }
 
     /// Which lanes of the vector at `i` hold row elements (`i < n`).
@@ -352,77 +453,43 @@ simd! {
     }
 
     fn row_sum<T: Element>(x: &[T]) -> f32 {
-        let mut acc = [splat(0.0); NACC];
-        let mut i = 0;
-        while i < x.len() {
-            for a in acc.iter_mut() {
-                let v = load_slice(x, i.min(x.len()));
-                *a = select(live(i, x.len()), add(*a, v), *a);
-                i += LANES;
-            }
-        }
-        fold(acc, |a, b| a + b)
-    }
-
-    /// Sum of `(x - c)^2` in the documented order.
-    fn row_sq_dev<T: Element>(x: &[T], c: f32) -> f32 {
-        let mut acc = [splat(0.0); NACC];
-        let mut i = 0;
-        while i < x.len() {
-            for a in acc.iter_mut() {
-                let d = sub(load_slice(x, i.min(x.len())), splat(c));
-                *a = select(live(i, x.len()), fma(d, d, *a), *a);
-                i += LANES;
-            }
-        }
-        fold(acc, |a, b| a + b)
-    }
-
-    fn row_sum_exp<T: Element>(x: &[T], m: f32) -> f32 {
-        let mut acc = [splat(0.0); NACC];
-        let mut i = 0;
-        while i < x.len() {
-            for a in acc.iter_mut() {
-                let e = exp_v(sub(load_slice(x, i.min(x.len())), splat(m)));
-                *a = select(live(i, x.len()), add(*a, e), *a);
-                i += LANES;
-            }
-        }
-        fold(acc, |a, b| a + b)
+        fold(accumulate!(x, splat(0.0), |a, v, _| add(a, v)), add_f32)
     }
 
     fn row_max<T: Element>(x: &[T]) -> f32 {
-        let mut acc = [splat(f32::NEG_INFINITY); NACC];
-        let mut i = 0;
-        while i < x.len() {
-            for a in acc.iter_mut() {
-                let v = load_slice(x, i.min(x.len()));
-                *a = select(live(i, x.len()), max_v(*a, v), *a);
-                i += LANES;
-            }
-        }
-        fold(acc, max_f32)
+        fold(accumulate!(x, splat(f32::NEG_INFINITY), |a, v, _| max_v(a, v)), max_f32)
     }
 
     /// Softmax (or log-softmax) of each row of `cols` elements.
     pub(crate) fn softmax<I: Element, O: Element>(x: &[I], y: &mut [O], cols: usize, log: bool) {
+        // exp(x - m) of the row, kept from the sum for the division pass (the
+        // same f32 values, so the result is as if recomputed); rounded up to
+        // whole accumulator blocks so the tail block can store full vectors.
+        let mut exps = if log {
+            Vec::new()
+        } else {
+            vec![0.0f32; cols.next_multiple_of(RED_LANES)]
+        };
         for (xr, yr) in x.chunks_exact(cols).zip(y.chunks_exact_mut(cols)) {
-            let m = row_max(xr);
-            let s = row_sum_exp(xr, m);
-            let mut i = 0;
+            let m = splat(row_max(xr));
             if log {
-                let c = to_array(log_v(splat(s)))[0];
-                while i < cols {
-                    let v = sub(sub(load_slice(xr, i), splat(m)), splat(c));
-                    store_at(yr, i, v);
-                    i += LANES;
-                }
+                let acc = accumulate!(xr, splat(0.0), |a, v, _| add(a, exp_v(sub(v, m))));
+                let s = fold(acc, add_f32);
+                let c = splat(to_array(log_v(splat(s)))[0]);
+                map!(4; yr, [v = xr] => sub(sub(v, m), c));
             } else {
-                while i < cols {
-                    let e = exp_v(sub(load_slice(xr, i), splat(m)));
-                    store_at(yr, i, div(e, splat(s)));
-                    i += LANES;
-                }
+                let ep = exps.as_mut_ptr();
+                let s = fold(
+                    accumulate!(xr, splat(0.0), |a, v, j| {
+                        let e = exp_v(sub(v, m));
+                        // SAFETY: j + LANES <= cols rounded up to RED_LANES = exps.len().
+                        unsafe { store(ep.add(j), e) };
+                        add(a, e)
+                    }),
+                    add_f32,
+                );
+                let s = splat(s);
+                map!(4; yr, [e = &exps[..cols]] => div(e, s));
             }
         }
     }
@@ -437,19 +504,18 @@ simd! {
         eps: f32,
     ) {
         for (xr, yr) in x.chunks_exact(cols).zip(y.chunks_exact_mut(cols)) {
-            let mean = row_sum(xr) / cols as f32;
-            let var = row_sq_dev(xr, mean) / cols as f32;
-            let rstd = 1.0 / (var + eps).sqrt();
-            let mut i = 0;
-            while i < cols {
-                let t = mul(sub(load_slice(xr, i), splat(mean)), splat(rstd));
-                let g = load_slice(gamma, i);
-                let r = match beta {
-                    Some(b) => fma(t, g, load_slice(b, i)),
-                    None => mul(t, g),
-                };
-                store_at(yr, i, r);
-                i += LANES;
+            let mean = splat(row_sum(xr) / cols as f32);
+            let sq = accumulate!(xr, splat(0.0), |a, v, _| {
+                let d = sub(v, mean);
+                fma(d, d, a)
+            });
+            let var = fold(sq, add_f32) / cols as f32;
+            let rstd = splat(1.0 / (var + eps).sqrt());
+            match beta {
+                Some(beta) => map!(4; yr, [v = xr, g = gamma, b = beta] => {
+                    fma(mul(sub(v, mean), rstd), g, b)
+                }),
+                None => map!(4; yr, [v = xr, g = gamma] => mul(mul(sub(v, mean), rstd), g)),
             }
         }
     }
@@ -463,14 +529,11 @@ simd! {
         eps: f32,
     ) {
         for (xr, yr) in x.chunks_exact(cols).zip(y.chunks_exact_mut(cols)) {
-            let ms = row_sq_dev(xr, 0.0) / cols as f32;
-            let rstd = 1.0 / (ms + eps).sqrt();
-            let mut i = 0;
-            while i < cols {
-                let t = mul(load_slice(xr, i), splat(rstd));
-                store_at(yr, i, mul(t, load_slice(gamma, i)));
-                i += LANES;
-            }
+            // sum((x - 0)^2): x - 0 is x bit for bit, so the subtraction is left out.
+            let ms = fold(accumulate!(xr, splat(0.0), |a, v, _| fma(v, v, a)), add_f32);
+            let ms = ms / cols as f32;
+            let rstd = splat(1.0 / (ms + eps).sqrt());
+            map!(4; yr, [v = xr, g = gamma] => mul(mul(v, rstd), g));
         }
     }
 
@@ -485,6 +548,10 @@ simd! {
             *out = O::from_f32(r);
         }
     }
+}
+
+fn add_f32(a: f32, b: f32) -> f32 {
+    a + b
 }
 
 /// [`max_v`] on one value, for folding lanes.

@@ -206,9 +206,8 @@ impl BinaryOp {
     }
 }
 
-/// One operand of a binary kernel: a slice, or one value broadcast to every element.
-#[derive(Clone, Copy)]
-pub(crate) enum Src<'a, T> {
+/// One operand of [`BinaryOp::Pow`]: a slice, or one value broadcast to every element.
+enum Src<'a, T> {
     Slice(&'a [T]),
     Splat(f32),
 }
@@ -306,38 +305,37 @@ fn pow_slices<A: Element, B: Element, O: Element>(a: Src<A>, b: Src<B>, y: &mut 
     }
 }
 
-fn run_binary<A: Element, B: Element, O: Element>(
-    isa: Isa,
-    op: BinaryOp,
-    a: Src<A>,
-    b: Src<B>,
-    y: &mut [O],
-) {
-    if op == BinaryOp::Pow {
-        return pow_slices(a, b, y);
-    }
-    backend_call!(isa, binary::<A, B, O>(op, a, b, y))
-}
-
 fn run_binary_slices(isa: Isa, op: BinaryOp, a: FloatSlice, b: FloatSlice, y: FloatSliceMut) {
     check_len("left operand", a.len(), y.len());
     check_len("right operand", b.len(), y.len());
     with_in!(a, |a: A| with_in!(b, |b: B| with_out!(y, |y: O| {
-        run_binary::<A, B, O>(isa, op, Src::Slice(a), Src::Slice(b), y)
+        if op == BinaryOp::Pow {
+            pow_slices(Src::Slice(a), Src::Slice(b), y)
+        } else {
+            backend_call!(isa, binary::<A, B, O>(op, a, b, y))
+        }
     })))
 }
 
 fn run_binary_rhs(isa: Isa, op: BinaryOp, a: FloatSlice, b: f32, y: FloatSliceMut) {
     check_len("left operand", a.len(), y.len());
     with_in!(a, |a: A| with_out!(y, |y: O| {
-        run_binary::<A, f32, O>(isa, op, Src::Slice(a), Src::Splat(b), y)
+        if op == BinaryOp::Pow {
+            pow_slices::<A, f32, O>(Src::Slice(a), Src::Splat(b), y)
+        } else {
+            backend_call!(isa, binary_splat_rhs::<A, O>(op, a, b, y))
+        }
     }))
 }
 
 fn run_binary_lhs(isa: Isa, op: BinaryOp, a: f32, b: FloatSlice, y: FloatSliceMut) {
     check_len("right operand", b.len(), y.len());
     with_in!(b, |b: B| with_out!(y, |y: O| {
-        run_binary::<f32, B, O>(isa, op, Src::Splat(a), Src::Slice(b), y)
+        if op == BinaryOp::Pow {
+            pow_slices::<f32, B, O>(Src::Splat(a), Src::Slice(b), y)
+        } else {
+            backend_call!(isa, binary_splat_lhs::<B, O>(op, a, b, y))
+        }
     }))
 }
 

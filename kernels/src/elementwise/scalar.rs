@@ -6,7 +6,7 @@
 // The polynomial coefficients in body.rs are kept as published / fitted.
 #![allow(clippy::excessive_precision, clippy::approx_constant)]
 
-use super::{BinaryOp, Src, UnaryOp};
+use super::{BinaryOp, UnaryOp};
 use crate::element::Element;
 use crate::norm::ReduceOp;
 
@@ -101,15 +101,36 @@ unsafe fn store<T: Element>(p: *mut T, v: V) {
 
 include!("body.rs");
 
-/// The scalar reference of one unary op on one value.
+/// The scalar reference of one unary op on one value: the same functions the
+/// kernels' loops apply (`unary` in `body.rs`), so tests that compare every
+/// level with this also check that the two op tables agree.
 pub(crate) fn unary_value(op: UnaryOp, x: f32) -> f32 {
-    unary_v(op, x)
+    match op {
+        UnaryOp::Neg => neg_v(x),
+        UnaryOp::Abs => abs_v(x),
+        UnaryOp::Sqrt => sqrt(x),
+        UnaryOp::Reciprocal => recip_v(x),
+        UnaryOp::Exp => exp_v(x),
+        UnaryOp::Log => log_v(x),
+        UnaryOp::Tanh => tanh_v(x),
+        UnaryOp::Erf => erf_v(x),
+        UnaryOp::Sigmoid => sigmoid_v(x),
+        UnaryOp::Relu => relu_v(x),
+        UnaryOp::GeluErf => gelu_erf_v(x),
+        UnaryOp::GeluTanh => gelu_tanh_v(x),
+        UnaryOp::Silu => silu_v(x),
+    }
 }
 
-/// The scalar reference of one binary op on one value pair.
+/// The scalar reference of one binary op on one value pair (as `binary_map!`).
 pub(crate) fn binary_value(op: BinaryOp, a: f32, b: f32) -> f32 {
     match op {
+        BinaryOp::Add => add(a, b),
+        BinaryOp::Sub => sub(a, b),
+        BinaryOp::Mul => mul(a, b),
+        BinaryOp::Div => div(a, b),
+        BinaryOp::Max => max_v(a, b),
+        BinaryOp::Min => min_v(a, b),
         BinaryOp::Pow => a.powf(b),
-        _ => binary_v(op, a, b),
     }
 }
