@@ -358,6 +358,18 @@ fn conv_2d_and_1d() {
             6,
             true,
         ), // depthwise
+        // A column matrix of 144 x 62*62 f32 (2.2 MB): im2col runs in blocks
+        // of output rows (the last one partial), each block's GEMM writing
+        // its columns of C at the plane stride.
+        (
+            vec![1, 32, 64, 64],
+            vec![8, 16, 3, 3],
+            (1, 1),
+            (1, 1),
+            (0, 1, 1, 0),
+            2,
+            true,
+        ),
     ];
     for (xs, ws, s, d, p, group, bias) in cases {
         let x = rng.tensor(&xs, -1.0, 1.0);
