@@ -569,6 +569,8 @@ fn gemm_case<T: Element, O: Element>(b: &mut Bytes) {
     let bm = Operand::<T>::new(b, k, n, flags & 2 != 0, ((pads >> 2) % 4) as usize, ab_nan);
     let bias: Option<Vec<f32>> =
         (flags & 4 != 0).then(|| (0..n).map(|_| value::<f32>(b)).collect());
+    let row_bias: Option<Vec<f32>> =
+        (flags & 0x20 != 0).then(|| (0..m).map(|_| value::<f32>(b)).collect());
     let ldc = n + ((pads >> 4) % 4) as usize;
     let sentinel = O::from_f32(-12345.0);
     let c0: Vec<O> = (0..m * ldc)
@@ -585,8 +587,8 @@ fn gemm_case<T: Element, O: Element>(b: &mut Bytes) {
         .collect();
     let epilogue = Epilogue {
         bias: bias.as_deref(),
+        row_bias: row_bias.as_deref(),
         activation,
-        ..Default::default()
     };
 
     // f64 reference with the documented error bound.
@@ -614,7 +616,8 @@ fn gemm_case<T: Element, O: Element>(b: &mut Bytes) {
             } else {
                 0.0
             };
-            let bterm = bias.as_ref().map_or(0.0, |v| v[j] as f64);
+            let bterm = bias.as_ref().map_or(0.0, |v| v[j] as f64)
+                + row_bias.as_ref().map_or(0.0, |v| v[i] as f64);
             let v = alpha64 * acc + cterm + bterm;
             let err = 4.0 * (k as f64 + 2.0) * u * alpha64.abs() * abs
                 + 4.0 * u * (alpha64.abs() * acc.abs() + cterm.abs() + bterm.abs())
@@ -631,24 +634,44 @@ fn gemm_case<T: Element, O: Element>(b: &mut Bytes) {
             want[i * n + j] = (r, e);
         }
     }
-    let check = |what: &str, c: &[O]| {
+    // Accumulation::Bf16Dot reads subnormal operands as zero and flushes
+    // subnormal partial sums: its documented extra absolute term.
+    let max_abs = |o: &Operand<T>| {
+        o.data
+            .iter()
+            .fold(0f64, |m, x| m.max(x.to_f32().abs() as f64))
+    };
+    let e_ftz = alpha64.abs()
+        * 2.0
+        * k as f64
+        * f64::powi(2.0, -126)
+        * (1.0 + max_abs(&a))
+        * (1.0 + max_abs(&bm));
+    let check_with = |what: &str, c: &[O], extra: f64| {
         for i in 0..m {
             for j in 0..n {
                 let got = c[i * ldc + j].to_f32() as f64;
                 let (r, e) = want[i * n + j];
+                let e = e + extra
+                    * if activation == Activation::Identity {
+                        1.0
+                    } else {
+                        1.2
+                    };
                 let tol = e * (1.0 + uo) + uo * r.abs() + subo;
                 let ok = (got - r).abs() <= tol
                     || (got.is_infinite() && got.signum() == r.signum() && r.abs() + e >= maxo);
                 assert!(
                     ok,
                     "gemm {what} {}x{}x{} T={:?} O={:?} alpha={alpha} beta={beta} {activation:?} \
-                     bias={} a_t={} b_t={}: C[{i},{j}] = {got:e}, want {r:e} +- {tol:e}",
+                     bias={} row_bias={} a_t={} b_t={}: C[{i},{j}] = {got:e}, want {r:e} +- {tol:e}",
                     m,
                     n,
                     k,
                     T::DTYPE,
                     O::DTYPE,
                     bias.is_some(),
+                    row_bias.is_some(),
                     a.trans,
                     bm.trans
                 );
@@ -661,6 +684,7 @@ fn gemm_case<T: Element, O: Element>(b: &mut Bytes) {
             }
         }
     };
+    let check = |what: &str, c: &[O]| check_with(what, c, 0.0);
     let run_at = |isa: Isa| {
         let mut c = c0.clone();
         let cv = MatMut::new(&mut c, m, n, ldc).expect("storage covers C");
@@ -718,4 +742,72 @@ fn gemm_case<T: Element, O: Element>(b: &mut Bytes) {
             "gemm_packed and gemm disagree ({m}x{n}x{k})"
         );
     }
+    if T::DTYPE == FloatType::Bf16 && Isa::Avx512CoreBf16.is_available() {
+        bf16dot_case(
+            &a,
+            &bm,
+            alpha,
+            beta,
+            &c0,
+            ldc,
+            &epilogue,
+            e_ftz,
+            &check_with,
+        );
+    }
+}
+
+/// `Accumulation::Bf16Dot` on the same case: within its bound, the same
+/// bits for 1 and 2 threads, and the same bits with B packed once
+/// (`PackedB::pack_for`), which the docs promise for every m.
+#[allow(clippy::too_many_arguments)]
+fn bf16dot_case<T: Element, O: Element>(
+    a: &Operand<T>,
+    bm: &Operand<T>,
+    alpha: f32,
+    beta: f32,
+    c0: &[O],
+    ldc: usize,
+    epilogue: &Epilogue,
+    e_ftz: f64,
+    check_with: &dyn Fn(&str, &[O], f64),
+) {
+    let (m, n) = (a.rows, bm.cols);
+    let bits = |c: &[O]| -> Vec<u32> { c.iter().map(|x| x.to_f32().to_bits()).collect() };
+    let isa = Isa::Avx512CoreBf16;
+    let runs = [1usize, 2].map(|t| {
+        gemm::set_num_threads(t);
+        let mut c = c0.to_vec();
+        let cv = MatMut::new(&mut c, m, n, ldc).expect("storage covers C");
+        gemm::gemm_at(
+            isa,
+            Accumulation::Bf16Dot,
+            alpha,
+            a.view(),
+            bm.view(),
+            beta,
+            cv,
+            epilogue,
+        )
+        .unwrap_or_else(|e| panic!("Bf16Dot refused a valid call: {e}"));
+        c
+    });
+    gemm::set_num_threads(0);
+    check_with("bf16dot", &runs[0], e_ftz);
+    assert_eq!(
+        bits(&runs[0]),
+        bits(&runs[1]),
+        "Bf16Dot depends on the thread count"
+    );
+    let packed = PackedB::pack_for(bm.view(), Accumulation::Bf16Dot)
+        .unwrap_or_else(|e| panic!("pack_for(Bf16Dot) refused bf16: {e}"));
+    let mut c = c0.to_vec();
+    let cv = MatMut::new(&mut c, m, n, ldc).expect("storage covers C");
+    gemm::gemm_packed_at(isa, alpha, a.view(), &packed, beta, cv, epilogue)
+        .unwrap_or_else(|e| panic!("gemm_packed(Bf16Dot) refused a valid call: {e}"));
+    assert_eq!(
+        bits(&c),
+        bits(&runs[0]),
+        "Bf16Dot packed and unpacked disagree"
+    );
 }
