@@ -10,7 +10,7 @@ use mixprec_kernels::elementwise::{
     BinaryOp, UnaryOp, binary, binary_at, binary_scalar_lhs, binary_scalar_lhs_at,
     binary_scalar_rhs, binary_scalar_rhs_at, unary, unary_at,
 };
-use mixprec_kernels::{FloatType, Isa};
+use mixprec_kernels::{FloatSlice, FloatSliceMut, FloatType, Isa};
 use proptest::prelude::*;
 
 /// `None` is the default dispatch (`active_isa()`).
@@ -90,6 +90,50 @@ fn unary_matches_reference_on_every_level_and_dtype() {
                         check_window(&y, off, &want[off..off + n], &what);
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Dense sweeps where the exp-based ops produce subnormal or saturated
+/// results: the only inputs on which the levels' `2^n` scalings (two exact
+/// multiplies, or `vscalefps` at AVX-512) round at all, and the `v < -64`
+/// switch of the sigmoid products.
+#[test]
+fn exp_based_ops_agree_where_results_are_subnormal() {
+    let ranges: [(UnaryOp, f32, f32); 6] = [
+        (UnaryOp::Exp, -105.0, -86.0),
+        (UnaryOp::Sigmoid, -105.0, -86.0),
+        (UnaryOp::Silu, -130.0, -60.0),
+        (UnaryOp::GeluTanh, -12.0, -7.5),
+        (UnaryOp::Tanh, -46.0, -40.0),
+        (UnaryOp::Exp, 87.0, 89.0),
+    ];
+    const N: usize = 40_000;
+    for (op, lo, hi) in ranges {
+        let x: Vec<f32> = (0..N)
+            .map(|i| lo + (hi - lo) * (i as f32 / N as f32))
+            .collect();
+        let want: Vec<f32> = x.iter().map(|&v| op.apply(v)).collect();
+        assert!(
+            op != UnaryOp::Exp || lo > 0.0 || want.iter().any(|w| *w != 0.0 && !w.is_normal()),
+            "the {op:?} sweep reaches subnormal results"
+        );
+        for level in levels() {
+            let mut y = vec![0.0f32; N];
+            let (xs, ys) = (FloatSlice::F32(&x), FloatSliceMut::F32(&mut y));
+            match level {
+                None => unary(op, xs, ys),
+                Some(isa) => unary_at(isa, op, xs, ys).unwrap(),
+            }
+            for i in 0..N {
+                assert!(
+                    same(y[i], want[i]),
+                    "{op:?}({:e}) at {level:?}: {:e} vs {:e}",
+                    x[i],
+                    y[i],
+                    want[i]
+                );
             }
         }
     }

@@ -47,6 +47,14 @@ simd! {
             _mm256_set1_epi32(0x7F80_0000),
         )))
     }
+    /// `y * 2^n` in two exact-power steps (`2^n` alone may not be a normal
+    /// f32): `y * 2^n1` is normal, so exact, and a subnormal result is rounded
+    /// once, in the last multiply.
+    fn scale2(y: V, n: V) -> V {
+        let n1 = round_even(mul(n, splat(0.5)));
+        let n2 = sub(n, n1);
+        mul(mul(y, exp2i(n1)), exp2i(n2))
+    }
     fn lt(a: V, b: V) -> M { _mm256_cmp_ps::<_CMP_LT_OQ>(a, b) }
     fn eq(a: V, b: V) -> M { _mm256_cmp_ps::<_CMP_EQ_OQ>(a, b) }
     fn isnan(a: V) -> M { _mm256_cmp_ps::<_CMP_UNORD_Q>(a, a) }
@@ -108,6 +116,22 @@ simd! {
                 }
             }
         }
+    }
+
+    /// The first `s.len()` (< 8) lanes from `s`, the rest zero.
+    fn load_part<T: Element>(s: &[T]) -> V {
+        let mut buf = [T::zeroed(); LANES];
+        buf[..s.len()].copy_from_slice(s);
+        // SAFETY: buf holds 8 elements.
+        unsafe { load(buf.as_ptr()) }
+    }
+
+    /// Stores the first `d.len()` (< 8) lanes of `v` to `d`.
+    fn store_part<T: Element>(d: &mut [T], v: V) {
+        let mut buf = [T::zeroed(); LANES];
+        // SAFETY: buf holds 8 elements.
+        unsafe { store(buf.as_mut_ptr(), v) };
+        d.copy_from_slice(&buf[..d.len()]);
     }
 }
 

@@ -2,8 +2,9 @@
 // of `scalar.rs`, `avx2.rs` and `avx512.rs` defines the vector primitives
 // (`V`, `M`, `LANES`, `splat`, `add`, `fma`, `select`, `load`, `store`, ...)
 // and a `simd!` macro that puts its `#[target_feature]` on every function,
-// then `include!`s this file. The scalar level is the instance with
-// `LANES == 1`; because every level runs the same operations in the same
+// then `include!`s this file; `load_part` and `store_part` (vectors cut short
+// by the end of a slice) are per level too. The scalar level is the instance
+// with `LANES == 1`; because every level runs the same operations in the same
 // order (fused multiply-adds written out, no reassociation), all levels give
 // bit-identical results, which the tests check.
 //
@@ -257,13 +258,9 @@ simd! {
         (add(fma(horner(r, &EXP_P), z, r), splat(1.0)), n)
     }
 
-    /// `y * 2^n` for integral `n` in [-254, 128]: two steps so both powers are
-    /// normal and a subnormal result is rounded once, in the last multiply.
-    fn scale2(y: V, n: V) -> V {
-        let n1 = round_even(mul(n, splat(0.5)));
-        let n2 = sub(n, n1);
-        mul(mul(y, exp2i(n1)), exp2i(n2))
-    }
+    // `scale2(y, n)`, a level primitive, is `y * 2^n` for `y` in [0.7, 1.5]
+    // and integral `n` in [-150, 128] (the range these callers produce),
+    // rounded once: on a subnormal result, the only case that rounds at all.
 
     fn exp_v(x: V) -> V {
         // Operand order makes a NaN x fall through both clamps.
@@ -352,22 +349,6 @@ simd! {
 
     fn recip_v(x: V) -> V {
         div(splat(1.0), x)
-    }
-
-    /// The first `s.len()` (< `LANES`) lanes from `s`, the rest zero.
-    fn load_part<T: Element>(s: &[T]) -> V {
-        let mut buf = [T::zeroed(); LANES];
-        buf[..s.len()].copy_from_slice(s);
-        // SAFETY: buf holds LANES elements.
-        unsafe { load(buf.as_ptr()) }
-    }
-
-    /// Stores the first `d.len()` (< `LANES`) lanes of `v` to `d`.
-    fn store_part<T: Element>(d: &mut [T], v: V) {
-        let mut buf = [T::zeroed(); LANES];
-        // SAFETY: buf holds LANES elements.
-        unsafe { store(buf.as_mut_ptr(), v) };
-        d.copy_from_slice(&buf[..d.len()]);
     }
 
     /// `LANES` elements of `x` from `i`, zero-padded past its end (`i` may be past it).

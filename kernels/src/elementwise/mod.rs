@@ -26,13 +26,21 @@
 //! |---|---|---|---|
 //! | `scalar` | 1 | exact shift / integer RNE | exact widening / integer RNE |
 //! | `avx2` | 8 | `vpmovzxwd` + shift / 8-lane integer RNE | F16C `vcvtph2ps` / `vcvtps2ph` |
-//! | `avx512_core` and above | 16 | `vpmovzxwd` + shift / 16-lane integer RNE | `vcvtph2ps` / `vcvtps2ph` zmm |
+//! | `avx512_core` and above | 16 | `vpermw` / 16-lane integer RNE, `vpermw` | `vcvtph2ps` / `vcvtps2ph` zmm |
 //!
 //! `avx512_core_bf16` and `avx512_core_fp16` run the `avx512_core` code: the
-//! kernels are bound by loads, stores and f32 arithmetic, which AVX512_BF16 and
-//! AVX512-FP16 do not speed up (and no AVX512-FP16 machine was available to
-//! test native FP16 code). Tails shorter than a vector go through a stack
-//! buffer padded with zeros and the same vector code.
+//! kernels are bound by loads, stores and f32 arithmetic, which AVX512-FP16
+//! does not speed up (and no AVX512-FP16 machine was available to test native
+//! FP16 code), and AVX512_BF16's `vcvtneps2bf16` flushes subnormal inputs to
+//! zero, so it cannot give the conversion contract's rounding.
+//!
+//! Each op and operand kind (slice or broadcast scalar) has its own loop,
+//! unrolled by four vectors for the cheap ops; the end of a slice shorter than
+//! a vector goes through the same vector code once, with masked loads and
+//! stores at the AVX-512 level and a zero-padded stack buffer below it. The
+//! AVX-512 level forms `2^n` scalings in `exp` (and the ops built on it) with
+//! `vscalefps`, which rounds exactly as the other levels' two exact-power
+//! multiplies do.
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;

@@ -64,6 +64,14 @@ fn round_even(a: V) -> V {
 fn exp2i(n: V) -> V {
     f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
+/// `y * 2^n` in two exact-power steps (`2^n` alone may not be a normal
+/// f32): `y * 2^n1` is normal, so exact, and a subnormal result is rounded
+/// once, in the last multiply.
+fn scale2(y: V, n: V) -> V {
+    let n1 = round_even(mul(n, splat(0.5)));
+    let n2 = sub(n, n1);
+    mul(mul(y, exp2i(n1)), exp2i(n2))
+}
 /// The biased exponent field as a float.
 fn exponent_field(a: V) -> V {
     ((a.to_bits() >> 23) & 0xFF) as f32
@@ -97,6 +105,17 @@ unsafe fn load<T: Element>(p: *const T) -> V {
 unsafe fn store<T: Element>(p: *mut T, v: V) {
     // SAFETY: forwarded from the caller.
     unsafe { p.write(T::from_f32(v)) }
+}
+
+/// A partial one-lane vector: `s` is empty, so this is the zero padding.
+fn load_part<T: Element>(s: &[T]) -> V {
+    s.first().map_or(0.0, |x| x.to_f32())
+}
+/// A partial one-lane vector: `d` is empty, so nothing is stored.
+fn store_part<T: Element>(d: &mut [T], v: V) {
+    if let Some(o) = d.first_mut() {
+        *o = T::from_f32(v);
+    }
 }
 
 include!("body.rs");
