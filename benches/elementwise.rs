@@ -6,8 +6,9 @@
 //! * `exp`, `gelu_erf`, `gelu_tanh` at 4 Ki (compute bound);
 //! * `softmax`, `layer_norm`, `rms_norm`, `reduce_sum` on 64 rows of 768.
 //!
-//! Levels: every distinct implementation among `avx2` and the active level
-//! (`MIXPREC_MAX_CPU_ISA=avx2` leaves only avx2), plus `scalar` at n = 4 Ki.
+//! Buffers are 64-byte aligned. Levels: every distinct implementation among
+//! `avx2` and the active level (`MIXPREC_MAX_CPU_ISA=avx2` leaves only avx2),
+//! plus `scalar` up to n = 4 Ki.
 
 use std::time::Duration;
 
@@ -26,29 +27,48 @@ const L1: usize = 2048;
 const SMALL: usize = 4096;
 const LARGE: usize = 4 << 20;
 
+/// A buffer starting on a 64-byte boundary, as the graph's tensors do (a
+/// plain `Vec` start is only 16-byte aligned, which splits every other
+/// vector access across two cache lines).
 enum Data {
-    F32(Vec<f32>),
-    Bf16(Vec<bf16>),
+    F32(Vec<f32>, usize),
+    Bf16(Vec<bf16>, usize),
+}
+
+fn aligned<T: Copy>(v: Vec<T>, fill: T) -> (Vec<T>, usize) {
+    let n = v.len();
+    let mut buf = vec![fill; n + 64];
+    let off = buf.as_ptr().align_offset(64);
+    buf[off..off + n].copy_from_slice(&v);
+    (buf, off)
 }
 
 impl Data {
     fn new(bf: bool, v: &[f32]) -> Data {
         if bf {
-            Data::Bf16(v.iter().map(|&x| bf16::from_f32(x)).collect())
+            let (b, o) = aligned(v.iter().map(|&x| bf16::from_f32(x)).collect(), bf16::ZERO);
+            Data::Bf16(b, o)
         } else {
-            Data::F32(v.to_vec())
+            let (b, o) = aligned(v.to_vec(), 0.0);
+            Data::F32(b, o)
         }
     }
     fn s(&self) -> FloatSlice<'_> {
         match self {
-            Data::F32(v) => FloatSlice::F32(v),
-            Data::Bf16(v) => FloatSlice::Bf16(v),
+            Data::F32(v, o) => FloatSlice::F32(&v[*o..v.len() - 64 + o]),
+            Data::Bf16(v, o) => FloatSlice::Bf16(&v[*o..v.len() - 64 + o]),
         }
     }
     fn m(&mut self) -> FloatSliceMut<'_> {
         match self {
-            Data::F32(v) => FloatSliceMut::F32(v),
-            Data::Bf16(v) => FloatSliceMut::Bf16(v),
+            Data::F32(v, o) => {
+                let end = v.len() - 64 + *o;
+                FloatSliceMut::F32(&mut v[*o..end])
+            }
+            Data::Bf16(v, o) => {
+                let end = v.len() - 64 + *o;
+                FloatSliceMut::Bf16(&mut v[*o..end])
+            }
         }
     }
 }
