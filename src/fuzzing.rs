@@ -616,11 +616,16 @@ fn gemm_case<T: Element, O: Element>(b: &mut Bytes) {
             } else {
                 0.0
             };
-            let bterm = bias.as_ref().map_or(0.0, |v| v[j] as f64)
-                + row_bias.as_ref().map_or(0.0, |v| v[i] as f64);
+            let (bj, ri) = (
+                bias.as_ref().map_or(0.0, |v| v[j] as f64),
+                row_bias.as_ref().map_or(0.0, |v| v[i] as f64),
+            );
+            let bterm = bj + ri;
             let v = alpha64 * acc + cterm + bterm;
+            // Each bias is a separate rounded addition: the partial sums can
+            // be as large as either bias even when the two cancel.
             let err = 4.0 * (k as f64 + 2.0) * u * alpha64.abs() * abs
-                + 4.0 * u * (alpha64.abs() * acc.abs() + cterm.abs() + bterm.abs())
+                + 4.0 * u * (alpha64.abs() * acc.abs() + cterm.abs() + bj.abs() + ri.abs())
                 + (k as f64 + 8.0) * tiny * (1.0 + alpha64.abs());
             let (r, e) = match activation {
                 Activation::Identity => (v, err),
