@@ -371,7 +371,13 @@ fn conv_2d_and_1d() {
             true,
         ),
     ];
-    for (xs, ws, s, d, p, group, bias) in cases {
+    // One thread takes the blocked im2col path (f32), more threads the
+    // whole plane; results must match the reference either way.
+    let runs = cases
+        .iter()
+        .flat_map(|c| [(c.clone(), 1usize), (c.clone(), 0)]);
+    for ((xs, ws, s, d, p, group, bias), threads) in runs {
+        mixprec::kernels::gemm::set_num_threads(threads);
         let x = rng.tensor(&xs, -1.0, 1.0);
         let w = rng.tensor(&ws, -1.0, 1.0);
         let b = rng.tensor(&[ws[0]], -1.0, 1.0);

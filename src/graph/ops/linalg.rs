@@ -338,12 +338,14 @@ fn conv_typed<T: Element + TensorElement>(
     let direct =
         kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && oh == h && ow == wd;
     let zero = T::from_f32(0.0);
-    // With f32 accumulation, im2col runs over blocks of whole output rows
-    // whose column matrix (kk x rows*ow) stays in L2, so the GEMM packs B
-    // from cache instead of streaming a full kk x oh*ow buffer through
-    // memory (8x64x56x56 3x3 f32: ~12% faster on one core). The Bf16Dot
-    // path measured ~35% slower blocked, so it takes the whole plane.
-    let block_rows = if direct || acc != Accumulation::F32 {
+    // On one thread with f32 accumulation, im2col runs over blocks of whole
+    // output rows whose column matrix (kk x rows*ow) stays in L2, so the
+    // GEMM packs B from cache instead of streaming a full kk x oh*ow buffer
+    // through memory. Measured on 8x64x56x56, three 3x3 convs (ms, blocked
+    // vs whole plane): f32 1 thread 84 vs 92; f32 2 threads 122 vs 55 (the
+    // many small GEMMs pay the thread pool's fork/join per call); Bf16Dot
+    // 1 thread 65-70 vs 48-55. So only the first case is blocked.
+    let block_rows = if direct || acc != Accumulation::F32 || gemm::num_threads() > 1 {
         oh
     } else {
         (IM2COL_BYTES / (kk * ow * std::mem::size_of::<T>()).max(1)).clamp(1, oh.max(1))
