@@ -452,7 +452,6 @@ impl Graph {
     }
 }
 
-/// A slot's value during a run.
 /// The compile-time work of a Gemm, MatMul or Conv node: its accumulation,
 /// a constant B packed for it, a constant bias kept in f32.
 ///
@@ -491,6 +490,7 @@ fn prepare_gemm(
     })
 }
 
+/// A slot's value during a run.
 enum Val<'a> {
     /// Read in place: a graph input, a constant, or a view op's output over
     /// one of those.
