@@ -17,9 +17,9 @@ use mixprec_kernels::{FloatSlice, FloatSliceMut};
 
 use crate::graph::tensor::{convert_float, sub};
 
-/// Below this many output elements per thread the fork/join costs more
-/// than it saves (a 2-thread split of an L2-resident f32 add pays off from
-/// roughly this size on).
+/// Fewer output elements than this per part are not worth a fork/join
+/// (tens of microseconds of wake-up against ~1-2 us of work per 2^15
+/// elements of a cheap op). A conservative choice, not a tuned one.
 const MIN_ELEMS_PER_PART: usize = 1 << 15;
 
 /// How many parts to cut `elems` output elements into.
