@@ -422,7 +422,7 @@ fn one_cast_shared_by_all_consumers_and_no_cast_pairs() {
 fn f32_plans_are_bitwise_identical_for_any_thread_count() {
     // Large enough that the GEMMs split work across threads, and that the
     // elementwise, softmax, LayerNorm and cast steps split their rows
-    // (from 2^15 elements per part: the attention scores here have 2^20).
+    // (from 2^18 elements per part: the attention scores here have 2^20).
     let b = encoder_block(41);
     let x = Rng::new(42).tensor(&[8, 256, D], -1.0, 1.0);
     let m = mlp(43);

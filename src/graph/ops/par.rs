@@ -17,10 +17,11 @@ use mixprec_kernels::{FloatSlice, FloatSliceMut};
 
 use crate::graph::tensor::{convert_float, sub};
 
-/// Fewer output elements than this per part are not worth a fork/join
-/// (tens of microseconds of wake-up against ~1-2 us of work per 2^15
-/// elements of a cheap op). A conservative choice, not a tuned one.
-const MIN_ELEMS_PER_PART: usize = 1 << 15;
+/// Fewer output elements than this per part are not worth a fork/join:
+/// waking a pool thread costs microseconds to tens of microseconds, and
+/// 2^18 elements of a cheap op (an add at ~20 Gelem/s) take ~13 us, of a
+/// GELU ~130 us. A conservative choice, not a tuned one.
+const MIN_ELEMS_PER_PART: usize = 1 << 18;
 
 /// How many parts to cut `elems` output elements into.
 fn parts_for(elems: usize) -> usize {
