@@ -398,7 +398,7 @@ pub const fn implementation(isa: Isa) -> &'static str {
         Isa::Avx512Core => "avx512 14x32 zmm FMA tiles over packed f32 panels; small-m streaming",
         Isa::Avx512CoreBf16 | Isa::Avx512CoreFp16 => {
             "avx512 14x32 zmm FMA tiles over packed f32 panels; small-m streaming; \
-             opt-in Accumulation::Bf16Dot: vdpbf16ps 1..14 x 32 tiles over bf16 k-pairs"
+             Accumulation::Bf16Dot (bf16 graph nodes by default): vdpbf16ps 1..14 x 32 tiles over bf16 k-pairs"
         }
     }
 }
