@@ -27,7 +27,7 @@ pub(crate) const KC: usize = 192;
 /// the one documented exception, the small-m path for `rs == 1` views).
 ///
 /// [`PackedB::pack_for`] with [`Accumulation::Bf16Dot`] packs a bf16 B
-/// into the k-pair panels `VDPBF16PS` reads instead (the same bytes);
+/// into the k-pair panels `VDPBF16PS` reads instead (the same size);
 /// [`super::gemm_packed`] then multiplies with that accumulation.
 #[derive(Clone, Debug)]
 pub struct PackedB<T> {
