@@ -401,6 +401,29 @@ fn onnx_fusion_patterns_with_missing_inputs_are_typed_errors() {
     }
 }
 
+/// Found by the onnx_bytes fuzzer (fifth round): an opset-9 Slice whose
+/// `ends` attribute is shorter than `starts` tripped a length assertion
+/// while building the constant inputs.
+#[test]
+fn onnx_legacy_slice_with_mismatched_lists_is_a_typed_error() {
+    let ints = |name: &str, v: Vec<i64>| proto::AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(proto::attribute_type::INTS),
+        ints: v,
+        ..Default::default()
+    };
+    let mut n = node("Slice", "slice", &["x"], "y");
+    n.attribute = vec![ints("starts", vec![0, 0]), ints("ends", vec![1])];
+    let mut m = model(vec![n], vec![value_info("x", &[2, 2])], "y");
+    m.opset_import[0].version = Some(9);
+    let err = onnx::load_bytes(&m.encode_to_vec(), None, &ImportOptions::default()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("slice") && msg.contains("differ in length"),
+        "{msg}"
+    );
+}
+
 /// Found by the gemm_differential fuzzer (a GELU-erf reference at v == 0):
 /// `graph::erf_f64(0.0)` looped forever because its series stopped on
 /// `|term| < 1e-17 |sum|`, never true when both are 0.

@@ -570,15 +570,14 @@ impl<'a> Lower<'a> {
                         let ends = n
                             .ints(o, "ends")?
                             .ok_or_else(|| n.bad_attr(o, "ends", "missing"))?;
-                        let k = starts.len();
-                        ins.push(
-                            self.konst(&format!("{nm}.starts"), HostTensor::i64(&[k], starts))?,
-                        );
-                        ins.push(self.konst(&format!("{nm}.ends"), HostTensor::i64(&[k], ends))?);
+                        // Each list keeps its own length: shape inference
+                        // reports lists of different lengths as a typed error
+                        // (fuzzing found `ends` shorter than `starts`).
+                        let list = |v: Vec<i64>| HostTensor::i64(&[v.len()], v);
+                        ins.push(self.konst(&format!("{nm}.starts"), list(starts))?);
+                        ins.push(self.konst(&format!("{nm}.ends"), list(ends))?);
                         if let Some(axes) = n.ints(o, "axes")? {
-                            ins.push(
-                                self.konst(&format!("{nm}.axes"), HostTensor::i64(&[k], axes))?,
-                            );
+                            ins.push(self.konst(&format!("{nm}.axes"), list(axes))?);
                         }
                     } else {
                         for i in 1..n.n_inputs() {
