@@ -257,22 +257,28 @@ fn subnormal_inputs_are_flushed() {
     assert_eq!(bf16dot_1xk(&[tiny], &[tiny]).unwrap(), 0.0);
 }
 
-#[test]
-fn typed_errors() {
-    let a32 = [1.0f32; 4];
-    let mut c = [0.0f32; 4];
-    let v32 = MatRef::new(&a32, 2, 2, 2).unwrap();
-    let err = gemm_at(
-        detected_isa(),
+/// `C = A A` for a 2x2 all-ones `A` of type `T` through Bf16Dot at `isa`.
+fn bf16dot_2x2<T: Element>(isa: Isa) -> Result<[f32; 4], GemmError> {
+    let a = [T::from_f32(1.0); 4];
+    let av = MatRef::new(&a, 2, 2, 2).unwrap();
+    // NaN in C: beta = 0 must overwrite it.
+    let mut c = [f32::NAN; 4];
+    gemm_at(
+        isa,
         Accumulation::Bf16Dot,
         1.0,
-        v32,
-        v32,
+        av,
+        av,
         0.0,
         MatMut::new(&mut c, 2, 2, 2).unwrap(),
         &Epilogue::default(),
-    )
-    .unwrap_err();
+    )?;
+    Ok(c)
+}
+
+#[test]
+fn typed_errors() {
+    let err = bf16dot_2x2::<f32>(detected_isa()).unwrap_err();
     assert!(
         matches!(
             err,
@@ -283,37 +289,13 @@ fn typed_errors() {
         ),
         "{err}"
     );
-    let a16 = [f16::ONE; 4];
-    let v16 = MatRef::new(&a16, 2, 2, 2).unwrap();
-    let err = gemm_at(
-        detected_isa(),
-        Accumulation::Bf16Dot,
-        1.0,
-        v16,
-        v16,
-        0.0,
-        MatMut::new(&mut c, 2, 2, 2).unwrap(),
-        &Epilogue::default(),
-    )
-    .unwrap_err();
+    let err = bf16dot_2x2::<f16>(detected_isa()).unwrap_err();
     assert!(
         matches!(err, GemmError::AccumulationUnsupported { .. }),
         "{err}"
     );
-    let ab = [bf16::ONE; 4];
-    let vb = MatRef::new(&ab, 2, 2, 2).unwrap();
     for isa in Isa::available().filter(|&i| i < Isa::Avx512CoreBf16) {
-        let err = gemm_at(
-            isa,
-            Accumulation::Bf16Dot,
-            1.0,
-            vb,
-            vb,
-            0.0,
-            MatMut::new(&mut c, 2, 2, 2).unwrap(),
-            &Epilogue::default(),
-        )
-        .unwrap_err();
+        let err = bf16dot_2x2::<bf16>(isa).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -326,35 +308,13 @@ fn typed_errors() {
         );
     }
     if !have_bf16() {
-        let err = gemm_at(
-            detected_isa(),
-            Accumulation::Bf16Dot,
-            1.0,
-            vb,
-            vb,
-            0.0,
-            MatMut::new(&mut c, 2, 2, 2).unwrap(),
-            &Epilogue::default(),
-        )
-        .unwrap_err();
+        let err = bf16dot_2x2::<bf16>(detected_isa()).unwrap_err();
         assert!(
             matches!(err, GemmError::Isa(IsaError::Unsupported { .. })),
             "{err}"
         );
     } else {
-        c = [f32::NAN; 4];
-        gemm_at(
-            detected_isa(),
-            Accumulation::Bf16Dot,
-            1.0,
-            vb,
-            vb,
-            0.0,
-            MatMut::new(&mut c, 2, 2, 2).unwrap(),
-            &Epilogue::default(),
-        )
-        .unwrap();
-        assert_eq!(c, [2.0; 4]);
+        assert_eq!(bf16dot_2x2::<bf16>(detected_isa()).unwrap(), [2.0; 4]);
     }
 }
 
