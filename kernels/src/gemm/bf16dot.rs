@@ -287,17 +287,7 @@ pub(super) unsafe fn run<T: Element, O: Element>(
                         let cols = NR.min(ncb - q * NR);
                         let (r0, c0) = (t * MR, j0 + q * NR);
                         // SAFETY: rows r0..r0+rows, columns c0..c0+cols of C belong to this item.
-                        unsafe {
-                            ep.store(
-                                wsp,
-                                nc,
-                                rows,
-                                cols,
-                                cp.get().add(r0 * ldc + c0),
-                                ldc,
-                                (r0, c0),
-                            )
-                        };
+                        unsafe { ep.store(wsp, nc, rows, cols, cp.get(), ldc, (r0, c0)) };
                     }
                 }
             }

@@ -194,12 +194,12 @@ impl<'a> Ep<'a> {
     }
 
     /// Applies the epilogue to a `rows x cols` block of accumulators (`ws`,
-    /// stride `ldw`) and stores it at `c` (stride `ldc`); `(i0, j0)` is the
-    /// block's first row and column in C. Same operations, same order as
+    /// stride `ldw`) and stores it into C (element (0, 0) at `c`, stride
+    /// `ldc`) from row `i0`, column `j0`. Same operations, same order as
     /// `epilogue::finish`.
     ///
     /// # Safety
-    /// `ws` is readable and `c` readable/writable for the block; `cols <= 64`.
+    /// `ws` is readable and C readable/writable for the block; `cols <= 64`.
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn store<O: Element>(
         &self,
@@ -211,6 +211,8 @@ impl<'a> Ep<'a> {
         ldc: usize,
         (i0, j0): (usize, usize),
     ) {
+        // SAFETY: the block's first element is inside C (caller's contract).
+        let c = unsafe { c.add(i0 * ldc + j0) };
         if O::DTYPE == FloatType::F32 {
             // f32 C: the same operations, in place, with no staging copy.
             for r in 0..rows {
@@ -398,17 +400,7 @@ pub(super) fn run<T: Element, O: Element>(
             for j0 in (0..n).step_by(64) {
                 let cols = 64.min(n - j0);
                 // SAFETY: row i, columns j0..j0+cols of C are in bounds (validated view).
-                unsafe {
-                    ep.store(
-                        zeros.as_ptr(),
-                        0,
-                        1,
-                        cols,
-                        cp.get().add(i * ldc + j0),
-                        ldc,
-                        (i, j0),
-                    )
-                };
+                unsafe { ep.store(zeros.as_ptr(), 0, 1, cols, cp.get(), ldc, (i, j0)) };
             }
         }
         return;
@@ -610,7 +602,7 @@ unsafe fn store_block<O: Element>(
                 ldw,
                 rows,
                 w,
-                cp.get().add(j0 + jj),
+                cp.get(),
                 ldc,
                 (0, j0 + jj),
             )
@@ -687,17 +679,7 @@ fn large<T: Element, O: Element>(
                         let cols = NR.min(ncb - q * NR);
                         let (r0, c0) = (t * mr, j0 + q * NR);
                         // SAFETY: rows r0..r0+rows, columns c0..c0+cols of C belong to this item.
-                        unsafe {
-                            ep.store(
-                                wsp,
-                                nc,
-                                rows,
-                                cols,
-                                cp.get().add(r0 * ldc + c0),
-                                ldc,
-                                (r0, c0),
-                            )
-                        };
+                        unsafe { ep.store(wsp, nc, rows, cols, cp.get(), ldc, (r0, c0)) };
                     }
                 }
             }
