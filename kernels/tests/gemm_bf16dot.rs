@@ -116,9 +116,13 @@ fn run_case<O: Element>(case: &Case, isa: Isa) {
             };
             let bj = bias.map_or(0.0, |b| b[j] as f64) + row_bias.map_or(0.0, |b| b[i] as f64);
             let pre = acc + old + bj;
+            // The two biases are separate rounded additions: a partial sum is
+            // as large as either bias even when they cancel.
+            let bias_abs = bias.map_or(0.0, |b| (b[j] as f64).abs())
+                + row_bias.map_or(0.0, |b| (b[i] as f64).abs());
             let pre_tol = 2.0 * (case.k as f64 + 2.0) * U * mag
                 + alpha.abs() * e_ftz
-                + 8.0 * U * (acc.abs() + old.abs() + bj.abs());
+                + 8.0 * U * (acc.abs() + old.abs() + bias_abs);
             let (want, slope) = act64(case.act, pre);
             let tol =
                 slope * pre_tol + 8.0 * U * want.abs() + 2.0 * (rel * want.abs() + abs) + 1e-30;
