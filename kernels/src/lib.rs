@@ -11,6 +11,7 @@
 //! every `#[target_feature]` function is reached only after detection.
 #![warn(missing_docs)]
 
+pub mod conv;
 pub mod convert;
 pub mod dot;
 pub mod element;

@@ -171,6 +171,82 @@ pub(super) unsafe fn big_tile(
     go!(1 2 3 4 5 6 7 8 9 10 11 12 13 14)
 }
 
+/// `out[i][0..32] (+)= sum_p a[i * KC + p] * b[offs[p] + 0..32]`, `p < kc`:
+/// the [`big_tile`] chain with B row `p` read at its own offset, so a
+/// convolution's B rows come straight from the (padded) image instead of a
+/// packed im2col panel.
+///
+/// # Safety
+/// `a` holds the `MR_ x kc` block at row stride `KC`; `offs` holds `kc`
+/// offsets and the 32 f32 at `b + offs[p]` are readable for each `p`; `out`
+/// rows `i < MR_` at stride `ldo` hold 32 f32 (read when `load`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn gather_tile<const MR_: usize>(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    offs: *const usize,
+    out: *mut f32,
+    ldo: usize,
+    load: bool,
+) {
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR_];
+    // SAFETY: all pointer arithmetic stays within the extents the caller guarantees.
+    unsafe {
+        if load {
+            for (i, row) in acc.iter_mut().enumerate() {
+                for (v, x) in row.iter_mut().enumerate() {
+                    *x = _mm512_loadu_ps(out.add(i * ldo + 16 * v));
+                }
+            }
+        }
+        for p in 0..kc {
+            let bp = b.add(*offs.add(p));
+            let bv = [_mm512_loadu_ps(bp), _mm512_loadu_ps(bp.add(16))];
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = _mm512_set1_ps(*a.add(i * KC + p));
+                for (v, x) in row.iter_mut().enumerate() {
+                    *x = _mm512_fmadd_ps(ai, bv[v], *x);
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (v, x) in row.iter().enumerate() {
+                _mm512_storeu_ps(out.add(i * ldo + 16 * v), *x);
+            }
+        }
+    }
+}
+
+/// Implicit-GEMM convolution tile: `mr <= MR` rows by 32 columns, B row `p`
+/// at `b + offs[p]` (see [`gather_tile`]).
+///
+/// # Safety
+/// As [`gather_tile`] with `MR_ = mr`, and the CPU supports AVX-512 F/BW/VL.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn conv_tile(
+    mr: usize,
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    offs: *const usize,
+    out: *mut f32,
+    ldo: usize,
+    load: bool,
+) {
+    macro_rules! go {
+        ($($n:literal)*) => {
+            match mr {
+                // SAFETY: forwarded from the caller's contract.
+                $($n => unsafe { gather_tile::<$n>(kc, a, b, offs, out, ldo, load) },)*
+                _ => unreachable!("tile rows {mr} > {MR}"),
+            }
+        };
+    }
+    go!(1 2 3 4 5 6 7 8 9 10 11 12 13 14)
+}
+
 /// Small-m tile: `mr <= 4` rows by `cols <= 64` columns of B of type `bt`
 /// read at `b + p * b_rs` (elements), over all `kc` in one pass (no reload).
 /// Writes 32 columns of `out` per row when `cols <= 32`, else 64.

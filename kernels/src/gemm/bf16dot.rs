@@ -20,11 +20,11 @@ use super::pack::{Layout, NR};
 use super::{BSource, Element, MatMut, MatRef, num_threads};
 
 /// Rows of the register tile.
-const MR: usize = 14;
+pub(super) const MR: usize = 14;
 /// k-pairs per block: a B block of `KCP x NR` pairs (16 KiB) and the A tile
 /// block it meets (7 KiB) fit Zen 4's 32 KiB L1D together; 192 pairs (24 +
 /// 10.5 KiB) did not and measured slower at 2048^3.
-const KCP: usize = 128;
+pub(super) const KCP: usize = 128;
 /// Register tiles per M block and panels per N block (as the F32 driver).
 const MC_TILES: usize = 8;
 const NC_PANELS: usize = 8;
@@ -97,6 +97,75 @@ unsafe fn tile<const R: usize>(
         }
     }
 }
+
+/// As [`tile`] with B pair row `q` read at `b + offs[q]` (32 pairs), so a
+/// convolution's k-pairs come straight from a channel-pair-interleaved copy
+/// of the image (see `gemm/conv.rs`).
+///
+/// # Safety
+/// As [`tile`], except that `offs` holds `kcp` offsets and the 32 pairs at
+/// `b + offs[q]` are readable for each `q`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn gather_tile<const R: usize>(
+    kcp: usize,
+    a: *const u32,
+    b: *const u32,
+    offs: *const usize,
+    out: *mut f32,
+    ldo: usize,
+    load: bool,
+) {
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    // SAFETY: every access stays within the extents the caller guarantees.
+    unsafe {
+        if load {
+            for (i, row) in acc.iter_mut().enumerate() {
+                for (v, x) in row.iter_mut().enumerate() {
+                    *x = _mm512_loadu_ps(out.add(i * ldo + 16 * v));
+                }
+            }
+        }
+        let mut ap = a;
+        for q in 0..kcp {
+            let bp = b.add(*offs.add(q));
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.cast()));
+            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(16).cast()));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai: __m512bh = std::mem::transmute(_mm512_set1_epi32(*ap.add(i) as i32));
+                row[0] = _mm512_dpbf16_ps(row[0], ai, b0);
+                row[1] = _mm512_dpbf16_ps(row[1], ai, b1);
+            }
+            ap = ap.add(MR);
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (v, x) in row.iter().enumerate() {
+                _mm512_storeu_ps(out.add(i * ldo + 16 * v), *x);
+            }
+        }
+    }
+}
+
+/// A convolution micro-kernel for a given number of real rows.
+pub(super) type GatherTileFn =
+    unsafe fn(usize, *const u32, *const u32, *const usize, *mut f32, usize, bool);
+
+/// `GATHER_TILES[r - 1]` computes `r` rows.
+pub(super) const GATHER_TILES: [GatherTileFn; MR] = [
+    gather_tile::<1>,
+    gather_tile::<2>,
+    gather_tile::<3>,
+    gather_tile::<4>,
+    gather_tile::<5>,
+    gather_tile::<6>,
+    gather_tile::<7>,
+    gather_tile::<8>,
+    gather_tile::<9>,
+    gather_tile::<10>,
+    gather_tile::<11>,
+    gather_tile::<12>,
+    gather_tile::<13>,
+    gather_tile::<14>,
+];
 
 /// A micro-kernel for a given number of real rows.
 type TileFn = unsafe fn(usize, *const u32, *const u32, *mut f32, usize, bool);
@@ -184,7 +253,7 @@ fn pack_b<T: Element>(threads: usize, b: BSource<T>, k: usize, n: usize, dst: &m
 
 /// Packs A (`m x k`, bf16) into `ceil(m / MR)` tiles of `kp x MR` pairs
 /// (rows past `m` are zero).
-fn pack_a<T: Element>(threads: usize, a: &MatRef<T>, dst: &mut [u32]) {
+pub(super) fn pack_a<T: Element>(threads: usize, a: &MatRef<T>, dst: &mut [u32]) {
     let (m, k) = (a.rows, a.cols);
     let kp = k.div_ceil(2);
     let dp = SendPtr(dst.as_mut_ptr());

@@ -29,7 +29,7 @@ use crate::elementwise::{self, UnaryOp};
 use crate::isa::Isa;
 
 /// Register tiles per M block.
-const MC_TILES: usize = 8;
+pub(super) const MC_TILES: usize = 8;
 /// 32-column panels per N block.
 const NC_PANELS: usize = 8;
 /// Largest m that takes the streaming path.
@@ -40,7 +40,7 @@ const SMALL_ROWS: usize = 4;
 /// keep each B row segment long and sequential for the prefetchers.
 const AXPY_COLS: usize = 4096;
 /// Below this many flops one thread does all the work.
-const PAR_MIN_FLOPS: usize = 1 << 22;
+pub(super) const PAR_MIN_FLOPS: usize = 1 << 22;
 /// Columns per work item on the small-m path.
 const SMALL_ITEM_COLS: usize = 256;
 
@@ -351,7 +351,7 @@ fn pack_a_tile<T: Element>(isa: Isa, a: &MatRef<T>, r0: usize, rows: usize, dst:
 
 /// Packs rows `r0 .. r0 + rows` of A into k blocks of `KC` columns, each a
 /// row-major `mr x KC` block: `dst[(p / KC) * mr * KC + i * KC + p % KC] = A[r0 + i, p]`.
-fn pack_a_blocks<T: Element>(
+pub(super) fn pack_a_blocks<T: Element>(
     isa: Isa,
     a: &MatRef<T>,
     r0: usize,
@@ -777,7 +777,7 @@ fn pack_b_f32<T: Element>(isa: Isa, threads: usize, b: BSource<T>, dst: &mut [f3
 }
 
 /// Widens `src` into `dst` (same length) exactly.
-fn widen_into<T: Element>(isa: Isa, src: &[T], dst: &mut [f32]) {
+pub(super) fn widen_into<T: Element>(isa: Isa, src: &[T], dst: &mut [f32]) {
     // The level was checked by the caller, so the conversions cannot fail.
     match T::DTYPE {
         FloatType::F32 => dst.copy_from_slice(bytemuck::cast_slice(src)),

@@ -58,6 +58,8 @@ mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod bf16dot;
 #[cfg(target_arch = "x86_64")]
+pub(crate) mod conv;
+#[cfg(target_arch = "x86_64")]
 mod driver;
 mod epilogue;
 mod pack;
@@ -467,7 +469,7 @@ pub(crate) fn check_accumulation<T: Element>(accumulation: Accumulation) -> Resu
     }
 }
 
-fn check_shapes<O: Element>(
+pub(crate) fn check_shapes<O: Element>(
     a: (usize, usize),
     b: (usize, usize),
     c: &MatMut<O>,
@@ -552,7 +554,7 @@ pub fn gemm_at<T: Element, O: Element>(
 
 /// `Accumulation::Bf16Dot` needs AVX512-BF16 on the CPU and a caller's
 /// level (a cap) that includes it.
-fn require_bf16dot(isa: Isa) -> Result<(), GemmError> {
+pub(crate) fn require_bf16dot(isa: Isa) -> Result<(), GemmError> {
     Isa::Avx512CoreBf16.require()?;
     if isa < Isa::Avx512CoreBf16 {
         return Err(GemmError::Isa(IsaError::Unsupported {

@@ -1,0 +1,342 @@
+//! 2-D convolution (NCHW, one image and one group per call) as a GEMM:
+//! `C = epilogue(W * im2col(image))`, C being `out_channels x (out_h *
+//! out_w)` (an NCHW output plane per row) and W `out_channels x k`,
+//! `k = in_channels * kh * kw` in (channel, kernel row, kernel column) order,
+//! the layout of ONNX and PyTorch weights. A 1-D convolution is a 2-D one
+//! with height 1.
+//!
+//! # Numerics
+//! * [`Accumulation::F32`]: exactly [`gemm::gemm_at`] at the same level with
+//!   `alpha = 1`, `beta = 0`, A = W and B = the explicit im2col matrix (zero
+//!   where a tap falls in the padding), bit for bit, on every path. So the
+//!   GEMM's error bound holds and results do not depend on the thread count.
+//! * [`Accumulation::Bf16Dot`] (bf16, `avx512_core_bf16` and up): exactly
+//!   [`gemm::gemm_at`] with `Bf16Dot` on that im2col matrix with its k rows
+//!   reordered to (channel pair, kernel row, kernel column, channel parity),
+//!   an odd channel count padded with a zero channel: each `VDPBF16PS` pair
+//!   is two neighbouring channels at one tap. For a 1x1 kernel this is the
+//!   plain order. The GEMM's `Bf16Dot` bound holds with that k.
+//! * The epilogue's `row_bias` is the per-channel bias, its `bias` is indexed
+//!   by output position (`oy * out_w + ox`).
+//!
+//! # Paths
+//! * A 1x1 kernel with stride 1, no padding and out size = in size: the
+//!   image is B as it is (a plain GEMM), at every level.
+//! * `avx512_core` and up with [`Accumulation::F32`], `avx512_core_bf16` and
+//!   up with [`Accumulation::Bf16Dot`]: an implicit GEMM that never builds
+//!   im2col. The image is copied once into a zero-padded buffer split by
+//!   stride phase (f32, or bf16 channel pairs), and the GEMM's 14 x 32
+//!   micro-kernels read each k row of B straight from it (see
+//!   `gemm/conv.rs`). This removes the im2col write (9x the image for 3x3)
+//!   and the GEMM's packing of it.
+//! * Otherwise (`scalar`, `avx2`): im2col into a buffer of the input type,
+//!   then [`gemm::gemm_at`].
+
+use std::fmt;
+
+use crate::element::Element;
+use crate::gemm::{self, Accumulation, Epilogue, GemmError, MatMut, MatRef};
+use crate::isa::{Isa, active_isa};
+
+/// The geometry of one 2-D convolution of one image and one group.
+///
+/// Padding past the end is implied by `out_size`: taps outside the image
+/// read zero, so any output size is valid (ONNX's `auto_pad` and explicit
+/// end pads both resolve to `pad_begin` and `out_size`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dShape {
+    /// Input channels of this group.
+    pub in_channels: usize,
+    /// Input (height, width).
+    pub in_size: [usize; 2],
+    /// Kernel (height, width); both at least 1.
+    pub kernel: [usize; 2],
+    /// Strides (height, width); both at least 1.
+    pub stride: [usize; 2],
+    /// Dilations (height, width); both at least 1.
+    pub dilation: [usize; 2],
+    /// Zero rows above and columns left of the image.
+    pub pad_begin: [usize; 2],
+    /// Output (height, width).
+    pub out_size: [usize; 2],
+}
+
+impl Conv2dShape {
+    /// `k`, the columns of the weight matrix: `in_channels * kh * kw`.
+    pub fn k(&self) -> Option<usize> {
+        self.in_channels
+            .checked_mul(self.kernel[0])?
+            .checked_mul(self.kernel[1])
+    }
+
+    /// Output positions per channel, `out_h * out_w`.
+    pub fn positions(&self) -> Option<usize> {
+        self.out_size[0].checked_mul(self.out_size[1])
+    }
+
+    /// The input elements one image holds, `in_channels * h * w`.
+    pub fn image_len(&self) -> Option<usize> {
+        self.in_channels
+            .checked_mul(self.in_size[0])?
+            .checked_mul(self.in_size[1])
+    }
+
+    /// Whether the convolution is a plain GEMM on the image (1x1, stride 1,
+    /// no padding, same size).
+    fn is_pointwise(&self) -> bool {
+        self.kernel == [1, 1]
+            && self.stride == [1, 1]
+            && self.pad_begin == [0, 0]
+            && self.out_size == self.in_size
+    }
+}
+
+/// Errors of [`conv2d`] and [`conv2d_at`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConvError {
+    /// A kernel size, stride or dilation is zero.
+    ZeroGeometry {
+        /// Which field.
+        field: &'static str,
+    },
+    /// A size computed from the shape overflows `usize`.
+    SizeOverflow,
+    /// The image slice does not hold `in_channels * h * w` elements.
+    ImageLength {
+        /// Elements the shape needs.
+        expected: usize,
+        /// Elements given.
+        got: usize,
+    },
+    /// The weights are not `out_channels x k` or the output not
+    /// `out_channels x out_h*out_w`.
+    Shape {
+        /// (rows, cols) of the weights.
+        weights: (usize, usize),
+        /// (rows, cols) of the output.
+        out: (usize, usize),
+        /// `k` of the shape.
+        k: usize,
+        /// Output positions of the shape.
+        positions: usize,
+    },
+    /// An error of the underlying GEMM (level, accumulation, bias length).
+    Gemm(GemmError),
+}
+
+impl fmt::Display for ConvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConvError::ZeroGeometry { field } => {
+                write!(f, "convolution {field} must be at least 1")
+            }
+            ConvError::SizeOverflow => f.write_str("convolution sizes overflow usize"),
+            ConvError::ImageLength { expected, got } => {
+                write!(
+                    f,
+                    "convolution image has {got} elements, the shape needs {expected}"
+                )
+            }
+            ConvError::Shape {
+                weights,
+                out,
+                k,
+                positions,
+            } => write!(
+                f,
+                "convolution weights are {}x{} and output {}x{}; need out_channels x {k} and out_channels x {positions}",
+                weights.0, weights.1, out.0, out.1
+            ),
+            ConvError::Gemm(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ConvError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConvError::Gemm(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<GemmError> for ConvError {
+    fn from(e: GemmError) -> Self {
+        ConvError::Gemm(e)
+    }
+}
+
+/// [`conv2d_at`] on the active level with f32 accumulation.
+pub fn conv2d<T: Element, O: Element>(
+    shape: &Conv2dShape,
+    image: &[T],
+    weights: MatRef<T>,
+    out: MatMut<O>,
+    epilogue: &Epilogue,
+) -> Result<(), ConvError> {
+    conv2d_at(
+        active_isa(),
+        Accumulation::F32,
+        shape,
+        image,
+        weights,
+        out,
+        epilogue,
+    )
+}
+
+/// `out = epilogue(weights * im2col(image))` at an explicit level and
+/// accumulation (see the module docs for the numerics and paths).
+///
+/// `image` is `in_channels x h x w` (NCHW, one image), `weights` is
+/// `out_channels x k` and `out` is `out_channels x out_h*out_w`.
+pub fn conv2d_at<T: Element, O: Element>(
+    isa: Isa,
+    accumulation: Accumulation,
+    shape: &Conv2dShape,
+    image: &[T],
+    weights: MatRef<T>,
+    out: MatMut<O>,
+    epilogue: &Epilogue,
+) -> Result<(), ConvError> {
+    for (field, v) in [
+        ("kernel", shape.kernel),
+        ("stride", shape.stride),
+        ("dilation", shape.dilation),
+    ] {
+        if v.contains(&0) {
+            return Err(ConvError::ZeroGeometry { field });
+        }
+    }
+    let (k, positions, image_len) = match (shape.k(), shape.positions(), shape.image_len()) {
+        (Some(k), Some(p), Some(l)) => (k, p, l),
+        _ => return Err(ConvError::SizeOverflow),
+    };
+    if image.len() != image_len {
+        return Err(ConvError::ImageLength {
+            expected: image_len,
+            got: image.len(),
+        });
+    }
+    if weights.cols() != k || out.cols() != positions || weights.rows() != out.rows() {
+        return Err(ConvError::Shape {
+            weights: (weights.rows(), weights.cols()),
+            out: (out.rows(), out.cols()),
+            k,
+            positions,
+        });
+    }
+    if shape.is_pointwise() {
+        let b = MatRef::new(image, k, positions, positions)?;
+        return Ok(gemm::gemm_at(
+            isa,
+            accumulation,
+            1.0,
+            weights,
+            b,
+            0.0,
+            out,
+            epilogue,
+        )?);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if k > 0 && out.rows() > 0 && positions > 0 {
+        let isa = isa.require().map_err(GemmError::from)?;
+        gemm::check_accumulation::<T>(accumulation)?;
+        let direct = match accumulation {
+            Accumulation::F32 => isa >= Isa::Avx512Core,
+            Accumulation::Bf16Dot => {
+                gemm::require_bf16dot(isa)?;
+                true
+            }
+            Accumulation::F16Blocked => false,
+        };
+        if direct {
+            gemm::check_shapes((weights.rows(), k), (k, positions), &out, epilogue)?;
+            // SAFETY: the shapes were validated above (image length, weights m x
+            // k, out m x positions, all non-zero); `isa` is available and is
+            // avx512_core or higher for F32; for Bf16Dot T is bf16
+            // (`check_accumulation`) and the level has AVX512-BF16
+            // (`require_bf16dot`).
+            unsafe { gemm::conv::run(isa, accumulation, shape, image, weights, out, epilogue) };
+            return Ok(());
+        }
+    }
+    let col = im2col(shape, image, k, positions);
+    let b = MatRef::new(&col, k, positions, positions)?;
+    Ok(gemm::gemm_at(
+        isa,
+        accumulation,
+        1.0,
+        weights,
+        b,
+        0.0,
+        out,
+        epilogue,
+    )?)
+}
+
+/// The explicit `k x positions` im2col matrix (zeros in the padding).
+fn im2col<T: Element>(shape: &Conv2dShape, image: &[T], k: usize, positions: usize) -> Vec<T> {
+    let [h, wd] = shape.in_size;
+    let [kh, kw] = shape.kernel;
+    let [sh, sw] = shape.stride;
+    let [dh, dw] = shape.dilation;
+    let [ph, pw] = shape.pad_begin;
+    let ow = shape.out_size[1];
+    let zero = T::from_f32(0.0);
+    let mut col = vec![zero; k * positions];
+    if positions == 0 {
+        return col;
+    }
+    // Output columns whose taps fall inside the row, per kernel column.
+    let ranges: Vec<(usize, usize)> = (0..kw)
+        .map(|kj| valid_range(kj * dw, pw, sw, wd, ow))
+        .collect();
+    for ci in 0..shape.in_channels {
+        let plane = &image[ci * h * wd..(ci + 1) * h * wd];
+        for ki in 0..kh {
+            for (kj, &(lo, hi)) in ranges.iter().enumerate() {
+                let row = (ci * kh + ki) * kw + kj;
+                let dst = &mut col[row * positions..(row + 1) * positions];
+                for (oy, drow) in dst.chunks_exact_mut(ow).enumerate() {
+                    let iy = (oy * sh + ki * dh) as isize - ph as isize;
+                    if iy < 0 || iy as usize >= h || hi == lo {
+                        continue;
+                    }
+                    let src = &plane[iy as usize * wd..(iy as usize + 1) * wd];
+                    let first = lo * sw + kj * dw - pw;
+                    if sw == 1 {
+                        drow[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
+                    } else {
+                        for (d, s) in drow[lo..hi].iter_mut().zip(src[first..].iter().step_by(sw)) {
+                            *d = *s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    col
+}
+
+/// The output positions `lo..hi` (clamped to `0..out`) for which the input
+/// index `o * stride + off - pad` lies in `0..len`.
+pub(crate) fn valid_range(
+    off: usize,
+    pad: usize,
+    stride: usize,
+    len: usize,
+    out: usize,
+) -> (usize, usize) {
+    // o * stride + off >= pad  <=>  o >= ceil((pad - off) / stride)
+    let lo = pad.saturating_sub(off).div_ceil(stride).min(out);
+    // o * stride + off < len + pad  <=>  o < ceil((len + pad - off) / stride)
+    let hi = (len + pad)
+        .saturating_sub(off)
+        .div_ceil(stride)
+        .min(out)
+        .max(lo);
+    (lo, hi)
+}

@@ -1,0 +1,447 @@
+//! `conv::conv2d_at` against the GEMM on an explicit im2col matrix built here
+//! element by element: bit for bit at every available level with f32
+//! accumulation (the implicit-GEMM path must be the same FMA chain), bit for
+//! bit with `Bf16Dot` against the GEMM on the channel-pair k order the
+//! module documents, plus an f64 bound, thread independence and the typed
+//! errors.
+
+mod gemm_common;
+
+use gemm_common::Lcg;
+use half::bf16;
+use mixprec_kernels::conv::{Conv2dShape, ConvError, conv2d, conv2d_at};
+use mixprec_kernels::gemm::{
+    self, Accumulation, Activation, Epilogue, GemmError, MatMut, MatRef, set_num_threads,
+};
+use mixprec_kernels::{Element, Isa};
+use proptest::prelude::*;
+
+/// A convolution case: geometry, output channels and data.
+#[derive(Clone, Debug)]
+struct Case {
+    shape: Conv2dShape,
+    out_channels: usize,
+    seed: u64,
+}
+
+impl Case {
+    fn k(&self) -> usize {
+        self.shape.k().unwrap()
+    }
+    fn positions(&self) -> usize {
+        self.shape.positions().unwrap()
+    }
+    fn data<T: Element>(&self) -> (Vec<T>, Vec<T>) {
+        let mut rng = Lcg(self.seed);
+        let image = (0..self.shape.image_len().unwrap())
+            .map(|_| T::from_f32(rng.next()))
+            .collect();
+        let weights = (0..self.out_channels * self.k())
+            .map(|_| T::from_f32(rng.next()))
+            .collect();
+        (image, weights)
+    }
+}
+
+/// The im2col matrix (`k x positions`, k in (channel, ki, kj) order),
+/// straight from the definition of a padded, strided, dilated convolution.
+fn im2col<T: Element>(s: &Conv2dShape, image: &[T]) -> Vec<T> {
+    let [h, w] = s.in_size;
+    let [oh, ow] = s.out_size;
+    let n = oh * ow;
+    let mut col = vec![T::from_f32(0.0); s.k().unwrap() * n];
+    for c in 0..s.in_channels {
+        for ki in 0..s.kernel[0] {
+            for kj in 0..s.kernel[1] {
+                let row = (c * s.kernel[0] + ki) * s.kernel[1] + kj;
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let iy = (oy * s.stride[0] + ki * s.dilation[0]) as isize
+                            - s.pad_begin[0] as isize;
+                        let ix = (ox * s.stride[1] + kj * s.dilation[1]) as isize
+                            - s.pad_begin[1] as isize;
+                        if (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix) {
+                            col[row * n + oy * ow + ox] =
+                                image[(c * h + iy as usize) * w + ix as usize];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    col
+}
+
+/// The epilogue of a case: per-channel bias, per-position bias, ReLU.
+fn epilogue_data(case: &Case) -> (Vec<f32>, Vec<f32>) {
+    let mut rng = Lcg(case.seed ^ 0x5eed);
+    let row_bias = (0..case.out_channels).map(|_| rng.next()).collect();
+    let bias = (0..case.positions()).map(|_| rng.next() * 0.25).collect();
+    (row_bias, bias)
+}
+
+/// conv2d_at == gemm_at on the explicit im2col, bit for bit.
+fn check_f32_path<T: Element, O: Element>(isa: Isa, case: &Case) {
+    let (image, weights) = case.data::<T>();
+    let (m, k, n) = (case.out_channels, case.k(), case.positions());
+    let (row_bias, bias) = epilogue_data(case);
+    let epi = Epilogue {
+        bias: Some(&bias),
+        row_bias: Some(&row_bias),
+        activation: Activation::Relu,
+    };
+    let wv = MatRef::new(&weights, m, k, k).unwrap();
+    let mut got = vec![O::from_f32(f32::NAN); m * n];
+    conv2d_at(
+        isa,
+        Accumulation::F32,
+        &case.shape,
+        &image,
+        wv,
+        MatMut::new(&mut got, m, n, n).unwrap(),
+        &epi,
+    )
+    .unwrap();
+    let col = im2col(&case.shape, &image);
+    let mut want = vec![O::from_f32(f32::NAN); m * n];
+    gemm::gemm_at(
+        isa,
+        Accumulation::F32,
+        1.0,
+        wv,
+        MatRef::new(&col, k, n, n).unwrap(),
+        0.0,
+        MatMut::new(&mut want, m, n, n).unwrap(),
+        &epi,
+    )
+    .unwrap();
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(
+            g.to_f32().to_bits(),
+            w.to_f32().to_bits(),
+            "{isa} {case:?}: element {i}: conv {} vs gemm on im2col {}",
+            g.to_f32(),
+            w.to_f32()
+        );
+    }
+}
+
+/// Bf16Dot: conv2d_at == gemm_at on the im2col with k reordered to
+/// (channel pair, ki, kj, parity), an odd channel count padded with zeros.
+fn check_bf16dot(case: &Case) {
+    let (image, weights) = case.data::<bf16>();
+    let (m, k, n) = (case.out_channels, case.k(), case.positions());
+    let (row_bias, _) = epilogue_data(case);
+    let epi = Epilogue {
+        row_bias: Some(&row_bias),
+        ..Default::default()
+    };
+    let mut got = vec![f32::NAN; m * n];
+    conv2d_at(
+        Isa::Avx512CoreBf16,
+        Accumulation::Bf16Dot,
+        &case.shape,
+        &image,
+        MatRef::new(&weights, m, k, k).unwrap(),
+        MatMut::new(&mut got, m, n, n).unwrap(),
+        &epi,
+    )
+    .unwrap();
+    let cin = case.shape.in_channels;
+    let taps = case.shape.kernel[0] * case.shape.kernel[1];
+    let kq = cin.div_ceil(2) * 2 * taps;
+    let col = im2col(&case.shape, &image);
+    let mut colq = vec![bf16::ZERO; kq * n];
+    let mut wq = vec![bf16::ZERO; m * kq];
+    for c in 0..cin {
+        for tap in 0..taps {
+            let (from, to) = (c * taps + tap, ((c / 2) * taps + tap) * 2 + c % 2);
+            colq[to * n..(to + 1) * n].copy_from_slice(&col[from * n..(from + 1) * n]);
+            for i in 0..m {
+                wq[i * kq + to] = weights[i * k + from];
+            }
+        }
+    }
+    let mut want = vec![f32::NAN; m * n];
+    gemm::gemm_at(
+        Isa::Avx512CoreBf16,
+        Accumulation::Bf16Dot,
+        1.0,
+        MatRef::new(&wq, m, kq, kq).unwrap(),
+        MatRef::new(&colq, kq, n, n).unwrap(),
+        0.0,
+        MatMut::new(&mut want, m, n, n).unwrap(),
+        &epi,
+    )
+    .unwrap();
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(
+            g.to_bits(),
+            w.to_bits(),
+            "{case:?}: element {i}: {g} vs {w}"
+        );
+    }
+}
+
+fn bf16dot_available() -> bool {
+    Isa::available().any(|i| i == Isa::Avx512CoreBf16)
+}
+
+/// A case from drawn geometry; the output size is ONNX's with an extra end
+/// pad of `extra` (so taps past the image's end read zeros too).
+#[allow(clippy::too_many_arguments)]
+fn case(
+    cin: usize,
+    hw: [usize; 2],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+    pad: [usize; 2],
+    extra: usize,
+    cout: usize,
+    seed: u64,
+) -> Option<Case> {
+    let out = |d: usize| {
+        let span = dilation[d] * (kernel[d] - 1) + 1;
+        let padded = hw[d] + 2 * pad[d] + extra;
+        (padded >= span).then(|| (padded - span) / stride[d] + 1)
+    };
+    Some(Case {
+        shape: Conv2dShape {
+            in_channels: cin,
+            in_size: hw,
+            kernel,
+            stride,
+            dilation,
+            pad_begin: pad,
+            out_size: [out(0)?, out(1)?],
+        },
+        out_channels: cout,
+        seed,
+    })
+}
+
+fn arb_case() -> impl Strategy<Value = Case> {
+    (
+        1usize..8,
+        [1usize..14, 1usize..14],
+        [1usize..5, 1usize..5],
+        [1usize..4, 1usize..4],
+        [1usize..4, 1usize..4],
+        [0usize..4, 0usize..4],
+        0usize..3,
+        prop_oneof![1usize..17, 17usize..40],
+        any::<u64>(),
+    )
+        .prop_filter_map("kernel larger than the padded image", |a| {
+            case(a.0, a.1, a.2, a.3, a.4, a.5, a.6, a.7, a.8)
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn conv_equals_gemm_on_im2col_every_level(c in arb_case()) {
+        for isa in Isa::available() {
+            check_f32_path::<f32, f32>(isa, &c);
+            check_f32_path::<bf16, bf16>(isa, &c);
+            check_f32_path::<half::f16, f32>(isa, &c);
+        }
+    }
+
+    #[test]
+    fn conv_bf16dot_equals_gemm_on_channel_pair_order(c in arb_case()) {
+        if bf16dot_available() {
+            check_bf16dot(&c);
+        }
+    }
+}
+
+/// Larger than one work item in every direction: k = 630 spans four KC
+/// blocks, 130 output channels two row blocks, 22x23 pixels several pixel
+/// blocks; plus a strided, dilated one and a pointwise one.
+fn big_cases() -> Vec<Case> {
+    vec![
+        case(70, [22, 23], [3, 3], [1, 1], [1, 1], [1, 1], 0, 130, 1).unwrap(),
+        case(9, [31, 29], [5, 3], [2, 3], [2, 1], [3, 0], 1, 33, 2).unwrap(),
+        case(64, [17, 15], [1, 1], [1, 1], [1, 1], [0, 0], 0, 20, 3).unwrap(),
+        case(3, [64, 64], [7, 7], [2, 2], [1, 1], [3, 3], 0, 16, 4).unwrap(),
+    ]
+}
+
+#[test]
+fn large_convolutions_match_gemm_and_ignore_thread_count() {
+    for c in big_cases() {
+        for isa in Isa::available() {
+            check_f32_path::<f32, f32>(isa, &c);
+        }
+        if bf16dot_available() {
+            check_bf16dot(&c);
+        }
+        // Same bits for 1 and 3 threads (3 > cores here: uneven splits).
+        let (image, weights) = c.data::<f32>();
+        let (m, k, n) = (c.out_channels, c.k(), c.positions());
+        let run = |threads: usize| {
+            set_num_threads(threads);
+            let mut out = vec![0.0f32; m * n];
+            conv2d(
+                &c.shape,
+                &image,
+                MatRef::new(&weights, m, k, k).unwrap(),
+                MatMut::new(&mut out, m, n, n).unwrap(),
+                &Epilogue::default(),
+            )
+            .unwrap();
+            set_num_threads(0);
+            out
+        };
+        let (one, three) = (run(1), run(3));
+        assert!(
+            one.iter()
+                .zip(&three)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{c:?}"
+        );
+    }
+}
+
+/// The GEMM's stated bound, `|C - C_ref| <= 2 (k + 2) u sum |w| |x|`,
+/// against an f64 evaluation of the convolution's definition.
+#[test]
+fn f32_error_within_the_gemm_bound() {
+    for c in big_cases() {
+        let (image, weights) = c.data::<f32>();
+        let (m, k, n) = (c.out_channels, c.k(), c.positions());
+        let mut out = vec![0.0f32; m * n];
+        conv2d(
+            &c.shape,
+            &image,
+            MatRef::new(&weights, m, k, k).unwrap(),
+            MatMut::new(&mut out, m, n, n).unwrap(),
+            &Epilogue::default(),
+        )
+        .unwrap();
+        let col = im2col(&c.shape, &image);
+        let u = f64::from(f32::EPSILON) / 2.0;
+        for i in 0..m {
+            for j in 0..n {
+                let (mut exact, mut mag) = (0.0f64, 0.0f64);
+                for p in 0..k {
+                    let prod = f64::from(weights[i * k + p]) * f64::from(col[p * n + j]);
+                    exact += prod;
+                    mag += prod.abs();
+                }
+                let err = (f64::from(out[i * n + j]) - exact).abs();
+                assert!(
+                    err <= 2.0 * (k + 2) as f64 * u * mag,
+                    "{c:?} ({i}, {j}): error {err} over the bound"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_geometry_and_shapes_are_typed_errors() {
+    let c = case(2, [5, 5], [3, 3], [1, 1], [1, 1], [1, 1], 0, 4, 9).unwrap();
+    let (image, weights) = c.data::<f32>();
+    let (m, k, n) = (c.out_channels, c.k(), c.positions());
+    let mut out = vec![0.0f32; m * n];
+    let run = |shape: &Conv2dShape, image: &[f32], wrows: usize, out: &mut [f32]| {
+        conv2d(
+            shape,
+            image,
+            MatRef::new(&weights[..wrows * k], wrows, k, k).unwrap(),
+            MatMut::new(out, m, n, n).unwrap(),
+            &Epilogue::default(),
+        )
+    };
+    for (field, shape) in [
+        (
+            "stride",
+            Conv2dShape {
+                stride: [0, 1],
+                ..c.shape
+            },
+        ),
+        (
+            "kernel",
+            Conv2dShape {
+                kernel: [3, 0],
+                ..c.shape
+            },
+        ),
+        (
+            "dilation",
+            Conv2dShape {
+                dilation: [1, 0],
+                ..c.shape
+            },
+        ),
+    ] {
+        assert_eq!(
+            run(&shape, &image, m, &mut out),
+            Err(ConvError::ZeroGeometry { field })
+        );
+    }
+    assert_eq!(
+        run(&c.shape, &image[1..], m, &mut out),
+        Err(ConvError::ImageLength {
+            expected: image.len(),
+            got: image.len() - 1
+        })
+    );
+    assert!(matches!(
+        run(&c.shape, &image, m - 1, &mut out),
+        Err(ConvError::Shape { .. })
+    ));
+    let huge = Conv2dShape {
+        in_channels: usize::MAX / 2,
+        ..c.shape
+    };
+    assert_eq!(
+        run(&huge, &image, m, &mut out),
+        Err(ConvError::SizeOverflow)
+    );
+    // Bf16Dot on f32 inputs: the GEMM's typed error, whatever the CPU.
+    let err = conv2d_at(
+        Isa::Scalar,
+        Accumulation::Bf16Dot,
+        &c.shape,
+        &image,
+        MatRef::new(&weights, m, k, k).unwrap(),
+        MatMut::new(&mut out, m, n, n).unwrap(),
+        &Epilogue::default(),
+    );
+    assert!(
+        matches!(
+            err,
+            Err(ConvError::Gemm(GemmError::AccumulationUnsupported { .. }))
+        ),
+        "{err:?}"
+    );
+    // A wrong row bias length is the GEMM's error on every path.
+    let short = vec![0.0f32; m - 1];
+    for isa in Isa::available() {
+        let err = conv2d_at(
+            isa,
+            Accumulation::F32,
+            &c.shape,
+            &image,
+            MatRef::new(&weights, m, k, k).unwrap(),
+            MatMut::new(&mut out, m, n, n).unwrap(),
+            &Epilogue {
+                row_bias: Some(&short),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            err,
+            Err(ConvError::Gemm(GemmError::RowBiasLength {
+                expected: m,
+                got: m - 1
+            }))
+        );
+    }
+}
