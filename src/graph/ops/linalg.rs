@@ -1,6 +1,7 @@
 //! MatMul, Gemm and Conv on the GEMM kernels.
 
 use half::{bf16, f16};
+use mixprec_kernels::conv::{self, Conv2dShape, ConvError};
 use mixprec_kernels::gemm::{self, Accumulation, Epilogue, MatMut, MatRef, PackedB};
 use mixprec_kernels::{Element, FloatType, active_isa};
 
@@ -41,6 +42,13 @@ fn kerr(node: &str, e: gemm::GemmError) -> GraphError {
     GraphError::Runtime {
         node: node.to_string(),
         detail: format!("GEMM: {e}"),
+    }
+}
+
+fn conv_err(node: &str, e: ConvError) -> GraphError {
+    GraphError::Runtime {
+        node: node.to_string(),
+        detail: format!("convolution: {e}"),
     }
 }
 
@@ -335,39 +343,25 @@ fn conv_typed<T: Element + TensorElement>(
     };
     let (isa, acc) = (active_isa(), Prepared::accumulation(prepared));
     let od = out.as_slice_mut::<T>()?;
-    let direct =
-        kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && oh == h && ow == wd;
-    let zero = T::from_f32(0.0);
-    // On one thread with f32 accumulation, im2col runs over blocks of whole
-    // output rows whose column matrix (kk x rows*ow) stays in L2, so the
-    // GEMM packs B from cache instead of streaming a full kk x oh*ow buffer
-    // through memory. Measured on 8x64x56x56, three 3x3 convs (ms, blocked
-    // vs whole plane): f32 1 thread 84 vs 92; f32 2 threads 122 vs 55 (the
-    // many small GEMMs pay the thread pool's fork/join per call); Bf16Dot
-    // 1 thread 65-70 vs 48-55. So only the first case is blocked.
-    let block_rows = if direct || acc != Accumulation::F32 || gemm::num_threads() > 1 {
-        oh
-    } else {
-        (IM2COL_BYTES / (kk * ow * std::mem::size_of::<T>()).max(1)).clamp(1, oh.max(1))
-    };
-    let mut col: Vec<T> = if direct {
-        Vec::new()
-    } else {
-        vec![zero; kk * block_rows * ow]
-    };
-    // Output columns whose taps all fall inside the row, per kernel column:
-    // `o_w * sw + kj * dw - pw` in `0..wd` for `o_w` in `lo..hi`.
-    let wrange: Vec<(usize, usize)> = (0..kw)
-        .map(|kj| valid_range(kj * dw, pw, sw, wd, ow))
-        .collect();
     if mg == 0 {
         return Ok(());
     }
+    let shape = Conv2dShape {
+        in_channels: cg,
+        in_size: [h, wd],
+        kernel: [kh, kw],
+        stride: [sh, sw],
+        dilation: [dh, dw],
+        pad_begin: [ph, pw],
+        out_size: [oh, ow],
+    };
     for n in 0..nb {
         for gi in 0..group {
             let xoff = (n * c + gi * cg) * h * wd;
             let ooff = (n * mo + gi * mg) * ohw;
             let av = MatRef::new(&wdat[gi * mg * kk..(gi + 1) * mg * kk], mg, kk, kk)
+                .map_err(|e| kerr(node, e))?;
+            let cv = MatMut::new(&mut od[ooff..ooff + mg * ohw], mg, ohw, ohw)
                 .map_err(|e| kerr(node, e))?;
             // The per-channel bias is a row bias of this group's C, added to the
             // f32 accumulator rather than stored in C first.
@@ -375,79 +369,22 @@ fn conv_typed<T: Element + TensorElement>(
                 row_bias: bias.as_ref().map(|b| &b[gi * mg..(gi + 1) * mg]),
                 ..Default::default()
             };
-            for r0 in (0..oh).step_by(block_rows) {
-                let rows = block_rows.min(oh - r0);
-                let width = rows * ow;
-                let bsrc: &[T] = if direct {
-                    &xd[xoff..xoff + cg * h * wd]
-                } else {
-                    for ci in 0..cg {
-                        let plane = &xd[xoff + ci * h * wd..xoff + (ci + 1) * h * wd];
-                        for ki in 0..kh {
-                            for (kj, &(lo, hi)) in wrange.iter().enumerate() {
-                                let row = (ci * kh + ki) * kw + kj;
-                                let dst = &mut col[row * width..(row + 1) * width];
-                                for (dr, drow) in dst.chunks_exact_mut(ow).enumerate() {
-                                    let ih = ((r0 + dr) * sh + ki * dh) as isize - ph as isize;
-                                    if ih < 0 || ih as usize >= h {
-                                        drow.fill(zero);
-                                        continue;
-                                    }
-                                    let src = &plane[ih as usize * wd..(ih as usize + 1) * wd];
-                                    drow[..lo].fill(zero);
-                                    drow[hi..].fill(zero);
-                                    if hi > lo {
-                                        let first = lo * sw + kj * dw - pw;
-                                        if sw == 1 {
-                                            drow[lo..hi]
-                                                .copy_from_slice(&src[first..first + hi - lo]);
-                                        } else {
-                                            for (d, s) in drow[lo..hi]
-                                                .iter_mut()
-                                                .zip(src[first..].iter().step_by(sw))
-                                            {
-                                                *d = *s;
-                                            }
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    &col[..kk * width]
-                };
-                let bv = MatRef::new(bsrc, kk, width, width).map_err(|e| kerr(node, e))?;
-                // This block's columns of C: rows of `width` at the plane stride.
-                let cstart = ooff + r0 * ow;
-                let cend = ooff + (mg - 1) * ohw + r0 * ow + width;
-                let cv = MatMut::new(&mut od[cstart..cend.max(cstart)], mg, width, ohw)
-                    .map_err(|e| kerr(node, e))?;
-                gemm::gemm_at(isa, acc, 1.0, av, bv, 0.0, cv, &epi).map_err(|e| kerr(node, e))?;
-            }
+            conv::conv2d_at(
+                isa,
+                acc,
+                &shape,
+                &xd[xoff..xoff + cg * h * wd],
+                av,
+                cv,
+                &epi,
+            )
+            .map_err(|e| conv_err(node, e))?;
         }
     }
     Ok(())
 }
 
-/// Bytes of one im2col block (see `conv_typed`): half of Zen 4's 1 MiB L2,
-/// leaving room for the GEMM's packed panels.
-const IM2COL_BYTES: usize = 512 << 10;
-
-/// The output positions `lo..hi` (clamped to `0..out`) for which the input
-/// column `o * stride + off - pad` lies in `0..len`.
-fn valid_range(off: usize, pad: usize, stride: usize, len: usize, out: usize) -> (usize, usize) {
-    // o * stride + off >= pad  <=>  o >= ceil((pad - off) / stride)
-    let lo = pad.saturating_sub(off).div_ceil(stride).min(out);
-    // o * stride + off < len + pad  <=>  o < ceil((len + pad - off) / stride)
-    let hi = (len + pad)
-        .saturating_sub(off)
-        .div_ceil(stride)
-        .min(out)
-        .max(lo);
-    (lo, hi)
-}
-
-/// `Conv` 1-D / 2-D by im2col + GEMM (a 1x1 stride-1 conv skips im2col).
+/// `Conv` 1-D / 2-D: one kernel [`conv::conv2d_at`] call per image and group.
 pub(crate) fn conv(
     node: &str,
     attrs: &ConvAttrs,
