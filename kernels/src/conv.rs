@@ -167,6 +167,21 @@ impl From<GemmError> for ConvError {
     }
 }
 
+/// What a (non-pointwise) convolution runs at `isa` (for `mixprec info`).
+pub const fn implementation(isa: Isa) -> &'static str {
+    match isa {
+        Isa::Scalar => "scalar im2col + GEMM",
+        Isa::Avx2 => "avx2 im2col + GEMM",
+        Isa::Avx512Core => {
+            "avx512 implicit GEMM: 14x32 zmm FMA tiles reading a padded copy of the image"
+        }
+        Isa::Avx512CoreBf16 | Isa::Avx512CoreFp16 => {
+            "avx512 implicit GEMM: 14x32 zmm FMA tiles reading a padded copy of the image; \
+             Bf16Dot: vdpbf16ps 14x32 tiles over channel pairs"
+        }
+    }
+}
+
 /// [`conv2d_at`] on the active level with f32 accumulation.
 pub fn conv2d<T: Element, O: Element>(
     shape: &Conv2dShape,

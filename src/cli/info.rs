@@ -76,6 +76,10 @@ pub fn implementations(isa: Isa) -> Vec<(String, String)> {
         mixprec_kernels::gemm::implementation(isa).to_string(),
     ));
     rows.push((
+        "conv".to_string(),
+        mixprec_kernels::conv::implementation(isa).to_string(),
+    ));
+    rows.push((
         "dot".to_string(),
         mixprec_kernels::dot::implementation(isa).to_string(),
     ));
@@ -107,12 +111,13 @@ mod tests {
         for c in Conversion::ALL {
             assert!(text.contains(c.implementation(active)), "{text}");
         }
-        for family in ["gemm", "dot", "elementwise", "norm"] {
+        for family in ["gemm", "conv", "dot", "elementwise", "norm"] {
             assert!(text.lines().any(|l| l.trim_start().starts_with(family)));
         }
         assert!(text.contains(mixprec_kernels::elementwise::implementation(active)));
         assert!(text.contains(mixprec_kernels::norm::implementation(active)));
         assert!(text.contains(mixprec_kernels::gemm::implementation(active)));
+        assert!(text.contains(mixprec_kernels::conv::implementation(active)));
         assert!(text.contains(mixprec_kernels::dot::implementation(active)));
     }
 
@@ -121,7 +126,7 @@ mod tests {
         for isa in Isa::ALL {
             let rows = implementations(isa);
             let get = |f: &str| rows.iter().find(|(k, _)| k == f).unwrap().1.clone();
-            let families = ["elementwise", "norm", "gemm", "dot"].map(get);
+            let families = ["elementwise", "norm", "gemm", "conv", "dot"].map(get);
             let prefix = if isa == Isa::Scalar {
                 "scalar"
             } else if isa == Isa::Avx2 {
