@@ -481,10 +481,12 @@ fn compiled_model_is_send_sync_and_runs_from_threads() {
 #[test]
 fn profiling_reports_every_step() {
     let m = mlp(61);
-    let model = m
-        .graph
-        .compile(&PrecisionPlan::all(&m.graph, FloatType::Bf16))
-        .unwrap();
+    let plan = PrecisionPlan::all(&m.graph, FloatType::Bf16);
+    let unfused = CompileOptions {
+        unfused_activations: true,
+        ..Default::default()
+    };
+    let model = m.graph.compile_with(&plan, &unfused).unwrap();
     let x = Rng::new(62).tensor(&[5, D_IN], -1.0, 1.0);
     let (out, prof) = model.run_profiled(&[("x", &x)]).unwrap();
     assert_eq!(out["fc2"].to_f32_vec(), run1(&model, "x", &x).to_f32_vec());
@@ -492,6 +494,15 @@ fn profiling_reports_every_step() {
     assert_eq!(
         names,
         vec!["cast:x->bf16", "fc1", "act1", "fc2", "cast:fc2->f32"]
+    );
+    // By default the Relu act1 runs in fc1's epilogue: no step of its own.
+    let fused = m.graph.compile(&plan).unwrap();
+    let (fused_out, fused_prof) = fused.run_profiled(&[("x", &x)]).unwrap();
+    assert_eq!(fused_out["fc2"].to_f32_vec(), out["fc2"].to_f32_vec());
+    let fused_names: Vec<&str> = fused_prof.entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        fused_names,
+        vec!["cast:x->bf16", "fc1", "fc2", "cast:fc2->f32"]
     );
     let fc1 = &prof.entries[1];
     assert_eq!(

@@ -5,16 +5,16 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use mixprec_kernels::gemm::Accumulation;
+use mixprec_kernels::gemm::{Accumulation, Activation};
 use mixprec_kernels::{FloatType, Isa, active_isa};
 
 use super::dtype::DType;
 use super::error::{GraphError, Result};
-use super::graph::{Dim, Graph, ValueId, shape_string};
+use super::graph::{Dim, Graph, Node, ValueId, shape_string};
 use super::ops::exec::{Pool, execute, output_metas};
 use super::ops::infer::infer;
 use super::ops::linalg::{Prepared, pack, row_bias};
-use super::ops::{Meta, Op};
+use super::ops::{Meta, Op, Unary};
 use super::plan::PrecisionPlan;
 use super::profile::{Profile, ProfileEntry};
 use super::tensor::{Tensor, TensorView};
@@ -27,6 +27,12 @@ pub struct CompileOptions {
     pub outputs_in_node_dtype: bool,
     /// How bf16 Gemm, MatMul and Conv nodes accumulate.
     pub bf16_gemm: GemmAccumulation,
+    /// Keep a Relu that follows a Gemm, MatMul or Conv as its own step.
+    /// By default it runs in the GEMM's epilogue on the f32 accumulator,
+    /// before the store: the same bits (rounding commutes with Relu), one
+    /// pass over the output fewer; the fused Relu has no profile entry of
+    /// its own. Set this for per-op profiles that show the Relu on its own.
+    pub unfused_activations: bool,
 }
 
 /// How the GEMM-family nodes (Gemm, MatMul, Conv) of a bf16 plan entry
@@ -406,6 +412,9 @@ impl Graph {
             };
             output_slots.push((vi.name.clone(), s));
         }
+        if !options.unfused_activations {
+            fuse_relu_into_gemm(&self.nodes, &mut b.steps, &output_slots);
+        }
         // Liveness: free each run-time slot after its last reader, except
         // outputs, inputs and constants (not owned by the run).
         let n_slots = b.slot_dtype.len();
@@ -452,6 +461,68 @@ impl Graph {
     }
 }
 
+/// Moves each Relu whose input is a Gemm, MatMul or Conv step's output,
+/// read by nothing else and not a graph output, into that step's epilogue:
+/// the GEMM step then writes the Relu's output slot and the Relu step goes.
+/// The dtypes agree (no cast between the two steps), and Relu commutes with
+/// the rounding of the store (`relu(round(x)) == round(relu(x))` for every
+/// x, overflow to -inf included), so the result is the same bit for bit.
+/// The GEMM step keeps its node's name, so profiles and the tuner's
+/// per-node costs count the Relu's (now nil) time in the GEMM node.
+fn fuse_relu_into_gemm(nodes: &[Node], steps: &mut Vec<Step>, output_slots: &[(String, usize)]) {
+    let mut readers: HashMap<usize, usize> = HashMap::new();
+    for st in steps.iter() {
+        for &s in &st.inputs {
+            *readers.entry(s).or_default() += 1;
+        }
+    }
+    let producer: HashMap<usize, usize> = steps
+        .iter()
+        .enumerate()
+        .flat_map(|(i, st)| st.outputs.iter().map(move |&s| (s, i)))
+        .collect();
+    let mut fused = vec![false; steps.len()];
+    for i in 0..steps.len() {
+        let StepKind::Node { node, .. } = &steps[i].kind else {
+            continue;
+        };
+        if !matches!(nodes[*node].op, Op::Unary(Unary::Relu)) {
+            continue;
+        }
+        let s = steps[i].inputs[0];
+        let Some(&j) = producer.get(&s) else {
+            continue;
+        };
+        let relu_out = steps[i].outputs[0];
+        if readers.get(&s) != Some(&1) || output_slots.iter().any(|o| o.1 == s) {
+            continue;
+        }
+        let StepKind::Node {
+            node: gemm_node,
+            prepared: Some(prepared),
+            ..
+        } = &mut steps[j].kind
+        else {
+            continue;
+        };
+        if !matches!(
+            nodes[*gemm_node].op,
+            Op::Gemm { .. } | Op::MatMul | Op::Conv(_)
+        ) || prepared.activation != Activation::Identity
+        {
+            continue;
+        }
+        prepared.activation = Activation::Relu;
+        steps[j].outputs = vec![relu_out];
+        fused[i] = true;
+    }
+    let mut k = 0;
+    steps.retain(|_| {
+        k += 1;
+        !fused[k - 1]
+    });
+}
+
 /// The compile-time work of a Gemm, MatMul or Conv node: its accumulation,
 /// a constant B packed for it, a constant bias kept in f32.
 ///
@@ -487,6 +558,7 @@ fn prepare_gemm(
         packed,
         bias,
         accumulation,
+        activation: Activation::Identity,
     })
 }
 

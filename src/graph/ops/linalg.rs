@@ -2,7 +2,7 @@
 
 use half::{bf16, f16};
 use mixprec_kernels::conv::{self, Conv2dShape, ConvError};
-use mixprec_kernels::gemm::{self, Accumulation, Epilogue, MatMut, MatRef, PackedB};
+use mixprec_kernels::gemm::{self, Accumulation, Activation, Epilogue, MatMut, MatRef, PackedB};
 use mixprec_kernels::{Element, FloatType, active_isa};
 
 use super::ConvAttrs;
@@ -21,6 +21,9 @@ pub(crate) struct Prepared {
     pub bias: Option<Vec<f32>>,
     /// How the node's products accumulate (see [`crate::graph::GemmAccumulation`]).
     pub accumulation: Accumulation,
+    /// An activation fused into the GEMM epilogue by compile (a following
+    /// Relu, which gives the same bits fused or not).
+    pub activation: Activation,
 }
 
 impl Prepared {
@@ -28,6 +31,11 @@ impl Prepared {
     /// (constant folding).
     fn accumulation(p: Option<&Prepared>) -> Accumulation {
         p.map_or(Accumulation::F32, |p| p.accumulation)
+    }
+
+    /// A node's fused activation; none when compile prepared nothing.
+    fn activation(p: Option<&Prepared>) -> Activation {
+        p.map_or(Activation::Identity, |p| p.activation)
     }
 }
 
@@ -145,7 +153,8 @@ fn gemm_typed<T: Element + TensorElement>(
     }
     let epi = Epilogue {
         bias: bias_owned.as_deref(),
-        ..Default::default()
+        row_bias: None,
+        activation: Prepared::activation(prepared),
     };
     let cv = MatMut::new(out.as_slice_mut::<T>()?, m, n, n).map_err(|e| kerr(node, e))?;
     match prepared.and_then(|p| p.packed.as_ref()) {
@@ -209,7 +218,10 @@ fn matmul_typed<T: Element + TensorElement>(
     let (m, k, n) = (ash[ra - 2], ash[ra - 1], bsh[rb - 1]);
     let ad = a.as_slice::<T>()?;
     let od = out.as_slice_mut::<T>()?;
-    let epi = Epilogue::default();
+    let epi = Epilogue {
+        activation: Prepared::activation(prepared),
+        ..Default::default()
+    };
     let (isa, acc) = (active_isa(), Prepared::accumulation(prepared));
     if rb == 2 {
         // One GEMM over all rows of A: its batch dims are contiguous.
@@ -366,8 +378,9 @@ fn conv_typed<T: Element + TensorElement>(
             // The per-channel bias is a row bias of this group's C, added to the
             // f32 accumulator rather than stored in C first.
             let epi = Epilogue {
+                bias: None,
                 row_bias: bias.as_ref().map(|b| &b[gi * mg..(gi + 1) * mg]),
-                ..Default::default()
+                activation: Prepared::activation(prepared),
             };
             conv::conv2d_at(
                 isa,

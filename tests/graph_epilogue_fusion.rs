@@ -1,0 +1,126 @@
+//! A Relu after a Gemm, MatMul or Conv runs in the GEMM's epilogue
+//! (`CompileOptions::unfused_activations` off, the default) and gives the
+//! same bits as the separate Relu step in f32, bf16 and f16 plans, including
+//! values that overflow f16; a Relu whose input is read elsewhere or is a
+//! graph output stays a step of its own.
+
+mod graph_common;
+
+use graph_common::{Rng, fixed};
+use mixprec::graph::{
+    CompileOptions, ConvAttrs, DType, Graph, GraphBuilder, PrecisionPlan, Tensor,
+};
+use mixprec::kernels::FloatType;
+
+/// `r1 = Relu(Conv c1)` (c1 overflows f16); Conv -> Relu -> Flatten ->
+/// Linear -> Relu -> MatMul -> Relu -> `y`; `z = Relu(c2) + c2` (c2 read
+/// twice); `r = Relu(g2)` with `g2` also a graph output.
+fn graph(rng: &mut Rng) -> Graph {
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", &fixed(&[2, 3, 6, 6]), DType::F32);
+    let attrs = ConvAttrs {
+        pads: vec![1, 1, 1, 1],
+        ..Default::default()
+    };
+    let (w1, b1) = big_conv();
+    let c1 = g.conv("c1", x, &w1, Some(&b1), attrs.clone()).unwrap();
+    let r1 = g.relu("r1", c1).unwrap();
+    g.output(r1);
+    let w0 = rng.tensor(&[4, 3, 3, 3], -1.0, 1.0);
+    let c0 = g.conv("c0", x, &w0, None, attrs).unwrap();
+    let r0 = g.relu("r0", c0).unwrap();
+    let f = g.reshape("f", r0, &[2, 144]).unwrap();
+    let w2 = rng.tensor(&[5, 144], -0.01, 0.01);
+    let b2 = rng.tensor(&[5], -1.0, 1.0);
+    let g1 = g.linear("g1", f, &w2, Some(&b2)).unwrap();
+    let r2 = g.relu("r2", g1).unwrap();
+    let w3 = g.initializer("w3", rng.tensor(&[5, 7], -1.0, 1.0));
+    let m1 = g.matmul("m1", r2, w3).unwrap();
+    let y = g.relu("y", m1).unwrap();
+    g.output(y);
+    let w4 = rng.tensor(&[2, 3, 1, 1], -1.0, 1.0);
+    let c2 = g.conv("c2", x, &w4, None, ConvAttrs::default()).unwrap();
+    let r3 = g.relu("r3", c2).unwrap();
+    let z = g.add("z", r3, c2).unwrap();
+    g.output(z);
+    let w5 = rng.tensor(&[3, 144], -0.01, 0.01);
+    let g2 = g.linear("g2", f, &w5, None).unwrap();
+    g.output(g2);
+    let r = g.relu("r", g2).unwrap();
+    g.output(r);
+    g.finish().unwrap()
+}
+
+/// Conv c1's parameters: weights up to 5000, so that with inputs up to 4
+/// many sums pass f16's 65504 in both signs.
+fn big_conv() -> (Tensor, Tensor) {
+    let mut rng = Rng::new(11);
+    (
+        rng.tensor(&[4, 3, 3, 3], -5000.0, 5000.0),
+        rng.tensor(&[4], -1.0, 1.0),
+    )
+}
+
+fn run(
+    g: &Graph,
+    ty: FloatType,
+    unfused: bool,
+    x: &Tensor,
+) -> (Vec<(String, Vec<u32>)>, Vec<String>) {
+    let options = CompileOptions {
+        unfused_activations: unfused,
+        ..Default::default()
+    };
+    let model = g
+        .compile_with(&PrecisionPlan::all(g, ty), &options)
+        .unwrap();
+    let (out, profile) = model.run_profiled(&[("x", x)]).unwrap();
+    let mut outs: Vec<(String, Vec<u32>)> = out
+        .into_iter()
+        .map(|(k, t)| (k, t.to_f32_vec().iter().map(|v| v.to_bits()).collect()))
+        .collect();
+    outs.sort();
+    let relus = profile
+        .entries
+        .iter()
+        .filter(|e| e.op_type == "Relu")
+        .map(|e| e.name.clone())
+        .collect();
+    (outs, relus)
+}
+
+#[test]
+fn fused_relu_gives_the_same_bits_in_every_plan() {
+    let mut rng = Rng::new(7);
+    let g = graph(&mut rng);
+    let x = rng.tensor(&[2, 3, 6, 6], -4.0, 4.0);
+    for ty in [FloatType::F32, FloatType::Bf16, FloatType::F16] {
+        let (fused, fused_relus) = run(&g, ty, false, &x);
+        let (unfused, unfused_relus) = run(&g, ty, true, &x);
+        assert_eq!(fused, unfused, "{ty:?}");
+        assert_eq!(unfused_relus, ["r1", "r0", "r2", "y", "r3", "r"], "{ty:?}");
+        // r3's input is also read by z; r's input is a graph output.
+        assert_eq!(fused_relus, ["r3", "r"], "{ty:?}");
+        let y = &fused.iter().find(|(k, _)| k == "y").unwrap().1;
+        assert!(y.iter().any(|&b| f32::from_bits(b) > 0.0), "{ty:?}");
+        assert!(y.iter().any(|&b| f32::from_bits(b) == 0.0), "{ty:?}");
+    }
+    // The first Conv alone in f16 does overflow to both infinities, so the
+    // fused Relu met -inf (to +0) and +inf (kept).
+    let mut b = GraphBuilder::new();
+    let xv = b.input("x", &fixed(&[2, 3, 6, 6]), DType::F32);
+    let (w1, b1) = big_conv();
+    let attrs = ConvAttrs {
+        pads: vec![1, 1, 1, 1],
+        ..Default::default()
+    };
+    let c1 = b.conv("c1", xv, &w1, Some(&b1), attrs).unwrap();
+    b.output(c1);
+    let conv = b.finish().unwrap();
+    let model = conv
+        .compile(&PrecisionPlan::all(&conv, FloatType::F16))
+        .unwrap();
+    let c1 = model.run(&[("x", &x)]).unwrap().remove("c1").unwrap();
+    let c1 = c1.to_f32_vec();
+    assert!(c1.contains(&f32::INFINITY) && c1.contains(&f32::NEG_INFINITY));
+}
