@@ -31,6 +31,10 @@
 //!   and the GEMM's packing of it.
 //! * Otherwise (`scalar`, `avx2`): im2col into a buffer of the input type,
 //!   then [`gemm::gemm_at`].
+//!
+//! [`conv2d_batch_at`] runs a batch in one call (the implicit GEMM splits
+//! images x bands of output rows over the threads and packs the weights
+//! once); its results are one [`conv2d_at`] per image, bit for bit.
 
 use std::fmt;
 
@@ -120,6 +124,20 @@ pub enum ConvError {
         /// Output positions of the shape.
         positions: usize,
     },
+    /// A batch's outputs are closer together than one output's size.
+    OutputStride {
+        /// The stride given.
+        stride: usize,
+        /// Elements of one output, `out_channels * out_h * out_w`.
+        per_image: usize,
+    },
+    /// A batch's output slice is shorter than the batch needs.
+    OutputLength {
+        /// Elements the batch needs.
+        expected: usize,
+        /// Elements given.
+        got: usize,
+    },
     /// An error of the underlying GEMM (level, accumulation, bias length).
     Gemm(GemmError),
 }
@@ -147,6 +165,16 @@ impl fmt::Display for ConvError {
                 "convolution weights are {}x{} and output {}x{}; need out_channels x {k} and out_channels x {positions}",
                 weights.0, weights.1, out.0, out.1
             ),
+            ConvError::OutputStride { stride, per_image } => write!(
+                f,
+                "convolution batch outputs are {stride} elements apart but one output has {per_image}"
+            ),
+            ConvError::OutputLength { expected, got } => {
+                write!(
+                    f,
+                    "convolution output has {got} elements, the batch needs {expected}"
+                )
+            }
             ConvError::Gemm(e) => write!(f, "{e}"),
         }
     }
@@ -215,6 +243,104 @@ pub fn conv2d_at<T: Element, O: Element>(
     out: MatMut<O>,
     epilogue: &Epilogue,
 ) -> Result<(), ConvError> {
+    let (k, positions, image_len) = validate(shape, &weights)?;
+    if image.len() != image_len {
+        return Err(ConvError::ImageLength {
+            expected: image_len,
+            got: image.len(),
+        });
+    }
+    if out.cols() != positions || weights.rows() != out.rows() {
+        return Err(ConvError::Shape {
+            weights: (weights.rows(), weights.cols()),
+            out: (out.rows(), out.cols()),
+            k,
+            positions,
+        });
+    }
+    let ldc = out.rs;
+    let batch = Images {
+        count: 1,
+        images: image,
+        image_stride: image_len,
+        out: out.data,
+        out_stride: 0,
+        ldc,
+    };
+    convolve(isa, accumulation, shape, batch, weights, epilogue)
+}
+
+/// [`conv2d_at`] over a batch of `count` images in one call: image `n` is
+/// `images[n * image_stride..]` (`in_channels x h x w`), its output
+/// `out[n * out_stride..]` (`out_channels` rows of `out_h * out_w`,
+/// contiguous). For NCHW tensors, one group of a grouped convolution is
+/// `images = &x[g * cg * h * w..]` with `image_stride = c * h * w` and
+/// likewise for the output. Results are those of one [`conv2d_at`] call per
+/// image, bit for bit; the batch is split over the threads as a whole.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_batch_at<T: Element, O: Element>(
+    isa: Isa,
+    accumulation: Accumulation,
+    shape: &Conv2dShape,
+    count: usize,
+    images: &[T],
+    image_stride: usize,
+    weights: MatRef<T>,
+    out: &mut [O],
+    out_stride: usize,
+    epilogue: &Epilogue,
+) -> Result<(), ConvError> {
+    let (_, positions, image_len) = validate(shape, &weights)?;
+    if count == 0 {
+        return Ok(());
+    }
+    let per_out = weights
+        .rows()
+        .checked_mul(positions)
+        .ok_or(ConvError::SizeOverflow)?;
+    if count > 1 && out_stride < per_out {
+        return Err(ConvError::OutputStride {
+            stride: out_stride,
+            per_image: per_out,
+        });
+    }
+    let extent = |stride: usize, len: usize| {
+        (count - 1)
+            .checked_mul(stride)
+            .and_then(|x| x.checked_add(len))
+            .ok_or(ConvError::SizeOverflow)
+    };
+    let needed = extent(image_stride, image_len)?;
+    if images.len() < needed {
+        return Err(ConvError::ImageLength {
+            expected: needed,
+            got: images.len(),
+        });
+    }
+    let needed = extent(out_stride, per_out)?;
+    if out.len() < needed {
+        return Err(ConvError::OutputLength {
+            expected: needed,
+            got: out.len(),
+        });
+    }
+    let batch = Images {
+        count,
+        images,
+        image_stride,
+        out,
+        out_stride,
+        ldc: positions,
+    };
+    convolve(isa, accumulation, shape, batch, weights, epilogue)
+}
+
+/// Checks the geometry and the weights' width; returns `k`, the output
+/// positions and the image length.
+fn validate<T: Element>(
+    shape: &Conv2dShape,
+    weights: &MatRef<T>,
+) -> Result<(usize, usize, usize), ConvError> {
     for (field, v) in [
         ("kernel", shape.kernel),
         ("stride", shape.stride),
@@ -228,35 +354,47 @@ pub fn conv2d_at<T: Element, O: Element>(
         (Some(k), Some(p), Some(l)) => (k, p, l),
         _ => return Err(ConvError::SizeOverflow),
     };
-    if image.len() != image_len {
-        return Err(ConvError::ImageLength {
-            expected: image_len,
-            got: image.len(),
-        });
-    }
-    if weights.cols() != k || out.cols() != positions || weights.rows() != out.rows() {
+    if weights.cols() != k {
         return Err(ConvError::Shape {
             weights: (weights.rows(), weights.cols()),
-            out: (out.rows(), out.cols()),
+            out: (weights.rows(), positions),
             k,
             positions,
         });
     }
-    if shape.is_pointwise() {
-        let b = MatRef::new(image, k, positions, positions)?;
-        return Ok(gemm::gemm_at(
-            isa,
-            accumulation,
-            1.0,
-            weights,
-            b,
-            0.0,
-            out,
-            epilogue,
-        )?);
-    }
+    Ok((k, positions, image_len))
+}
+
+/// Validated images and outputs: output `n` is `out[n * out_stride..]`,
+/// `m` rows of `positions` at row stride `ldc`, all inside `out`.
+struct Images<'a, 'o, T, O> {
+    count: usize,
+    images: &'a [T],
+    image_stride: usize,
+    out: &'o mut [O],
+    out_stride: usize,
+    ldc: usize,
+}
+
+/// Runs a validated batch on the path the level and accumulation select.
+fn convolve<T: Element, O: Element>(
+    isa: Isa,
+    accumulation: Accumulation,
+    shape: &Conv2dShape,
+    batch: Images<'_, '_, T, O>,
+    weights: MatRef<T>,
+    epilogue: &Epilogue,
+) -> Result<(), ConvError> {
+    let (m, k) = (weights.rows(), weights.cols());
+    let positions = shape.out_size[0] * shape.out_size[1];
+    let image_len = k / (shape.kernel[0] * shape.kernel[1]) * shape.in_size[0] * shape.in_size[1];
+    let image = |n: usize| &batch.images[n * batch.image_stride..][..image_len];
+    // The GEMM checks the level, the accumulation and the epilogue's lengths
+    // against one image's C (the first), for every path.
+    let first = MatMut::new(&mut batch.out[..], m, positions, batch.ldc)?;
+    gemm::check_shapes((m, k), (k, positions), &first, epilogue)?;
     #[cfg(target_arch = "x86_64")]
-    if k > 0 && out.rows() > 0 && positions > 0 {
+    if k > 0 && m > 0 && positions > 0 && !shape.is_pointwise() {
         let isa = isa.require().map_err(GemmError::from)?;
         gemm::check_accumulation::<T>(accumulation)?;
         let direct = match accumulation {
@@ -268,28 +406,41 @@ pub fn conv2d_at<T: Element, O: Element>(
             Accumulation::F16Blocked => false,
         };
         if direct {
-            gemm::check_shapes((weights.rows(), k), (k, positions), &out, epilogue)?;
-            // SAFETY: the shapes were validated above (image length, weights m x
-            // k, out m x positions, all non-zero); `isa` is available and is
-            // avx512_core or higher for F32; for Bf16Dot T is bf16
-            // (`check_accumulation`) and the level has AVX512-BF16
-            // (`require_bf16dot`).
-            unsafe { gemm::conv::run(isa, accumulation, shape, image, weights, out, epilogue) };
+            let run = gemm::conv::Batch {
+                images: batch.images,
+                image_stride: batch.image_stride,
+                count: batch.count,
+                out: batch.out.as_mut_ptr(),
+                out_stride: batch.out_stride,
+                ldc: batch.ldc,
+            };
+            // SAFETY: validated by the callers and above: each image and each
+            // output (m rows of positions at stride ldc, out_stride apart, not
+            // overlapping) lies in its slice, weights are m x k, m, k and the
+            // positions are non-zero; `isa` is available and is avx512_core or
+            // higher for F32; for Bf16Dot T is bf16 (`check_accumulation`)
+            // and the level has AVX512-BF16 (`require_bf16dot`).
+            unsafe { gemm::conv::run(isa, accumulation, shape, run, weights, epilogue) };
             return Ok(());
         }
     }
-    let col = im2col(shape, image, k, positions);
-    let b = MatRef::new(&col, k, positions, positions)?;
-    Ok(gemm::gemm_at(
-        isa,
-        accumulation,
-        1.0,
-        weights,
-        b,
-        0.0,
-        out,
-        epilogue,
-    )?)
+    for n in 0..batch.count {
+        let c = MatMut::new(
+            &mut batch.out[n * batch.out_stride..],
+            m,
+            positions,
+            batch.ldc,
+        )?;
+        if shape.is_pointwise() {
+            let b = MatRef::new(image(n), k, positions, positions)?;
+            gemm::gemm_at(isa, accumulation, 1.0, weights, b, 0.0, c, epilogue)?;
+        } else {
+            let col = im2col(shape, image(n), k, positions);
+            let b = MatRef::new(&col, k, positions, positions)?;
+            gemm::gemm_at(isa, accumulation, 1.0, weights, b, 0.0, c, epilogue)?;
+        }
+    }
+    Ok(())
 }
 
 /// The explicit `k x positions` im2col matrix (zeros in the padding).

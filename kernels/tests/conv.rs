@@ -9,7 +9,7 @@ mod gemm_common;
 
 use gemm_common::Lcg;
 use half::bf16;
-use mixprec_kernels::conv::{Conv2dShape, ConvError, conv2d, conv2d_at};
+use mixprec_kernels::conv::{Conv2dShape, ConvError, conv2d, conv2d_at, conv2d_batch_at};
 use mixprec_kernels::gemm::{
     self, Accumulation, Activation, Epilogue, GemmError, MatMut, MatRef, set_num_threads,
 };
@@ -444,4 +444,148 @@ fn bad_geometry_and_shapes_are_typed_errors() {
             }))
         );
     }
+}
+
+/// A batch in one call == one call per image, bit for bit, with gaps
+/// between images and between outputs (as for one group of a grouped
+/// convolution) that the call must not touch; on every level, and with
+/// Bf16Dot. Three threads and three images make the items split unevenly.
+fn check_batch<T: Element>(c: &Case, accumulation: Accumulation, isa: Isa) {
+    let count = 3;
+    let (m, k, n) = (c.out_channels, c.k(), c.positions());
+    let image_len = c.shape.image_len().unwrap();
+    let (image_stride, out_stride) = (image_len + 5, m * n + 7);
+    let mut rng = Lcg(c.seed ^ 0xba7c);
+    let images: Vec<T> = (0..(count - 1) * image_stride + image_len)
+        .map(|_| T::from_f32(rng.next()))
+        .collect();
+    let weights: Vec<T> = (0..m * k).map(|_| T::from_f32(rng.next())).collect();
+    let wv = MatRef::new(&weights, m, k, k).unwrap();
+    let (row_bias, _) = epilogue_data(c);
+    let epi = Epilogue {
+        row_bias: Some(&row_bias),
+        activation: Activation::Relu,
+        ..Default::default()
+    };
+    const SENTINEL: f32 = -12345.0;
+    let mut got = vec![SENTINEL; (count - 1) * out_stride + m * n];
+    set_num_threads(3);
+    conv2d_batch_at(
+        isa,
+        accumulation,
+        &c.shape,
+        count,
+        &images,
+        image_stride,
+        wv,
+        &mut got,
+        out_stride,
+        &epi,
+    )
+    .unwrap();
+    set_num_threads(0);
+    for i in 0..count {
+        let mut want = vec![0.0f32; m * n];
+        conv2d_at(
+            isa,
+            accumulation,
+            &c.shape,
+            &images[i * image_stride..i * image_stride + image_len],
+            wv,
+            MatMut::new(&mut want, m, n, n).unwrap(),
+            &epi,
+        )
+        .unwrap();
+        let slot = &got[i * out_stride..i * out_stride + m * n];
+        assert!(
+            slot.iter()
+                .zip(&want)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{isa} {accumulation:?} {c:?}: image {i}"
+        );
+        if i + 1 < count {
+            assert!(
+                got[i * out_stride + m * n..(i + 1) * out_stride]
+                    .iter()
+                    .all(|&v| v == SENTINEL)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_batch_equals_one_call_per_image() {
+    let mut cases = big_cases();
+    cases.push(case(3, [5, 4], [2, 3], [1, 2], [1, 1], [1, 0], 1, 6, 5).unwrap());
+    for c in &cases {
+        for isa in Isa::available() {
+            check_batch::<f32>(c, Accumulation::F32, isa);
+        }
+        if bf16dot_available() {
+            check_batch::<bf16>(c, Accumulation::Bf16Dot, Isa::Avx512CoreBf16);
+        }
+    }
+}
+
+#[test]
+fn batch_extents_are_typed_errors() {
+    let c = case(2, [5, 5], [3, 3], [1, 1], [1, 1], [1, 1], 0, 4, 9).unwrap();
+    let (image, weights) = c.data::<f32>();
+    let (m, k, n) = (c.out_channels, c.k(), c.positions());
+    let wv = MatRef::new(&weights, m, k, k).unwrap();
+    let len = image.len();
+    let run = |images: &[f32], out: &mut [f32], out_stride: usize| {
+        conv2d_batch_at(
+            Isa::Scalar,
+            Accumulation::F32,
+            &c.shape,
+            2,
+            images,
+            len,
+            wv,
+            out,
+            out_stride,
+            &Epilogue::default(),
+        )
+    };
+    let two = [image.clone(), image.clone()].concat();
+    let mut out = vec![0.0f32; 2 * m * n];
+    assert_eq!(run(&two, &mut out, m * n), Ok(()));
+    assert_eq!(
+        run(&two, &mut out, m * n - 1),
+        Err(ConvError::OutputStride {
+            stride: m * n - 1,
+            per_image: m * n
+        })
+    );
+    assert_eq!(
+        run(&two[1..], &mut out, m * n),
+        Err(ConvError::ImageLength {
+            expected: 2 * len,
+            got: 2 * len - 1
+        })
+    );
+    assert_eq!(
+        run(&two, &mut out[1..], m * n),
+        Err(ConvError::OutputLength {
+            expected: 2 * m * n,
+            got: 2 * m * n - 1
+        })
+    );
+    // An empty batch reads and writes nothing.
+    assert_eq!(
+        conv2d_batch_at(
+            Isa::Scalar,
+            Accumulation::F32,
+            &c.shape,
+            0,
+            &[] as &[f32],
+            len,
+            wv,
+            &mut [] as &mut [f32],
+            m * n,
+            &Epilogue::default(),
+        ),
+        Ok(())
+    );
 }

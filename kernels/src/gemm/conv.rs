@@ -18,7 +18,11 @@
 //!
 //! The copy is `in_channels * (out_h + ..) * wq` f32 (about the image's
 //! size), where im2col writes `k * out_h * out_w` (9x the image for 3x3) and
-//! the GEMM then reads and packs it again.
+//! the GEMM then reads and packs it again. It is made per *band* of output
+//! rows (plus the rows the kernel reaches below them), sized so that a band
+//! stays in L2, by the thread that computes the band: work items are
+//! (image, band), so a batch is one call with one fork/join, the packed
+//! weights are shared, and no thread reads a copy another core wrote.
 //!
 //! [`Accumulation::Bf16Dot`] works the same way on k-pairs: the copy holds
 //! one u32 per pixel and *channel pair* (`x[2c]` in the low half, `x[2c+1]`
@@ -34,39 +38,53 @@ use super::driver::{
     Ep, MC_TILES, PAR_MIN_FLOPS, SendPtr, pack_a_blocks, parallel_for, widen_into,
 };
 use super::pack::KC;
-use super::{Accumulation, Element, Epilogue, MatMut, MatRef, num_threads};
+use super::{Accumulation, Element, Epilogue, MatRef, num_threads};
 use crate::conv::{Conv2dShape, valid_range};
 use crate::isa::Isa;
 
-/// Pixel tiles of 32 per work item (128 wide pixels): enough work per item
-/// to amortize its scheduling, small enough that two threads stay balanced
-/// on a 56x56 image. A tile's B for one k block (`KC x 32` f32, 24 KiB) is
-/// read from L2 by the first row tile of C and from L1 by the others.
-const TILES_PER_ITEM: usize = 4;
+/// Pixel tiles of 32 per pass over the k blocks: a tile's B for one k block
+/// (`KC x 32` f32, 24 KiB) is read from L2 by the first row tile of C and
+/// from L1 by the others.
+const TILES_PER_PASS: usize = 4;
 /// Columns of the micro-kernel tile.
 const NT: usize = 32;
+/// Bytes of one band's copy: with the packed weights and the tile
+/// workspace it stays within Zen 4's 1 MiB L2. On 8x64x56x56, 3x3, 1 MiB
+/// (one band per image), 640 KiB (two) and 384 KiB (three) measured the
+/// same on one thread within noise; two threads gained from two bands.
+const BAND_BYTES: usize = 640 << 10;
 
-thread_local! {
-    /// The calling thread's padded, phase-split image and packed weights,
-    /// kept between calls (a network runs many convolutions of one size).
-    static IMAGE: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
-    static WEIGHTS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
-    static IMAGE_PAIRS: std::cell::Cell<Vec<u32>> = const { std::cell::Cell::new(Vec::new()) };
-    static WEIGHT_PAIRS: std::cell::Cell<Vec<u32>> = const { std::cell::Cell::new(Vec::new()) };
+/// A batch of images and where their outputs go.
+pub(crate) struct Batch<'a, T, O> {
+    /// Image `n` is `images[n * image_stride..]`, `in_channels x h x w`.
+    pub images: &'a [T],
+    pub image_stride: usize,
+    pub count: usize,
+    /// Output `n` starts at `out + n * out_stride`: `m` rows of
+    /// `out_h * out_w` at row stride `ldc`.
+    pub out: *mut O,
+    pub out_stride: usize,
+    pub ldc: usize,
 }
 
-/// The wide output domain and the padded, phase-split image copy.
+/// The padded, phase-split copy of one band and the wide output domain.
 struct Layout {
     /// Stride phases, `sh * sw`.
     phases: usize,
-    /// Rows and columns of a phase plane.
+    /// Phase rows of the whole image: output rows plus the rows the kernel
+    /// reaches below the last (`halo`).
+    hq_full: usize,
+    /// Rows and columns of one band's phase plane (`band_rows + halo`).
     hq: usize,
     wq: usize,
-    /// `out_h * wq`: output pixels including the dropped columns.
-    wide: usize,
-    /// 32-pixel tiles covering `wide`.
-    tiles: usize,
-    /// Where row `y` of phase `(py, px)` comes from, at `[phase * hq + y]`.
+    /// Output rows and columns.
+    oh: usize,
+    ow: usize,
+    /// Output rows per band, and the bands of an image.
+    band_rows: usize,
+    bands: usize,
+    /// Where row `y` of phase `(py, px)` of the whole image comes from, at
+    /// `[phase * hq_full + y]`.
     rows: Vec<PhaseRow>,
 }
 
@@ -82,7 +100,10 @@ struct PhaseRow {
 }
 
 impl Layout {
-    fn new(shape: &Conv2dShape) -> Self {
+    /// The layout for `groups` plane groups (channels, or channel pairs) of
+    /// `cell` bytes, with bands sized for L2 and at least two items per
+    /// thread when there are several threads.
+    fn new(shape: &Conv2dShape, groups: usize, cell: usize, count: usize, threads: usize) -> Self {
         let [h, wd] = shape.in_size;
         let [kh, kw] = shape.kernel;
         let [sh, sw] = shape.stride;
@@ -90,13 +111,15 @@ impl Layout {
         let [ph, pw] = shape.pad_begin;
         let [oh, ow] = shape.out_size;
         // Phase rows/columns that output rows/columns reach: oy + ki*dh/sh etc.
-        let hq = oh + (kh - 1) * dh / sh;
+        let halo = (kh - 1) * dh / sh;
+        let hq_full = oh + halo;
         let wq = ow + (kw - 1) * dw / sw;
-        let mut rows = Vec::with_capacity(sh * sw * hq);
-        for phase in 0..sh * sw {
+        let phases = sh * sw;
+        let mut rows = Vec::with_capacity(phases * hq_full);
+        for phase in 0..phases {
             let (py, px) = (phase / sw, phase % sw);
             let (lo, hi) = valid_range(px, pw, sw, wd, wq);
-            for y in 0..hq {
+            for y in 0..hq_full {
                 let iy = (y * sh + py).checked_sub(ph).filter(|&iy| iy < h);
                 rows.push(PhaseRow {
                     iy,
@@ -106,71 +129,90 @@ impl Layout {
                 });
             }
         }
-        let wide = oh * wq;
+        let row_bytes = (groups * phases * wq * cell).max(1);
+        let fit = (BAND_BYTES / row_bytes).saturating_sub(halo).max(1);
+        let mut bands = oh.div_ceil(fit);
+        if threads > 1 {
+            bands = bands.max((2 * threads).div_ceil(count.max(1)));
+        }
+        let band_rows = oh.div_ceil(bands.clamp(1, oh.max(1)));
         Layout {
-            phases: sh * sw,
-            hq,
+            phases,
+            hq_full,
+            hq: band_rows + halo,
             wq,
-            wide,
-            tiles: wide.div_ceil(NT),
+            oh,
+            ow,
+            band_rows,
+            bands: oh.div_ceil(band_rows),
             rows,
         }
     }
 
-    /// Elements of one phase plane.
+    /// Cells of one band's phase plane.
     fn plane(&self) -> usize {
         self.hq * self.wq
     }
 
-    /// Offset (in cells of the copy) of kernel tap `(ki, kj)` of plane
-    /// group `g` (a channel, or a channel pair) relative to the pixel.
-    fn offset(&self, shape: &Conv2dShape, g: usize, ki: usize, kj: usize) -> usize {
-        let [sh, sw] = shape.stride;
-        let (ry, rx) = (ki * shape.dilation[0], kj * shape.dilation[1]);
-        let phase = (ry % sh) * sw + rx % sw;
-        ((g * self.phases + phase) * self.hq + ry / sh) * self.wq + rx / sw
+    /// Wide pixels of a band: `band_rows` rows of `wq`.
+    fn wide(&self) -> usize {
+        self.band_rows * self.wq
     }
 
-    /// Offsets of every (group, kernel row, kernel column), in that order.
+    /// 32-pixel tiles covering a band's wide pixels.
+    fn tiles(&self) -> usize {
+        self.wide().div_ceil(NT)
+    }
+
+    /// Offsets (in cells of a band's copy) of every (group, kernel row,
+    /// kernel column), in that order, relative to the pixel.
     fn offsets(&self, shape: &Conv2dShape, groups: usize) -> Vec<usize> {
         let [kh, kw] = shape.kernel;
+        let [sh, sw] = shape.stride;
         let mut offs = Vec::with_capacity(groups * kh * kw);
         for g in 0..groups {
             for ki in 0..kh {
                 for kj in 0..kw {
-                    offs.push(self.offset(shape, g, ki, kj));
+                    let (ry, rx) = (ki * shape.dilation[0], kj * shape.dilation[1]);
+                    let phase = (ry % sh) * sw + rx % sw;
+                    offs.push(((g * self.phases + phase) * self.hq + ry / sh) * self.wq + rx / sw);
                 }
             }
         }
         offs
     }
 
-    /// Cells the copy needs for `groups` plane groups: the last tile's
-    /// dropped columns read past the last row, so the buffer extends to
-    /// every offset plus all tiles (kept zero).
+    /// Cells a band's copy needs: the last tile's dropped columns read past
+    /// the last row, so the buffer extends to every offset plus all tiles.
     fn cells(&self, groups: usize, offs: &[usize]) -> usize {
         let max_off = offs.iter().copied().max().unwrap_or(0);
-        (max_off + self.tiles * NT).max(groups * self.phases * self.plane())
+        (max_off + self.tiles() * NT).max(groups * self.phases * self.plane())
     }
 
-    /// Fills the copy: `fill_row(g, iy, row, lo, hi, first)` writes the
-    /// columns `lo..hi` of a row from input row `iy` of group `g`; the rest
-    /// of the buffer is zeroed here. Groups are split over `threads`.
-    fn fill<C: Copy + Default + Send + Sync>(
+    /// Fills band `band`'s copy: `fill_row(g, iy, row, lo, hi, first)` writes
+    /// the columns `lo..hi` of a row from input row `iy` of group `g`; the
+    /// rest is zeroed here (rows past the image's phase rows only feed
+    /// dropped columns, but stay defined).
+    fn fill<C: Copy + Default>(
         &self,
-        threads: usize,
         groups: usize,
+        band: usize,
         buf: &mut [C],
-        fill_row: impl Fn(usize, usize, &mut [C], usize, usize, usize) + Sync,
+        fill_row: impl Fn(usize, usize, &mut [C], usize, usize, usize),
     ) {
-        let per_group = self.phases * self.plane();
-        let bp = SendPtr(buf.as_mut_ptr());
-        parallel_for(threads, groups, 0, |g, _| {
-            // SAFETY: group g owns buf[g*per_group .. (g+1)*per_group], disjoint per
-            // item and within the buffer (`cells` >= groups * per_group).
-            let dst =
-                unsafe { std::slice::from_raw_parts_mut(bp.get().add(g * per_group), per_group) };
-            for (row, spec) in dst.chunks_exact_mut(self.wq).zip(&self.rows) {
+        let y0 = band * self.band_rows;
+        let planes = buf[..groups * self.phases * self.plane()].chunks_exact_mut(self.plane());
+        for (gp, plane) in planes.enumerate() {
+            let (g, phase) = (gp / self.phases, gp % self.phases);
+            for (yl, row) in plane.chunks_exact_mut(self.wq).enumerate() {
+                let y = y0 + yl;
+                let spec = match self.rows.get(phase * self.hq_full + y) {
+                    Some(spec) if y < self.hq_full => *spec,
+                    _ => {
+                        row.fill(C::default());
+                        continue;
+                    }
+                };
                 let Some(iy) = spec.iy else {
                     row.fill(C::default());
                     continue;
@@ -181,81 +223,59 @@ impl Layout {
                     fill_row(g, iy, row, spec.lo, spec.hi, spec.first);
                 }
             }
-        });
-        buf[groups * per_group..].fill(C::default());
+        }
+        buf[groups * self.phases * self.plane()..].fill(C::default());
     }
 }
 
-/// Threads for a convolution of `flops`.
-fn threads_for(flops: usize) -> usize {
-    if flops < PAR_MIN_FLOPS {
-        1
-    } else {
-        num_threads()
-    }
-}
-
-/// One image and group: `c = epilogue(w * im2col(image))`.
+/// A batch through one convolution: output `n` = `epilogue(w * im2col(image n))`.
 ///
 /// # Safety
-/// The shapes were validated (`image` holds `in_channels x in_size`, `w` is
-/// `c.rows x k` with `k > 0`, `c` is `out_channels x out_h*out_w` with both
-/// non-zero), `isa` is available on this CPU and is `avx512_core` or higher
-/// for [`Accumulation::F32`], `avx512_core_bf16` or higher (and T bf16) for
-/// [`Accumulation::Bf16Dot`].
+/// The shapes were validated (each image holds `in_channels x in_size` at
+/// its offset, `w` is `m x k` with `m, k > 0`, each output `m` rows of
+/// `out_h * out_w > 0` at row stride `ldc >= out_h * out_w` lies in the
+/// caller's buffer, outputs do not overlap), `isa` is available on this CPU
+/// and is `avx512_core` or higher for [`Accumulation::F32`],
+/// `avx512_core_bf16` or higher (and T bf16) for [`Accumulation::Bf16Dot`].
 pub(crate) unsafe fn run<T: Element, O: Element>(
     isa: Isa,
     accumulation: Accumulation,
     shape: &Conv2dShape,
-    image: &[T],
+    batch: Batch<'_, T, O>,
     w: MatRef<T>,
-    c: MatMut<O>,
     epi: &Epilogue,
 ) {
-    let layout = Layout::new(shape);
-    let (m, k, n) = (c.rows, w.cols, shape.out_size[0] * shape.out_size[1]);
-    let threads = threads_for(2 * m * n * k);
-    let fill_threads = if image.len() >= 1 << 16 { threads } else { 1 };
+    let (images, image_stride) = (batch.images, batch.image_stride);
+    let out = Out {
+        c: SendPtr(batch.out),
+        count: batch.count,
+        stride: batch.out_stride,
+        ldc: batch.ldc,
+    };
+    let (m, k) = (w.rows, w.cols);
+    let n = shape.out_size[0] * shape.out_size[1];
+    let flops = [m, n, k, out.count]
+        .iter()
+        .fold(2usize, |f, &x| f.saturating_mul(x));
+    let threads = if flops < PAR_MIN_FLOPS {
+        1
+    } else {
+        num_threads()
+    };
     let [h, wd] = shape.in_size;
     let sw = shape.stride[1];
     let cin = shape.in_channels;
     let ep = Ep::new(isa, 1.0, 0.0, epi);
-    let out = Out {
-        c: SendPtr(c.data.as_mut_ptr()),
-        ldc: c.rs,
-        ow: shape.out_size[1],
-    };
+    let image = |i: usize| &images[i * image_stride..][..cin * h * wd];
     if accumulation == Accumulation::Bf16Dot {
         let groups = cin.div_ceil(2);
+        let layout = Layout::new(shape, groups, 4, out.count, threads);
         let offs = layout.offsets(shape, groups);
         let len = layout.cells(groups, &offs);
-        let mut buf = IMAGE_PAIRS.with(|b| b.take());
-        buf.resize(buf.len().max(len), 0);
-        let bits = |x: T| x.to_f32().to_bits() >> 16;
-        layout.fill(
-            fill_threads,
-            groups,
-            &mut buf[..len],
-            |g, iy, row, lo, hi, first| {
-                let plane = |ci: usize| &image[(ci * h + iy) * wd..(ci * h + iy + 1) * wd];
-                let even = plane(2 * g)[first..].iter().step_by(sw);
-                if 2 * g + 1 < cin {
-                    let odd = plane(2 * g + 1)[first..].iter().step_by(sw);
-                    for ((d, &e), &o) in row[lo..hi].iter_mut().zip(even).zip(odd) {
-                        *d = bits(e) | bits(o) << 16;
-                    }
-                } else {
-                    for (d, &e) in row[lo..hi].iter_mut().zip(even) {
-                        *d = bits(e);
-                    }
-                }
-            },
-        );
         // Weights in the copy's k order: (channel pair, ki, kj, parity).
         let taps = shape.kernel[0] * shape.kernel[1];
         let kq = groups * 2 * taps;
-        let zero = T::from_f32(0.0);
-        let mut wperm = vec![zero; m * kq];
+        let mut wperm = vec![T::from_f32(0.0); m * kq];
         for (i, row) in wperm.chunks_exact_mut(kq).enumerate() {
             for ci in 0..cin {
                 for tap in 0..taps {
@@ -272,31 +292,48 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
         };
         let kp = kq / 2;
         let mr = bf16dot::MR;
-        let alen = m.div_ceil(mr) * kp * mr;
-        let mut apack = WEIGHT_PAIRS.with(|b| b.take());
-        apack.resize(apack.len().max(alen), 0);
-        bf16dot::pack_a(1, &wv, &mut apack[..alen]);
-        let (bp, ap, offs) = (buf.as_ptr(), apack.as_ptr(), &offs[..]);
-        let (bp, ap) = (SendPtr(bp.cast_mut()), SendPtr(ap.cast_mut()));
+        let mut apack = vec![0u32; m.div_ceil(mr) * kp * mr];
+        bf16dot::pack_a(threads, &wv, &mut apack);
+        let (apack, offs) = (&apack[..], &offs[..]);
+        let bits = |x: T| x.to_f32().to_bits() >> 16;
         drive(
             &ep,
             threads,
             &layout,
+            &out,
             m,
             kp,
             bf16dot::KCP,
             mr,
-            &out,
-            |t, rows, pc, kc, jw, wsp, ldw, load| {
+            len,
+            |item, cells| {
+                let cells: &mut [u32] = bytemuck::cast_slice_mut(cells);
+                let (img, band) = (image(item / layout.bands), item % layout.bands);
+                layout.fill(groups, band, cells, |g, iy, row, lo, hi, first| {
+                    let plane = |ci: usize| &img[(ci * h + iy) * wd..(ci * h + iy + 1) * wd];
+                    let even = plane(2 * g)[first..].iter().step_by(sw);
+                    if 2 * g + 1 < cin {
+                        let odd = plane(2 * g + 1)[first..].iter().step_by(sw);
+                        for ((d, &e), &o) in row[lo..hi].iter_mut().zip(even).zip(odd) {
+                            *d = bits(e) | bits(o) << 16;
+                        }
+                    } else {
+                        for (d, &e) in row[lo..hi].iter_mut().zip(even) {
+                            *d = bits(e);
+                        }
+                    }
+                });
+            },
+            |t, rows, pc, kc, cells, jw, wsp, ldw, load| {
                 // SAFETY: the A tile holds kp*MR pairs from t*kp*MR on; offs holds kc
-                // offsets from pc on and offs[q] + jw + 32 <= len, so every B load is in
-                // the copy; the workspace tile is rows x 32 at stride ldw; the caller
-                // checked AVX512-BF16.
+                // offsets from pc on and offs[q] + jw + 32 <= len (`cells`), so every B
+                // load is in the band's copy; the workspace tile is rows x 32 at stride
+                // ldw; the caller checked AVX512-BF16.
                 unsafe {
                     GATHER_TILES[rows - 1](
                         kc,
-                        ap.get().add(t * kp * mr + pc * mr),
-                        bp.get().add(jw),
+                        apack.as_ptr().add(t * kp * mr + pc * mr),
+                        cells.as_ptr().cast::<u32>().add(jw),
                         offs.as_ptr().add(pc),
                         wsp,
                         ldw,
@@ -305,61 +342,53 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
                 }
             },
         );
-        IMAGE_PAIRS.with(|b| b.set(buf));
-        WEIGHT_PAIRS.with(|b| b.set(apack));
         return;
     }
+    let layout = Layout::new(shape, cin, 4, out.count, threads);
     let offs = layout.offsets(shape, cin);
     debug_assert_eq!(offs.len(), k);
     let len = layout.cells(cin, &offs);
-    let mut buf = IMAGE.with(|b| b.take());
-    buf.resize(buf.len().max(len), 0.0);
-    layout.fill(
-        fill_threads,
-        cin,
-        &mut buf[..len],
-        |ci, iy, row, lo, hi, first| {
-            let src = &image[(ci * h + iy) * wd..(ci * h + iy + 1) * wd];
-            if sw == 1 {
-                widen_into(isa, &src[first..first + hi - lo], &mut row[lo..hi]);
-            } else {
-                for (d, s) in row[lo..hi].iter_mut().zip(src[first..].iter().step_by(sw)) {
-                    *d = s.to_f32();
-                }
-            }
-        },
-    );
     let mr = avx512::MR;
-    let row_tiles = m.div_ceil(mr);
     let kb = k.div_ceil(KC);
-    let alen = row_tiles * kb * mr * KC;
-    let mut apack = WEIGHTS.with(|b| b.take());
-    apack.resize(apack.len().max(alen), 0.0);
-    for (t, dst) in apack[..alen].chunks_exact_mut(kb * mr * KC).enumerate() {
+    let mut apack = vec![0.0f32; m.div_ceil(mr) * kb * mr * KC];
+    for (t, dst) in apack.chunks_exact_mut(kb * mr * KC).enumerate() {
         pack_a_blocks(isa, &w, t * mr, mr.min(m - t * mr), mr, dst);
     }
-    let (bp, ap, offs) = (buf.as_ptr(), apack.as_ptr(), &offs[..]);
-    let (bp, ap) = (SendPtr(bp.cast_mut()), SendPtr(ap.cast_mut()));
+    let (apack, offs) = (&apack[..], &offs[..]);
     drive(
         &ep,
         threads,
         &layout,
+        &out,
         m,
         k,
         KC,
         mr,
-        &out,
-        |t, rows, pc, kc, jw, wsp, ldw, load| {
+        len,
+        |item, cells| {
+            let (img, band) = (image(item / layout.bands), item % layout.bands);
+            layout.fill(cin, band, cells, |ci, iy, row, lo, hi, first| {
+                let src = &img[(ci * h + iy) * wd..(ci * h + iy + 1) * wd];
+                if sw == 1 {
+                    widen_into(isa, &src[first..first + hi - lo], &mut row[lo..hi]);
+                } else {
+                    for (d, s) in row[lo..hi].iter_mut().zip(src[first..].iter().step_by(sw)) {
+                        *d = s.to_f32();
+                    }
+                }
+            });
+        },
+        |t, rows, pc, kc, cells, jw, wsp, ldw, load| {
             // SAFETY: the A block holds rows x kc f32 at row stride KC; offs holds kc
-            // offsets from pc on and offs[p] + jw + 32 <= len, so every B load is in the
-            // copy; the workspace tile is rows x 32 at stride ldw; the caller checked
-            // avx512_core.
+            // offsets from pc on and offs[p] + jw + 32 <= len (`cells`), so every B load
+            // is in the band's copy; the workspace tile is rows x 32 at stride ldw; the
+            // caller checked avx512_core.
             unsafe {
                 conv_tile(
                     rows,
                     kc,
-                    ap.get().add((t * kb + pc / KC) * mr * KC),
-                    bp.get().add(jw),
+                    apack.as_ptr().add((t * kb + pc / KC) * mr * KC),
+                    cells.as_ptr().add(jw),
                     offs.as_ptr().add(pc),
                     wsp,
                     ldw,
@@ -368,84 +397,96 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
             }
         },
     );
-    IMAGE.with(|b| b.set(buf));
-    WEIGHTS.with(|b| b.set(apack));
 }
 
-/// Where the output goes: C's first element, its row stride, and `out_w`.
+/// Where a batch's outputs go (see [`Batch`]).
 struct Out<O> {
     c: SendPtr<O>,
+    count: usize,
+    stride: usize,
     ldc: usize,
-    ow: usize,
 }
 
-/// The thread loop shared by both accumulations: work items are blocks of
-/// `TILES_PER_ITEM` pixel tiles by `MC_TILES` row tiles; inside one, the k
-/// loop is blocked by `kblock` and each `mr x 32` tile goes through
-/// `tile(t, rows, k0, kc, wide_pixel, ws_tile, ldw, load)` and, after its
-/// last block, the epilogue, scattered to the output rows.
+/// The thread loop shared by both accumulations. Work items are (image,
+/// band); an item first makes its band's copy with `fill(item, cells)` in
+/// its worker's workspace (`len` f32 cells), then walks the band's pixel
+/// tiles `TILES_PER_PASS` at a time for each block of `MC_TILES` row tiles:
+/// the k loop is blocked by `kblock` and each `mr x 32` tile goes through
+/// `tile(t, rows, k0, kc, cells, wide_pixel, ws_tile, ldw, load)` and, after
+/// its last block, the epilogue, scattered to the output rows.
 #[allow(clippy::too_many_arguments)]
 fn drive<O: Element>(
     ep: &Ep,
     threads: usize,
     layout: &Layout,
+    out: &Out<O>,
     m: usize,
     depth: usize,
     kblock: usize,
     mr: usize,
-    out: &Out<O>,
-    tile: impl Fn(usize, usize, usize, usize, usize, *mut f32, usize, bool) + Sync,
+    len: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync,
+    tile: impl Fn(usize, usize, usize, usize, &[f32], usize, *mut f32, usize, bool) + Sync,
 ) {
-    let (wide, wq, tiles) = (layout.wide, layout.wq, layout.tiles);
+    let (wq, oh, ow) = (layout.wq, layout.oh, layout.ow);
     let mc = mr * MC_TILES;
-    let mblocks = m.div_ceil(mc);
-    let pblocks = tiles.div_ceil(TILES_PER_ITEM);
-    let ldw = TILES_PER_ITEM * NT;
-    parallel_for(threads, mblocks * pblocks, mc * ldw, |item, ws| {
-        // Pixel-block major: consecutive items share their B rows.
-        let (pb, ib) = (item / mblocks, item % mblocks);
-        let i0 = ib * mc;
-        let mcb = mc.min(m - i0);
-        let q0 = pb * TILES_PER_ITEM;
-        let nq = TILES_PER_ITEM.min(tiles - q0);
-        for pc in (0..depth).step_by(kblock) {
-            let kc = kblock.min(depth - pc);
-            let last = pc + kc == depth;
-            for q in 0..nq {
-                let jw = (q0 + q) * NT;
-                for tl in 0..mcb.div_ceil(mr) {
-                    let t = i0 / mr + tl;
-                    let rows = mr.min(m - t * mr);
-                    let wsp = ws[tl * mr * ldw + q * NT..].as_mut_ptr();
-                    tile(t, rows, pc, kc, jw, wsp, ldw, pc > 0);
-                    if !last {
-                        continue;
-                    }
-                    // Scatter the tile's wide pixels to their output rows,
-                    // dropping the columns past out_w.
-                    let end = (jw + NT).min(wide);
-                    let mut j = jw;
-                    while j < end {
-                        let (oy, ox) = (j / wq, j % wq);
-                        let run_end = end.min((oy + 1) * wq);
-                        if ox < out.ow {
-                            let cols = (run_end - j).min(out.ow - ox);
-                            // SAFETY: the workspace row segment lies in the tile; rows
-                            // t*mr.., columns oy*ow+ox.. of C belong to this item (its
-                            // row block and pixel block) and are in bounds.
-                            unsafe {
-                                ep.store(
-                                    wsp.add(j - jw),
-                                    ldw,
-                                    rows,
-                                    cols,
-                                    out.c.get(),
-                                    out.ldc,
-                                    (t * mr, oy * out.ow + ox),
-                                )
-                            };
+    let ldw = TILES_PER_PASS * NT;
+    let items = out.count * layout.bands;
+    parallel_for(threads, items, len + mc * ldw, |item, ws| {
+        let (cells, ws) = ws.split_at_mut(len);
+        fill(item, cells);
+        let cells = &*cells;
+        let (img, band) = (item / layout.bands, item % layout.bands);
+        let oy0 = band * layout.band_rows;
+        let wide = layout.band_rows.min(oh - oy0) * wq;
+        let tiles = wide.div_ceil(NT);
+        // SAFETY: output `img` starts inside the caller's buffer (contract of `run`).
+        let c = unsafe { out.c.get().add(img * out.stride) };
+        for i0 in (0..m).step_by(mc) {
+            let mcb = mc.min(m - i0);
+            for q0 in (0..tiles).step_by(TILES_PER_PASS) {
+                let nq = TILES_PER_PASS.min(tiles - q0);
+                for pc in (0..depth).step_by(kblock) {
+                    let kc = kblock.min(depth - pc);
+                    let last = pc + kc == depth;
+                    for q in 0..nq {
+                        let jw = (q0 + q) * NT;
+                        for tl in 0..mcb.div_ceil(mr) {
+                            let t = i0 / mr + tl;
+                            let rows = mr.min(m - t * mr);
+                            let wsp = ws[tl * mr * ldw + q * NT..].as_mut_ptr();
+                            tile(t, rows, pc, kc, cells, jw, wsp, ldw, pc > 0);
+                            if !last {
+                                continue;
+                            }
+                            // Scatter the tile's wide pixels to their output rows,
+                            // dropping the columns past out_w.
+                            let end = (jw + NT).min(wide);
+                            let mut j = jw;
+                            while j < end {
+                                let (yl, ox) = (j / wq, j % wq);
+                                let run_end = end.min((yl + 1) * wq);
+                                if ox < ow {
+                                    let cols = (run_end - j).min(ow - ox);
+                                    // SAFETY: the workspace row segment lies in the
+                                    // tile; rows t*mr.., columns (oy0+yl)*ow+ox.. of
+                                    // output `img` belong to this item (its image and
+                                    // band) and are in bounds.
+                                    unsafe {
+                                        ep.store(
+                                            wsp.add(j - jw),
+                                            ldw,
+                                            rows,
+                                            cols,
+                                            c,
+                                            out.ldc,
+                                            (t * mr, (oy0 + yl) * ow + ox),
+                                        )
+                                    };
+                                }
+                                j = run_end;
+                            }
                         }
-                        j = run_end;
                     }
                 }
             }

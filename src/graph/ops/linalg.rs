@@ -355,7 +355,7 @@ fn conv_typed<T: Element + TensorElement>(
     };
     let (isa, acc) = (active_isa(), Prepared::accumulation(prepared));
     let od = out.as_slice_mut::<T>()?;
-    if mg == 0 {
+    if mg == 0 || nb == 0 {
         return Ok(());
     }
     let shape = Conv2dShape {
@@ -367,32 +367,31 @@ fn conv_typed<T: Element + TensorElement>(
         pad_begin: [ph, pw],
         out_size: [oh, ow],
     };
-    for n in 0..nb {
-        for gi in 0..group {
-            let xoff = (n * c + gi * cg) * h * wd;
-            let ooff = (n * mo + gi * mg) * ohw;
-            let av = MatRef::new(&wdat[gi * mg * kk..(gi + 1) * mg * kk], mg, kk, kk)
-                .map_err(|e| kerr(node, e))?;
-            let cv = MatMut::new(&mut od[ooff..ooff + mg * ohw], mg, ohw, ohw)
-                .map_err(|e| kerr(node, e))?;
-            // The per-channel bias is a row bias of this group's C, added to the
-            // f32 accumulator rather than stored in C first.
-            let epi = Epilogue {
-                bias: None,
-                row_bias: bias.as_ref().map(|b| &b[gi * mg..(gi + 1) * mg]),
-                activation: Prepared::activation(prepared),
-            };
-            conv::conv2d_at(
-                isa,
-                acc,
-                &shape,
-                &xd[xoff..xoff + cg * h * wd],
-                av,
-                cv,
-                &epi,
-            )
-            .map_err(|e| conv_err(node, e))?;
-        }
+    // One batched call per group: the kernel splits images x row bands over
+    // the threads and packs the group's weights once.
+    for gi in 0..group {
+        let av = MatRef::new(&wdat[gi * mg * kk..(gi + 1) * mg * kk], mg, kk, kk)
+            .map_err(|e| kerr(node, e))?;
+        // The per-channel bias is a row bias of this group's C, added to the
+        // f32 accumulator rather than stored in C first.
+        let epi = Epilogue {
+            bias: None,
+            row_bias: bias.as_ref().map(|b| &b[gi * mg..(gi + 1) * mg]),
+            activation: Prepared::activation(prepared),
+        };
+        conv::conv2d_batch_at(
+            isa,
+            acc,
+            &shape,
+            nb,
+            &xd[gi * cg * h * wd..],
+            c * h * wd,
+            av,
+            &mut od[gi * mg * ohw..],
+            mo * ohw,
+            &epi,
+        )
+        .map_err(|e| conv_err(node, e))?;
     }
     Ok(())
 }
