@@ -115,6 +115,11 @@ pub struct CompiledModel {
     casts: Vec<CastInfo>,
     /// Set by [`CompiledModel::with_input_capture`]: the first run's inputs.
     capture: Option<std::sync::OnceLock<Vec<(String, Tensor)>>>,
+    /// Intermediate buffers of finished runs, one pool per run in flight,
+    /// taken by the next run: a repeated run reuses them instead of
+    /// page-faulting fresh, zeroed memory for every intermediate (as
+    /// onnxruntime's arena does). Outputs go to the caller and are not kept.
+    pools: std::sync::Mutex<Vec<Pool>>,
 }
 
 impl std::fmt::Debug for CompiledModel {
@@ -457,6 +462,7 @@ impl Graph {
             output_slots,
             casts: b.casts,
             capture: None,
+            pools: std::sync::Mutex::new(Vec::new()),
         })
     }
 }
@@ -784,7 +790,12 @@ impl CompiledModel {
         for ((_, s), t) in self.input_slots.iter().zip(given) {
             table[*s] = Some(Val::View(t.view()));
         }
-        let mut pool = Pool::default();
+        let mut pool = self
+            .pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default();
         for st in &self.steps {
             let t0 = profile.as_ref().map(|_| Instant::now());
             let results: Vec<Val> = match &st.kind {
@@ -882,6 +893,10 @@ impl CompiledModel {
             };
             out.insert(name.clone(), t);
         }
+        self.pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(pool);
         Ok(out)
     }
 
