@@ -15,7 +15,7 @@
 
 use std::arch::x86_64::*;
 
-use super::driver::{Ep, SendPtr, parallel_for};
+use super::driver::{Ep, SendPtr, mc_tiles, parallel_for};
 use super::pack::{Layout, NR};
 use super::{BSource, Element, MatMut, MatRef, num_threads};
 
@@ -25,8 +25,7 @@ pub(super) const MR: usize = 14;
 /// block it meets (7 KiB) fit Zen 4's 32 KiB L1D together; 192 pairs (24 +
 /// 10.5 KiB) did not and measured slower at 2048^3.
 pub(super) const KCP: usize = 128;
-/// Register tiles per M block and panels per N block (as the F32 driver).
-const MC_TILES: usize = 8;
+/// Panels per N block (as the F32 driver; M blocks come from its `mc_tiles`).
 const NC_PANELS: usize = 8;
 /// Below this many flops one thread does all the work.
 const PAR_MIN_FLOPS: usize = 1 << 22;
@@ -330,8 +329,10 @@ pub(super) unsafe fn run<T: Element, O: Element>(
     pack_a(threads, &a, apack);
     let ldc = c.rs;
     let cp = SendPtr(c.data.as_mut_ptr());
-    let (mc, nc) = (MR * MC_TILES, NR * NC_PANELS);
-    let (mblocks, nblocks) = (m.div_ceil(mc), n.div_ceil(nc));
+    let nc = NR * NC_PANELS;
+    let nblocks = n.div_ceil(nc);
+    let mc = MR * mc_tiles(m.div_ceil(MR), nblocks, threads);
+    let mblocks = m.div_ceil(mc);
     let apack = &*apack;
     parallel_for(threads, mblocks * nblocks, mc * nc, |item, ws| {
         let (i0, j0) = ((item / nblocks) * mc, (item % nblocks) * nc);

@@ -653,10 +653,10 @@ fn large<T: Element, O: Element>(
             pack_a_blocks(ep.isa, a, t * mr, rows, mr, dst);
         });
     }
-    let mc = mr * MC_TILES;
     let nc = NR * NC_PANELS;
-    let mblocks = m.div_ceil(mc);
     let nblocks = n.div_ceil(nc);
+    let mc = mr * mc_tiles(tiles, nblocks, threads);
+    let mblocks = m.div_ceil(mc);
     parallel_for(threads, mblocks * nblocks, mc * nc, |item, ws| {
         let (ib, jb) = (item / nblocks, item % nblocks);
         let (i0, j0) = (ib * mc, jb * nc);
@@ -689,6 +689,27 @@ fn large<T: Element, O: Element>(
     if !bbuf.is_empty() {
         put_buf(&PACK_B, bbuf);
     }
+}
+
+/// Row tiles per M block: `MC_TILES`, or fewer when that leaves too few
+/// work items to balance over the threads (e.g. 512 x 768 on two threads:
+/// 5 x 3 = 15 equal items, one thread doing 8; 6 x 3 = 18 splits evenly).
+/// Blocks never go below 4 tiles, so each B panel block still serves 56+
+/// rows from L1/L2.
+pub(super) fn mc_tiles(tiles: usize, nblocks: usize, threads: usize) -> usize {
+    if threads <= 1 {
+        return MC_TILES;
+    }
+    let want_items = 8 * threads;
+    let mut mblocks = tiles.div_ceil(MC_TILES);
+    while mblocks * nblocks < want_items && tiles.div_ceil(mblocks + 1) >= 4 {
+        mblocks += 1;
+    }
+    // Items that are a multiple of the threads split evenly.
+    while (mblocks * nblocks) % threads != 0 && tiles.div_ceil(mblocks + 1) >= 4 {
+        mblocks += 1;
+    }
+    tiles.div_ceil(mblocks)
 }
 
 /// Packs B into f32 panels of `NR` columns (`k` rows each, zero-padded),
