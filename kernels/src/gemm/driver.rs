@@ -706,7 +706,7 @@ pub(super) fn mc_tiles(tiles: usize, nblocks: usize, threads: usize) -> usize {
         mblocks += 1;
     }
     // Items that are a multiple of the threads split evenly.
-    while (mblocks * nblocks) % threads != 0 && tiles.div_ceil(mblocks + 1) >= 4 {
+    while !(mblocks * nblocks).is_multiple_of(threads) && tiles.div_ceil(mblocks + 1) >= 4 {
         mblocks += 1;
     }
     tiles.div_ceil(mblocks)
