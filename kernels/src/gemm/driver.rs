@@ -16,10 +16,9 @@
 //! Work is split over M/N only, never k, and every k loop is the same FMA
 //! chain per element, so results do not depend on the thread count.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-
 use super::pack::{KC, NR};
+pub(super) use super::threads::parallel_for;
+use super::threads::{put_buf, take_buf};
 use super::{
     Activation, BSource, Element, Epilogue, MatMut, MatRef, PackedB, epilogue, num_threads,
 };
@@ -84,80 +83,10 @@ impl<T> SendPtr<T> {
     }
 }
 
-/// The thread pool for `n` threads, built once per distinct `n`.
-fn pool(n: usize) -> Arc<rayon::ThreadPool> {
-    static POOLS: Mutex<Vec<Arc<rayon::ThreadPool>>> = Mutex::new(Vec::new());
-    let mut pools = POOLS.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(p) = pools.iter().find(|p| p.current_num_threads() == n) {
-        return p.clone();
-    }
-    let p = Arc::new(
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .thread_name(|i| format!("mixprec-gemm-{i}"))
-            .build()
-            .expect("mixprec: cannot start GEMM threads"),
-    );
-    pools.push(p.clone());
-    p
-}
-
 thread_local! {
-    /// Per-thread f32 workspace, kept between calls so large GEMMs do not
-    /// page-fault fresh buffers every time.
-    static WORKSPACE: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
     /// The calling thread's packed A and B buffers, kept between calls.
     static PACK_A: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
     static PACK_B: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
-}
-
-/// Takes a thread-local buffer of at least `len` elements (contents unspecified).
-fn take_buf(
-    key: &'static std::thread::LocalKey<std::cell::Cell<Vec<f32>>>,
-    len: usize,
-) -> Vec<f32> {
-    let mut v = key.with(|c| c.take());
-    if v.len() < len {
-        v.resize(len, 0.0);
-    }
-    v
-}
-
-/// Gives a buffer back to its thread-local slot.
-fn put_buf(key: &'static std::thread::LocalKey<std::cell::Cell<Vec<f32>>>, v: Vec<f32>) {
-    key.with(|c| c.set(v));
-}
-
-/// Runs `f(item, workspace)` for every item on up to `threads` threads; each
-/// thread's workspace holds `ws_len` f32.
-pub(super) fn parallel_for(
-    threads: usize,
-    items: usize,
-    ws_len: usize,
-    f: impl Fn(usize, &mut [f32]) + Sync,
-) {
-    let threads = threads.min(items);
-    let worker = |next: &AtomicUsize| {
-        let mut ws = take_buf(&WORKSPACE, ws_len);
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= items {
-                break;
-            }
-            f(i, &mut ws[..ws_len]);
-        }
-        put_buf(&WORKSPACE, ws);
-    };
-    let next = AtomicUsize::new(0);
-    if threads <= 1 {
-        worker(&next);
-        return;
-    }
-    pool(threads).scope(|scope| {
-        for _ in 0..threads {
-            scope.spawn(|_| worker(&next));
-        }
-    });
 }
 
 /// Epilogue parameters.

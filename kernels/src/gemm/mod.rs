@@ -64,6 +64,7 @@ mod driver;
 mod epilogue;
 mod pack;
 mod scalar;
+mod threads;
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -409,6 +410,14 @@ pub const fn implementation(isa: Isa) -> &'static str {
 /// available cores). Results do not depend on this setting.
 pub fn set_num_threads(n: usize) {
     NUM_THREADS.store(n, Ordering::Relaxed);
+}
+
+/// Runs `f(0)`, ..., `f(parts - 1)` on the GEMM threads (up to
+/// [`num_threads`], the calling thread among them), so work split outside
+/// the kernels (the graph's row-parallel steps) shares the GEMM's threads
+/// instead of starting a second set. Which thread runs a part is not fixed.
+pub fn for_each_part(parts: usize, f: impl Fn(usize) + Sync) {
+    threads::parallel_for(num_threads(), parts, 0, |i, _| f(i));
 }
 
 /// The number of threads GEMM may use (default: the available cores).

@@ -6,9 +6,10 @@
 //! rows) and each part runs the same single-threaded kernel call it would
 //! run alone. Every output element is computed by the same instruction
 //! sequence whatever the split, so results are bit-identical for any thread
-//! count. The thread count is the GEMM knob,
-//! [`mixprec_kernels::gemm::set_num_threads`], so one setting governs a
-//! whole run.
+//! count. The parts run on the GEMM's threads
+//! ([`mixprec_kernels::gemm::for_each_part`]) and the thread count is the
+//! GEMM knob, [`mixprec_kernels::gemm::set_num_threads`], so one setting and
+//! one set of threads serve a whole run.
 
 use std::ops::Range;
 
@@ -49,12 +50,18 @@ pub(crate) fn for_units(
         .step_by(per)
         .map(|s| s..(s + per).min(units))
         .collect();
-    let pieces = split_mut(y, &ranges, unit);
-    let f = &f;
-    rayon::scope(|s| {
-        for (r, yp) in ranges.into_iter().zip(pieces) {
-            s.spawn(move |_| f(r, yp));
-        }
+    // Each part is taken exactly once, by whichever GEMM thread runs it.
+    let pieces: Vec<std::sync::Mutex<Option<_>>> = split_mut(y, &ranges, unit)
+        .into_iter()
+        .map(|p| std::sync::Mutex::new(Some(p)))
+        .collect();
+    gemm::for_each_part(ranges.len(), |i| {
+        let piece = pieces[i]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .expect("each part runs once");
+        f(ranges[i].clone(), piece);
     });
 }
 
