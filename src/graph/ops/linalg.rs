@@ -1,5 +1,7 @@
 //! MatMul, Gemm and Conv on the GEMM kernels.
 
+use std::sync::Mutex;
+
 use half::{bf16, f16};
 use mixprec_kernels::conv::{self, Conv2dShape, ConvError};
 use mixprec_kernels::gemm::{self, Accumulation, Activation, Epilogue, MatMut, MatRef, PackedB};
@@ -262,27 +264,65 @@ fn matmul_typed<T: Element + TensorElement>(
     };
     let (sa, sb) = (strides(&pa), strides(&pb));
     let nb = numel(&obatch);
-    let mut idx = vec![0usize; r];
-    for bi in 0..nb {
-        let ia: usize = (0..r).map(|i| idx[i] * sa[i]).sum();
-        let ib: usize = (0..r).map(|i| idx[i] * sb[i]).sum();
+    if m * n == 0 {
+        return Ok(());
+    }
+    // Output batch index -> the batch offsets of A and B.
+    let unravel = |mut bi: usize| {
+        let (mut ia, mut ib) = (0, 0);
+        for i in (0..r).rev() {
+            let d = bi % obatch[i];
+            bi /= obatch[i];
+            ia += d * sa[i];
+            ib += d * sb[i];
+        }
+        (ia, ib)
+    };
+    let one = |bi: usize, c: &mut [T]| -> Result<()> {
+        let (ia, ib) = unravel(bi);
         let av =
             MatRef::new(&ad[ia * m * k..(ia + 1) * m * k], m, k, k).map_err(|e| kerr(node, e))?;
         let bv =
             MatRef::new(&bd[ib * k * n..(ib + 1) * k * n], k, n, n).map_err(|e| kerr(node, e))?;
-        let cv = MatMut::new(&mut od[bi * m * n..(bi + 1) * m * n], m, n, n)
-            .map_err(|e| kerr(node, e))?;
-        gemm::gemm_at(isa, acc, 1.0, av, bv, 0.0, cv, &epi).map_err(|e| kerr(node, e))?;
-        for i in (0..r).rev() {
-            idx[i] += 1;
-            if idx[i] < obatch[i] {
-                break;
+        let cv = MatMut::new(c, m, n, n).map_err(|e| kerr(node, e))?;
+        gemm::gemm_at(isa, acc, 1.0, av, bv, 0.0, cv, &epi).map_err(|e| kerr(node, e))
+    };
+    // Many GEMMs too small to thread on their own (attention heads): one
+    // per part over the threads instead. Each is computed alone either way,
+    // so the split does not change any result.
+    let flops = [m, n, k].iter().fold(2usize, |f, &x| f.saturating_mul(x));
+    if nb > 1 && flops < SMALL_GEMM_FLOPS && gemm::num_threads() > 1 {
+        let pieces: Vec<Mutex<Option<&mut [T]>>> =
+            od.chunks_mut(m * n).map(|c| Mutex::new(Some(c))).collect();
+        let first_err: Mutex<Option<GraphError>> = Mutex::new(None);
+        gemm::for_each_part(nb, |bi| {
+            let c = pieces[bi]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .expect("each batch runs once");
+            if let Err(e) = one(bi, c) {
+                first_err
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(e);
             }
-            idx[i] = 0;
-        }
+        });
+        return match first_err.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        };
+    }
+    for (bi, c) in od.chunks_mut(m * n).enumerate().take(nb) {
+        one(bi, c)?;
     }
     Ok(())
 }
+
+/// Below this many flops a batched MatMul's GEMMs run one per thread rather
+/// than one after another (the kernels' own threshold for splitting a
+/// single GEMM, 2^22, is the same).
+const SMALL_GEMM_FLOPS: usize = 1 << 22;
 
 /// `MatMul` (numpy semantics).
 pub(crate) fn matmul(
