@@ -9,8 +9,9 @@
 //!   not-taken branch.
 //!
 //! Large outputs are written with non-temporal stores (see
-//! [`super::STREAM_THRESHOLD_ELEMS`]). Tails and the alignment prologue go
-//! through the scalar reference. Callers must have checked the level with
+//! [`super::STREAM_THRESHOLD_ELEMS`]). The alignment prologue goes through
+//! the scalar reference; f32 -> bf16/f16 tails are one masked step (a GEMM
+//! or convolution epilogue stores many short row segments). Callers must have checked the level with
 //! `Isa::require` (see `convert::mod`).
 
 use std::arch::x86_64::*;
@@ -43,6 +44,20 @@ unsafe fn store(p: *mut __m512i, v: __m512i, stream: bool) {
             _mm512_storeu_si512(p, v);
         }
     }
+}
+
+/// Lane masks for a tail of `rem < 32` elements: the first and second 16
+/// f32 lanes, and the 32 u16 output lanes.
+#[inline(always)]
+fn tail_masks(rem: usize) -> (u16, u16, u32) {
+    debug_assert!(rem < 32);
+    let first = if rem >= 16 { 0xFFFF } else { (1u16 << rem) - 1 };
+    let second = if rem > 16 {
+        (1u16 << (rem - 16)) - 1
+    } else {
+        0
+    };
+    (first, second, (1u32 << rem) - 1)
 }
 
 /// bf16 RNE of 16 f32 lanes, returned in the low 16 bits of each lane.
@@ -90,7 +105,17 @@ pub(super) fn f32_to_bf16(src: &[f32], dst: &mut [u16]) {
     if stream {
         _mm_sfence();
     }
-    scalar::f32_to_bf16(&src[i..n], &mut dst[i..n]);
+    if i < n {
+        let (ma, mb, m32) = tail_masks(n - i);
+        // SAFETY: the masks cover only src[i..n] and dst[i..n]; masked-off
+        // lanes are not accessed (wrapping_add: the second half may start
+        // past the end when its mask is empty).
+        unsafe {
+            let a = _mm512_maskz_loadu_epi32(ma, src.as_ptr().add(i).cast());
+            let b = _mm512_maskz_loadu_epi32(mb, src.as_ptr().wrapping_add(i + 16).cast());
+            _mm512_mask_storeu_epi16(dst.as_mut_ptr().add(i).cast(), m32, bf16_round_32(a, b));
+        }
+    }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16")]
@@ -131,7 +156,23 @@ pub(super) fn f32_to_bf16_native(src: &[f32], dst: &mut [u16]) {
     if stream {
         _mm_sfence();
     }
-    scalar::f32_to_bf16(&src[i..n], &mut dst[i..n]);
+    if i < n {
+        let (ma, mb, m32) = tail_masks(n - i);
+        // SAFETY: the masks cover only src[i..n] and dst[i..n]; masked-off
+        // lanes are not accessed. They load as 0.0, whose zero exponent sends
+        // the step through the integer patch, which is exact for every lane.
+        unsafe {
+            let a = _mm512_maskz_loadu_ps(ma, src.as_ptr().add(i));
+            let b = _mm512_maskz_loadu_ps(mb, src.as_ptr().wrapping_add(i + 16));
+            let hw: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(b, a));
+            let (ai, bi) = (_mm512_castps_si512(a), _mm512_castps_si512(b));
+            let za = _mm512_testn_epi32_mask(ai, exponent);
+            let zb = _mm512_testn_epi32_mask(bi, exponent);
+            let lanes = (za as u32) | ((zb as u32) << 16);
+            let out = _mm512_mask_blend_epi16(lanes, hw, bf16_round_32(ai, bi));
+            _mm512_mask_storeu_epi16(dst.as_mut_ptr().add(i).cast(), m32, out);
+        }
+    }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
@@ -192,7 +233,23 @@ pub(super) fn f32_to_f16(src: &[f32], dst: &mut [u16]) {
     if stream {
         _mm_sfence();
     }
-    scalar::f32_to_f16(&src[i..n], &mut dst[i..n]);
+    if i < n {
+        let (ma, mb, m32) = tail_masks(n - i);
+        // SAFETY: the masks cover only src[i..n] and dst[i..n]; masked-off
+        // lanes are not accessed.
+        unsafe {
+            let a = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm512_maskz_loadu_ps(
+                ma,
+                src.as_ptr().add(i),
+            ));
+            let b = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm512_maskz_loadu_ps(
+                mb,
+                src.as_ptr().wrapping_add(i + 16),
+            ));
+            let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(a), b);
+            _mm512_mask_storeu_epi16(dst.as_mut_ptr().add(i).cast(), m32, both);
+        }
+    }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,f16c")]
