@@ -138,6 +138,38 @@ impl<'a> Ep<'a> {
         cols: usize,
         c: *mut O,
         ldc: usize,
+        at: (usize, usize),
+    ) {
+        // The same loops compiled for the call's level, so the per-element
+        // epilogue is vectorized with its registers (IEEE operations, no
+        // contraction: the bits do not depend on the width).
+        if self.isa >= Isa::Avx512Core {
+            // SAFETY: `isa` was checked available by the caller; the rest is
+            // forwarded from the caller's contract.
+            unsafe { store_avx512(self, ws, ldw, rows, cols, c, ldc, at) }
+        } else if self.isa >= Isa::Avx2 {
+            // SAFETY: as above.
+            unsafe { store_avx2(self, ws, ldw, rows, cols, c, ldc, at) }
+        } else {
+            // SAFETY: forwarded from the caller's contract.
+            unsafe { self.store_body(ws, ldw, rows, cols, c, ldc, at) }
+        }
+    }
+
+    /// [`Ep::store`]'s loops, inlined into each level's instance.
+    ///
+    /// # Safety
+    /// As [`Ep::store`].
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn store_body<O: Element>(
+        &self,
+        ws: *const f32,
+        ldw: usize,
+        rows: usize,
+        cols: usize,
+        c: *mut O,
+        ldc: usize,
         (i0, j0): (usize, usize),
     ) {
         // SAFETY: the block's first element is inside C (caller's contract).
@@ -165,39 +197,92 @@ impl<'a> Ep<'a> {
             }
             return;
         }
-        let mut buf = [0.0f32; 64];
+        // The epilogue of up to 16 rows into a staging block, then their
+        // conversions: a conversion's vector loads then read values stored
+        // rows earlier, not the stores just issued (a load spanning several
+        // recent smaller stores stalls until they retire).
+        const BLOCK_ROWS: usize = 16;
+        let mut block = [[0.0f32; 64]; BLOCK_ROWS];
         let mut old = [0.0f32; 64];
-        let buf = &mut buf[..cols];
-        for r in 0..rows {
-            // SAFETY: row r of the block is within the caller's extents.
-            let (acc, crow) = unsafe {
-                (
-                    std::slice::from_raw_parts(ws.add(r * ldw), cols),
-                    std::slice::from_raw_parts_mut(c.add(r * ldc), cols),
-                )
-            };
-            for (x, a) in buf.iter_mut().zip(acc) {
-                *x = self.alpha * *a;
-            }
-            if self.beta != 0.0 {
-                let old = &mut old[..cols];
-                for (o, c) in old.iter_mut().zip(crow.iter()) {
-                    *o = c.to_f32();
+        for r0 in (0..rows).step_by(BLOCK_ROWS) {
+            let n = BLOCK_ROWS.min(rows - r0);
+            for (dr, buf) in block.iter_mut().enumerate().take(n) {
+                let r = r0 + dr;
+                let buf = &mut buf[..cols];
+                // SAFETY: row r of the block is within the caller's extents.
+                let (acc, crow) = unsafe {
+                    (
+                        std::slice::from_raw_parts(ws.add(r * ldw), cols),
+                        std::slice::from_raw_parts(c.add(r * ldc), cols),
+                    )
+                };
+                for (x, a) in buf.iter_mut().zip(acc) {
+                    *x = self.alpha * *a;
                 }
-                for (x, o) in buf.iter_mut().zip(old.iter()) {
-                    *x += self.beta * *o;
+                if self.beta != 0.0 {
+                    let old = &mut old[..cols];
+                    for (o, c) in old.iter_mut().zip(crow.iter()) {
+                        *o = c.to_f32();
+                    }
+                    for (x, o) in buf.iter_mut().zip(old.iter()) {
+                        *x += self.beta * *o;
+                    }
                 }
+                self.bias_act(buf, i0 + r, j0);
             }
-            self.bias_act(buf, i0 + r, j0);
-            store_row(self.isa, buf, crow);
+            for (dr, buf) in block.iter().enumerate().take(n) {
+                // SAFETY: row r0 + dr of the block is within the caller's extents.
+                let crow = unsafe { std::slice::from_raw_parts_mut(c.add((r0 + dr) * ldc), cols) };
+                store_row(self.isa, &buf[..cols], crow);
+            }
         }
     }
+}
+
+/// [`Ep::store`] compiled for AVX-512.
+///
+/// # Safety
+/// As [`Ep::store`], and the CPU supports AVX-512 F/BW/VL.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn store_avx512<O: Element>(
+    ep: &Ep,
+    ws: *const f32,
+    ldw: usize,
+    rows: usize,
+    cols: usize,
+    c: *mut O,
+    ldc: usize,
+    at: (usize, usize),
+) {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { ep.store_body(ws, ldw, rows, cols, c, ldc, at) }
+}
+
+/// [`Ep::store`] compiled for AVX2.
+///
+/// # Safety
+/// As [`Ep::store`], and the CPU supports AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn store_avx2<O: Element>(
+    ep: &Ep,
+    ws: *const f32,
+    ldw: usize,
+    rows: usize,
+    cols: usize,
+    c: *mut O,
+    ldc: usize,
+    at: (usize, usize),
+) {
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { ep.store_body(ws, ldw, rows, cols, c, ldc, at) }
 }
 
 impl Ep<'_> {
     /// Adds the biases (row `i` of C, columns `j0..`) and applies the
     /// activation, in place.
-    #[inline]
+    #[inline(always)]
     fn bias_act(&self, v: &mut [f32], i: usize, j0: usize) {
         if let Some(bias) = self.bias {
             let len = v.len();
