@@ -431,14 +431,16 @@ fn convolve<T: Element, O: Element>(
             positions,
             batch.ldc,
         )?;
-        if shape.is_pointwise() {
-            let b = MatRef::new(image(n), k, positions, positions)?;
-            gemm::gemm_at(isa, accumulation, 1.0, weights, b, 0.0, c, epilogue)?;
+        // A pointwise convolution's im2col is the image itself.
+        let col;
+        let b = if shape.is_pointwise() {
+            image(n)
         } else {
-            let col = im2col(shape, image(n), k, positions);
-            let b = MatRef::new(&col, k, positions, positions)?;
-            gemm::gemm_at(isa, accumulation, 1.0, weights, b, 0.0, c, epilogue)?;
-        }
+            col = im2col(shape, image(n), k, positions);
+            &col
+        };
+        let b = MatRef::new(b, k, positions, positions)?;
+        gemm::gemm_at(isa, accumulation, 1.0, weights, b, 0.0, c, epilogue)?;
     }
     Ok(())
 }

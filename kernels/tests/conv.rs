@@ -258,6 +258,21 @@ proptest! {
     }
 }
 
+/// `conv2d` of a case on the active level, no epilogue.
+fn conv_f32(c: &Case, image: &[f32], weights: &[f32]) -> Vec<f32> {
+    let (m, k, n) = (c.out_channels, c.k(), c.positions());
+    let mut out = vec![0.0f32; m * n];
+    conv2d(
+        &c.shape,
+        image,
+        MatRef::new(weights, m, k, k).unwrap(),
+        MatMut::new(&mut out, m, n, n).unwrap(),
+        &Epilogue::default(),
+    )
+    .unwrap();
+    out
+}
+
 /// Larger than one work item in every direction: k = 630 spans four KC
 /// blocks, 130 output channels two row blocks, 22x23 pixels several pixel
 /// blocks; plus a strided, dilated one and a pointwise one.
@@ -281,18 +296,9 @@ fn large_convolutions_match_gemm_and_ignore_thread_count() {
         }
         // Same bits for 1 and 3 threads (3 > cores here: uneven splits).
         let (image, weights) = c.data::<f32>();
-        let (m, k, n) = (c.out_channels, c.k(), c.positions());
         let run = |threads: usize| {
             set_num_threads(threads);
-            let mut out = vec![0.0f32; m * n];
-            conv2d(
-                &c.shape,
-                &image,
-                MatRef::new(&weights, m, k, k).unwrap(),
-                MatMut::new(&mut out, m, n, n).unwrap(),
-                &Epilogue::default(),
-            )
-            .unwrap();
+            let out = conv_f32(&c, &image, &weights);
             set_num_threads(0);
             out
         };
@@ -313,15 +319,7 @@ fn f32_error_within_the_gemm_bound() {
     for c in big_cases() {
         let (image, weights) = c.data::<f32>();
         let (m, k, n) = (c.out_channels, c.k(), c.positions());
-        let mut out = vec![0.0f32; m * n];
-        conv2d(
-            &c.shape,
-            &image,
-            MatRef::new(&weights, m, k, k).unwrap(),
-            MatMut::new(&mut out, m, n, n).unwrap(),
-            &Epilogue::default(),
-        )
-        .unwrap();
+        let out = conv_f32(&c, &image, &weights);
         let col = im2col(&c.shape, &image);
         let u = f64::from(f32::EPSILON) / 2.0;
         for i in 0..m {
