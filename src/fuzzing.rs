@@ -816,3 +816,174 @@ fn bf16dot_case<T: Element, O: Element>(
         "Bf16Dot packed and unpacked disagree"
     );
 }
+
+/// Random small convolutions (1-7 channels, images up to 18 x 18, kernels up
+/// to 5 x 5, strides and dilations up to 3, pads up to 4, extra end padding,
+/// 1-39 output channels, batches of 1-3 with gaps between images and between
+/// outputs) in f32, bf16 and f16, through `conv2d_batch_at` at every
+/// available level with 1 and 2 threads: with f32 accumulation the result
+/// must equal the GEMM on an im2col built here from the definition, bit for
+/// bit; with `Bf16Dot` (bf16, where available) the GEMM on that im2col with
+/// k in (channel pair, ki, kj, parity) order; the gaps must stay untouched.
+pub fn conv_differential(data: &[u8]) {
+    let mut b = Bytes::new(data);
+    match b.u8() % 3 {
+        0 => conv_case::<f32>(&mut b),
+        1 => conv_case::<bf16>(&mut b),
+        _ => conv_case::<f16>(&mut b),
+    }
+}
+
+fn conv_case<T: Element>(b: &mut Bytes) {
+    use mixprec_kernels::conv::{Conv2dShape, conv2d_batch_at};
+    let mut pick = |n: u8| (b.u8() % n) as usize;
+    let cin = 1 + pick(7);
+    let in_size = [1 + pick(18), 1 + pick(18)];
+    let kernel = [1 + pick(5), 1 + pick(5)];
+    let stride = [1 + pick(3), 1 + pick(3)];
+    let dilation = [1 + pick(3), 1 + pick(3)];
+    let pad = [pick(5), pick(5)];
+    let extra = [pick(3), pick(3)];
+    let cout = 1 + pick(39);
+    let count = 1 + pick(3);
+    let (image_gap, out_gap) = (pick(4), pick(4));
+    let out = |d: usize| {
+        let span = dilation[d] * (kernel[d] - 1) + 1;
+        let padded = in_size[d] + pad[d] + extra[d];
+        (padded >= span).then(|| (padded - span) / stride[d] + 1)
+    };
+    let (Some(oh), Some(ow)) = (out(0), out(1)) else {
+        return;
+    };
+    let shape = Conv2dShape {
+        in_channels: cin,
+        in_size,
+        kernel,
+        stride,
+        dilation,
+        pad_begin: pad,
+        out_size: [oh, ow],
+    };
+    let (taps, n) = (kernel[0] * kernel[1], oh * ow);
+    let k = cin * taps;
+    let image_len = cin * in_size[0] * in_size[1];
+    let (image_stride, out_stride) = (image_len + image_gap, cout * n + out_gap);
+    let images: Vec<T> = (0..(count - 1) * image_stride + image_len)
+        .map(|_| value::<T>(b))
+        .collect();
+    let weights: Vec<T> = (0..cout * k).map(|_| value::<T>(b)).collect();
+    let wv = MatRef::new(&weights, cout, k, k).expect("sized");
+    // im2col of image `i` from the definition, rows in `order(c, tap)`.
+    let im2col = |i: usize, rows: usize, order: &dyn Fn(usize, usize) -> usize| {
+        let img = &images[i * image_stride..i * image_stride + image_len];
+        let mut col = vec![T::from_f32(0.0); rows * n];
+        for c in 0..cin {
+            for tap in 0..taps {
+                let (ki, kj) = (tap / kernel[1], tap % kernel[1]);
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let iy = (oy * stride[0] + ki * dilation[0]).checked_sub(pad[0]);
+                        let ix = (ox * stride[1] + kj * dilation[1]).checked_sub(pad[1]);
+                        if let (Some(iy), Some(ix)) = (iy, ix)
+                            && iy < in_size[0]
+                            && ix < in_size[1]
+                        {
+                            col[order(c, tap) * n + oy * ow + ox] =
+                                img[(c * in_size[0] + iy) * in_size[1] + ix];
+                        }
+                    }
+                }
+            }
+        }
+        col
+    };
+    const SENTINEL: f32 = -7.25;
+    let run = |isa: Isa, acc: Accumulation, threads: usize| {
+        let mut got = vec![SENTINEL; (count - 1) * out_stride + cout * n];
+        gemm::set_num_threads(threads);
+        let r = conv2d_batch_at(
+            isa,
+            acc,
+            &shape,
+            count,
+            &images,
+            image_stride,
+            wv,
+            &mut got,
+            out_stride,
+            &Epilogue::default(),
+        );
+        gemm::set_num_threads(0);
+        r.expect("valid convolution");
+        for i in 0..count.saturating_sub(1) {
+            let gap = &got[i * out_stride + cout * n..(i + 1) * out_stride];
+            assert!(
+                gap.iter().all(|&v| v == SENTINEL),
+                "{shape:?}: gap {i} written"
+            );
+        }
+        got
+    };
+    let check = |got: &[f32], want: &[f32], i: usize, what: &str| {
+        let slot = &got[i * out_stride..i * out_stride + cout * n];
+        for (j, (g, w)) in slot.iter().zip(want).enumerate() {
+            assert!(
+                g.to_bits() == w.to_bits(),
+                "{what} {shape:?} x{cout}: image {i} element {j}: {g} vs {w}"
+            );
+        }
+    };
+    for isa in Isa::available() {
+        let (one, two) = (
+            run(isa, Accumulation::F32, 1),
+            run(isa, Accumulation::F32, 2),
+        );
+        for i in 0..count {
+            let col = im2col(i, k, &|c, tap| c * taps + tap);
+            let mut want = vec![0.0f32; cout * n];
+            gemm::gemm_at(
+                isa,
+                Accumulation::F32,
+                1.0,
+                wv,
+                MatRef::new(&col, k, n, n).expect("sized"),
+                0.0,
+                MatMut::new(&mut want, cout, n, n).expect("sized"),
+                &Epilogue::default(),
+            )
+            .expect("available level");
+            check(&one, &want, i, &format!("{isa} f32"));
+            check(&two, &want, i, &format!("{isa} f32, 2 threads"));
+        }
+    }
+    if T::DTYPE == FloatType::Bf16 && Isa::available().any(|i| i == Isa::Avx512CoreBf16) {
+        let isa = Isa::Avx512CoreBf16;
+        let got = run(isa, Accumulation::Bf16Dot, 2);
+        let kq = cin.div_ceil(2) * 2 * taps;
+        let order = |c: usize, tap: usize| ((c / 2) * taps + tap) * 2 + c % 2;
+        let mut wq = vec![T::from_f32(0.0); cout * kq];
+        for o in 0..cout {
+            for c in 0..cin {
+                for tap in 0..taps {
+                    wq[o * kq + order(c, tap)] = weights[o * k + c * taps + tap];
+                }
+            }
+        }
+        for i in 0..count {
+            let col = im2col(i, kq, &order);
+            let mut want = vec![0.0f32; cout * n];
+            gemm::gemm_at(
+                isa,
+                Accumulation::Bf16Dot,
+                1.0,
+                MatRef::new(&wq, cout, kq, kq).expect("sized"),
+                MatRef::new(&col, kq, n, n).expect("sized"),
+                0.0,
+                MatMut::new(&mut want, cout, n, n).expect("sized"),
+                &Epilogue::default(),
+            )
+            .expect("available level");
+            check(&got, &want, i, "bf16dot");
+        }
+    }
+}

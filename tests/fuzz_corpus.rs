@@ -55,3 +55,8 @@ fn convert_differential() {
 fn gemm_differential() {
     replay("gemm_differential", mixprec::fuzzing::gemm_differential);
 }
+
+#[test]
+fn conv_differential() {
+    replay("conv_differential", mixprec::fuzzing::conv_differential);
+}
