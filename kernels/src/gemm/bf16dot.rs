@@ -17,6 +17,7 @@ use std::arch::x86_64::*;
 
 use super::driver::{Ep, SendPtr, mc_tiles, parallel_for};
 use super::pack::{Layout, NR};
+use super::threads::{put_buf, take_buf};
 use super::{BSource, Element, MatMut, MatRef, num_threads};
 
 /// Rows of the register tile.
@@ -180,18 +181,6 @@ thread_local! {
     /// GEMMs do not page-fault fresh buffers every time.
     static PACK_A: std::cell::Cell<Vec<u32>> = const { std::cell::Cell::new(Vec::new()) };
     static PACK_B: std::cell::Cell<Vec<u32>> = const { std::cell::Cell::new(Vec::new()) };
-}
-
-/// Takes a thread-local buffer of at least `len` pairs (contents unspecified).
-fn take_buf(
-    key: &'static std::thread::LocalKey<std::cell::Cell<Vec<u32>>>,
-    len: usize,
-) -> Vec<u32> {
-    let mut v = key.with(|c| c.take());
-    if v.len() < len {
-        v.resize(len, 0);
-    }
-    v
 }
 
 /// Packs B (`k x n`, bf16) into `ceil(n / NR)` panels of `kp x NR` pairs.
@@ -363,8 +352,8 @@ pub(super) unsafe fn run<T: Element, O: Element>(
             }
         }
     });
-    PACK_A.with(|c| c.set(abuf));
+    put_buf(&PACK_A, abuf);
     if !bbuf.is_empty() {
-        PACK_B.with(|c| c.set(bbuf));
+        put_buf(&PACK_B, bbuf);
     }
 }

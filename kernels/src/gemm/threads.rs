@@ -35,19 +35,19 @@ thread_local! {
 }
 
 /// Takes a thread-local buffer of at least `len` elements (contents unspecified).
-pub(super) fn take_buf(
-    key: &'static std::thread::LocalKey<std::cell::Cell<Vec<f32>>>,
+pub(super) fn take_buf<T: Copy + Default>(
+    key: &'static std::thread::LocalKey<std::cell::Cell<Vec<T>>>,
     len: usize,
-) -> Vec<f32> {
+) -> Vec<T> {
     let mut v = key.with(|c| c.take());
     if v.len() < len {
-        v.resize(len, 0.0);
+        v.resize(len, T::default());
     }
     v
 }
 
 /// Gives a buffer back to its thread-local slot.
-pub(super) fn put_buf(key: &'static std::thread::LocalKey<std::cell::Cell<Vec<f32>>>, v: Vec<f32>) {
+pub(super) fn put_buf<T>(key: &'static std::thread::LocalKey<std::cell::Cell<Vec<T>>>, v: Vec<T>) {
     key.with(|c| c.set(v));
 }
 
