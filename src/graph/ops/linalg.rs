@@ -9,6 +9,7 @@ use mixprec_kernels::{Element, FloatType, active_isa};
 
 use super::ConvAttrs;
 use super::infer::geometry;
+use super::par;
 use crate::graph::error::{GraphError, Result};
 use crate::graph::tensor::{Tensor, TensorElement, TensorView, numel};
 
@@ -292,15 +293,8 @@ fn matmul_typed<T: Element + TensorElement>(
     // so the split does not change any result.
     let flops = [m, n, k].iter().fold(2usize, |f, &x| f.saturating_mul(x));
     if nb > 1 && flops < SMALL_GEMM_FLOPS && gemm::num_threads() > 1 {
-        let pieces: Vec<Mutex<Option<&mut [T]>>> =
-            od.chunks_mut(m * n).map(|c| Mutex::new(Some(c))).collect();
         let first_err: Mutex<Option<GraphError>> = Mutex::new(None);
-        gemm::for_each_part(nb, |bi| {
-            let c = pieces[bi]
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take()
-                .expect("each batch runs once");
+        par::for_each_piece(od.chunks_mut(m * n).collect(), |bi, c| {
             if let Err(e) = one(bi, c) {
                 first_err
                     .lock()

@@ -50,18 +50,26 @@ pub(crate) fn for_units(
         .step_by(per)
         .map(|s| s..(s + per).min(units))
         .collect();
-    // Each part is taken exactly once, by whichever GEMM thread runs it.
-    let pieces: Vec<std::sync::Mutex<Option<_>>> = split_mut(y, &ranges, unit)
+    for_each_piece(split_mut(y, &ranges, unit), |i, piece| {
+        f(ranges[i].clone(), piece)
+    });
+}
+
+/// Runs `f(i, pieces[i])` for every piece on the GEMM threads
+/// ([`gemm::for_each_part`]), handing each piece (typically a disjoint
+/// `&mut` part of one output) to whichever thread runs part `i`.
+pub(crate) fn for_each_piece<P: Send>(pieces: Vec<P>, f: impl Fn(usize, P) + Sync) {
+    let slots: Vec<std::sync::Mutex<Option<P>>> = pieces
         .into_iter()
         .map(|p| std::sync::Mutex::new(Some(p)))
         .collect();
-    gemm::for_each_part(ranges.len(), |i| {
-        let piece = pieces[i]
+    gemm::for_each_part(slots.len(), |i| {
+        let piece = slots[i]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .expect("each part runs once");
-        f(ranges[i].clone(), piece);
+        f(i, piece);
     });
 }
 
