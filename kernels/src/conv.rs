@@ -387,7 +387,7 @@ fn convolve<T: Element, O: Element>(
 ) -> Result<(), ConvError> {
     let (m, k) = (weights.rows(), weights.cols());
     let positions = shape.out_size[0] * shape.out_size[1];
-    let image_len = k / (shape.kernel[0] * shape.kernel[1]) * shape.in_size[0] * shape.in_size[1];
+    let image_len = shape.in_channels * shape.in_size[0] * shape.in_size[1];
     let image = |n: usize| &batch.images[n * batch.image_stride..][..image_len];
     // The GEMM checks the level, the accumulation and the epilogue's lengths
     // against one image's C (the first), for every path.

@@ -80,6 +80,30 @@ fn epilogue_data(case: &Case) -> (Vec<f32>, Vec<f32>) {
     (row_bias, bias)
 }
 
+/// The reference: `gemm_at` of the `m x k` weights and a `k x n` im2col.
+fn gemm_on<T: Element, O: Element>(
+    isa: Isa,
+    accumulation: Accumulation,
+    weights: &[T],
+    col: &[T],
+    (m, k, n): (usize, usize, usize),
+    epi: &Epilogue,
+) -> Vec<O> {
+    let mut out = vec![O::from_f32(f32::NAN); m * n];
+    gemm::gemm_at(
+        isa,
+        accumulation,
+        1.0,
+        MatRef::new(weights, m, k, k).unwrap(),
+        MatRef::new(col, k, n, n).unwrap(),
+        0.0,
+        MatMut::new(&mut out, m, n, n).unwrap(),
+        epi,
+    )
+    .unwrap();
+    out
+}
+
 /// conv2d_at == gemm_at on the explicit im2col, bit for bit.
 fn check_f32_path<T: Element, O: Element>(isa: Isa, case: &Case) {
     let (image, weights) = case.data::<T>();
@@ -103,18 +127,7 @@ fn check_f32_path<T: Element, O: Element>(isa: Isa, case: &Case) {
     )
     .unwrap();
     let col = im2col(&case.shape, &image);
-    let mut want = vec![O::from_f32(f32::NAN); m * n];
-    gemm::gemm_at(
-        isa,
-        Accumulation::F32,
-        1.0,
-        wv,
-        MatRef::new(&col, k, n, n).unwrap(),
-        0.0,
-        MatMut::new(&mut want, m, n, n).unwrap(),
-        &epi,
-    )
-    .unwrap();
+    let want: Vec<O> = gemm_on(isa, Accumulation::F32, &weights, &col, (m, k, n), &epi);
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert_eq!(
             g.to_f32().to_bits(),
@@ -162,18 +175,14 @@ fn check_bf16dot(case: &Case) {
             }
         }
     }
-    let mut want = vec![f32::NAN; m * n];
-    gemm::gemm_at(
+    let want: Vec<f32> = gemm_on(
         Isa::Avx512CoreBf16,
         Accumulation::Bf16Dot,
-        1.0,
-        MatRef::new(&wq, m, kq, kq).unwrap(),
-        MatRef::new(&colq, kq, n, n).unwrap(),
-        0.0,
-        MatMut::new(&mut want, m, n, n).unwrap(),
+        &wq,
+        &colq,
+        (m, kq, n),
         &epi,
-    )
-    .unwrap();
+    );
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert_eq!(
             g.to_bits(),

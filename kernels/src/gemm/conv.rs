@@ -205,22 +205,24 @@ impl Layout {
         for (gp, plane) in planes.enumerate() {
             let (g, phase) = (gp / self.phases, gp % self.phases);
             for (yl, row) in plane.chunks_exact_mut(self.wq).enumerate() {
+                // Rows past the image's phase rows (last band) and padding
+                // rows are zero.
                 let y = y0 + yl;
-                let spec = match self.rows.get(phase * self.hq_full + y) {
-                    Some(spec) if y < self.hq_full => *spec,
-                    _ => {
-                        row.fill(C::default());
-                        continue;
-                    }
-                };
-                let Some(iy) = spec.iy else {
+                let spec = (y < self.hq_full).then(|| self.rows[phase * self.hq_full + y]);
+                let Some(PhaseRow {
+                    iy: Some(iy),
+                    lo,
+                    hi,
+                    first,
+                }) = spec
+                else {
                     row.fill(C::default());
                     continue;
                 };
-                row[..spec.lo].fill(C::default());
-                row[spec.hi..].fill(C::default());
-                if spec.hi > spec.lo {
-                    fill_row(g, iy, row, spec.lo, spec.hi, spec.first);
+                row[..lo].fill(C::default());
+                row[hi..].fill(C::default());
+                if hi > lo {
+                    fill_row(g, iy, row, lo, hi, first);
                 }
             }
         }
