@@ -15,9 +15,9 @@
 
 use std::arch::x86_64::*;
 
-use super::driver::{Ep, SendPtr, mc_tiles, parallel_for};
+use super::driver::{Ep, PAR_MIN_FLOPS, SendPtr, mc_tiles};
 use super::pack::{Layout, NR};
-use super::threads::{put_buf, take_buf};
+use super::threads::{parallel_for, put_buf, take_buf};
 use super::{BSource, Element, MatMut, MatRef, num_threads};
 
 /// Rows of the register tile.
@@ -28,8 +28,6 @@ pub(super) const MR: usize = 14;
 pub(super) const KCP: usize = 128;
 /// Panels per N block (as the F32 driver; M blocks come from its `mc_tiles`).
 const NC_PANELS: usize = 8;
-/// Below this many flops one thread does all the work.
-const PAR_MIN_FLOPS: usize = 1 << 22;
 
 /// The bf16 bits of an element that is a bf16 (exact: bf16 widens to the top half of f32).
 #[inline(always)]

@@ -34,10 +34,9 @@
 
 use super::avx512::{self, conv_tile};
 use super::bf16dot::{self, GATHER_TILES};
-use super::driver::{
-    Ep, MC_TILES, PAR_MIN_FLOPS, SendPtr, pack_a_blocks, parallel_for, widen_into,
-};
+use super::driver::{Ep, MC_TILES, PAR_MIN_FLOPS, SendPtr, pack_a_blocks, widen_into};
 use super::pack::KC;
+use super::threads::parallel_for;
 use super::{Accumulation, Element, Epilogue, MatRef, num_threads};
 use crate::conv::{Conv2dShape, valid_range};
 use crate::isa::Isa;

@@ -17,8 +17,7 @@
 //! chain per element, so results do not depend on the thread count.
 
 use super::pack::{KC, NR};
-pub(super) use super::threads::parallel_for;
-use super::threads::{put_buf, take_buf};
+use super::threads::{parallel_for, put_buf, take_buf};
 use super::{
     Activation, BSource, Element, Epilogue, MatMut, MatRef, PackedB, epilogue, num_threads,
 };
