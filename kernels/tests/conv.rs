@@ -104,16 +104,35 @@ fn gemm_on<T: Element, O: Element>(
     out
 }
 
-/// conv2d_at == gemm_at on the explicit im2col, bit for bit.
+/// conv2d_at == gemm_at on the explicit im2col, bit for bit, with the
+/// epilogues that take each store path: per-channel bias and ReLU only
+/// (f32 output is then finished in the micro-kernel's registers), and one
+/// with a per-position bias too (the general epilogue).
 fn check_f32_path<T: Element, O: Element>(isa: Isa, case: &Case) {
+    let (row_bias, bias) = epilogue_data(case);
+    check_f32_epilogue::<T, O>(
+        isa,
+        case,
+        &Epilogue {
+            row_bias: Some(&row_bias),
+            activation: Activation::Relu,
+            ..Default::default()
+        },
+    );
+    check_f32_epilogue::<T, O>(
+        isa,
+        case,
+        &Epilogue {
+            bias: Some(&bias),
+            row_bias: Some(&row_bias),
+            activation: Activation::Relu,
+        },
+    );
+}
+
+fn check_f32_epilogue<T: Element, O: Element>(isa: Isa, case: &Case, epi: &Epilogue) {
     let (image, weights) = case.data::<T>();
     let (m, k, n) = (case.out_channels, case.k(), case.positions());
-    let (row_bias, bias) = epilogue_data(case);
-    let epi = Epilogue {
-        bias: Some(&bias),
-        row_bias: Some(&row_bias),
-        activation: Activation::Relu,
-    };
     let wv = MatRef::new(&weights, m, k, k).unwrap();
     let mut got = vec![O::from_f32(f32::NAN); m * n];
     conv2d_at(
@@ -123,11 +142,11 @@ fn check_f32_path<T: Element, O: Element>(isa: Isa, case: &Case) {
         &image,
         wv,
         MatMut::new(&mut got, m, n, n).unwrap(),
-        &epi,
+        epi,
     )
     .unwrap();
     let col = im2col(&case.shape, &image);
-    let want: Vec<O> = gemm_on(isa, Accumulation::F32, &weights, &col, (m, k, n), &epi);
+    let want: Vec<O> = gemm_on(isa, Accumulation::F32, &weights, &col, (m, k, n), epi);
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert_eq!(
             g.to_f32().to_bits(),

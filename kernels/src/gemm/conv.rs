@@ -32,12 +32,12 @@
 //! (channel pair, kernel row, kernel column, channel parity); a 1x1
 //! convolution's order is unchanged.
 
-use super::avx512::{self, conv_tile};
+use super::avx512::{self, DirectStore, MAX_PIECES, conv_tile};
 use super::bf16dot::{self, GATHER_TILES};
 use super::driver::{Ep, MC_TILES, PAR_MIN_FLOPS, SendPtr, pack_a_blocks, widen_into};
 use super::pack::KC;
 use super::threads::parallel_for;
-use super::{Accumulation, Element, Epilogue, MatRef, num_threads};
+use super::{Accumulation, Element, Epilogue, FloatType, MatRef, num_threads};
 use crate::conv::{Conv2dShape, valid_range};
 use crate::isa::Isa;
 
@@ -307,6 +307,7 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
             bf16dot::KCP,
             mr,
             len,
+            false,
             |item, cells| {
                 let cells: &mut [u32] = bytemuck::cast_slice_mut(cells);
                 let (img, band) = (image(item / layout.bands), item % layout.bands);
@@ -325,7 +326,7 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
                     }
                 });
             },
-            |t, rows, pc, kc, cells, jw, wsp, ldw, load| {
+            |t, rows, pc, kc, cells, jw, wsp, ldw, load, _| {
                 // SAFETY: the A tile holds kp*MR pairs from t*kp*MR on; offs holds kc
                 // offsets from pc on and offs[q] + jw + 32 <= len (`cells`), so every B
                 // load is in the band's copy; the workspace tile is rows x 32 at stride
@@ -366,6 +367,7 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
         KC,
         mr,
         len,
+        O::DTYPE == FloatType::F32,
         |item, cells| {
             let (img, band) = (image(item / layout.bands), item % layout.bands);
             layout.fill(cin, band, cells, |ci, iy, row, lo, hi, first| {
@@ -379,11 +381,12 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
                 }
             });
         },
-        |t, rows, pc, kc, cells, jw, wsp, ldw, load| {
+        |t, rows, pc, kc, cells, jw, wsp, ldw, load, finish| {
             // SAFETY: the A block holds rows x kc f32 at row stride KC; offs holds kc
             // offsets from pc on and offs[p] + jw + 32 <= len (`cells`), so every B load
-            // is in the band's copy; the workspace tile is rows x 32 at stride ldw; the
-            // caller checked avx512_core.
+            // is in the band's copy; the workspace tile is rows x 32 at stride ldw;
+            // `finish` is given for the last k block only, its pieces address the
+            // tile's output elements (`direct_pieces`); the caller checked avx512_core.
             unsafe {
                 conv_tile(
                     rows,
@@ -394,6 +397,7 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
                     wsp,
                     ldw,
                     load,
+                    finish,
                 )
             }
         },
@@ -414,7 +418,10 @@ struct Out<O> {
 /// tiles `TILES_PER_PASS` at a time for each block of `MC_TILES` row tiles:
 /// the k loop is blocked by `kblock` and each `mr x 32` tile goes through
 /// `tile(t, rows, k0, kc, cells, wide_pixel, ws_tile, ldw, load)` and, after
-/// its last block, the epilogue, scattered to the output rows.
+/// its last block, the epilogue, scattered to the output rows. With
+/// `direct` (f32 output, the caller's tile takes a [`DirectStore`]), tiles
+/// whose epilogue is only row bias and ReLU are finished from the
+/// micro-kernel's registers instead.
 #[allow(clippy::too_many_arguments)]
 fn drive<O: Element>(
     ep: &Ep,
@@ -426,9 +433,22 @@ fn drive<O: Element>(
     kblock: usize,
     mr: usize,
     len: usize,
+    direct: bool,
     fill: impl Fn(usize, &mut [f32]) + Sync,
-    tile: impl Fn(usize, usize, usize, usize, &[f32], usize, *mut f32, usize, bool) + Sync,
+    tile: impl Fn(
+        usize,
+        usize,
+        usize,
+        usize,
+        &[f32],
+        usize,
+        *mut f32,
+        usize,
+        bool,
+        Option<&DirectStore>,
+    ) + Sync,
 ) {
+    let direct = if direct { ep.row_bias_relu() } else { None };
     let (wq, oh, ow) = (layout.wq, layout.oh, layout.ow);
     let mc = mr * MC_TILES;
     let ldw = TILES_PER_PASS * NT;
@@ -452,12 +472,39 @@ fn drive<O: Element>(
                     let last = pc + kc == depth;
                     for q in 0..nq {
                         let jw = (q0 + q) * NT;
+                        let pieces = direct
+                            .filter(|_| last)
+                            .and_then(|_| direct_pieces(layout, oy0, jw, wide));
                         for tl in 0..mcb.div_ceil(mr) {
                             let t = i0 / mr + tl;
                             let rows = mr.min(m - t * mr);
                             let wsp = ws[tl * mr * ldw + q * NT..].as_mut_ptr();
-                            tile(t, rows, pc, kc, cells, jw, wsp, ldw, pc > 0);
-                            if !last {
+                            let finish = direct.zip(pieces).map(|((row_bias, relu), pieces)| {
+                                DirectStore {
+                                    // Only with f32 output (`direct`).
+                                    c: c.wrapping_add(t * mr * out.ldc).cast::<f32>(),
+                                    ldc: out.ldc,
+                                    row_bias: row_bias.map(|b| b[t * mr..][..rows].as_ptr()),
+                                    relu,
+                                    pieces,
+                                }
+                            });
+                            if let Some(f) = &finish {
+                                f.prefetch(rows);
+                            }
+                            tile(
+                                t,
+                                rows,
+                                pc,
+                                kc,
+                                cells,
+                                jw,
+                                wsp,
+                                ldw,
+                                pc > 0,
+                                finish.as_ref(),
+                            );
+                            if !last || finish.is_some() {
                                 continue;
                             }
                             // Scatter the tile's wide pixels to their output rows,
@@ -493,4 +540,42 @@ fn drive<O: Element>(
             }
         }
     });
+}
+
+/// The output runs of the 32 wide pixels from `jw` on (two vectors of 16
+/// lanes) of a band starting at output row `oy0` with `wide` wide pixels:
+/// per vector, the lanes that land in one output row and the offset of
+/// lane 0 there (relative to output pixel 0). `None` when a vector would
+/// touch more than [`MAX_PIECES`] rows (images narrower than about 8).
+fn direct_pieces(
+    layout: &Layout,
+    oy0: usize,
+    jw: usize,
+    wide: usize,
+) -> Option<[[(u16, isize); MAX_PIECES]; 2]> {
+    let (wq, ow) = (layout.wq, layout.ow);
+    let mut pieces = [[(0u16, 0isize); MAX_PIECES]; 2];
+    for (v, slots) in pieces.iter_mut().enumerate() {
+        let start = jw + 16 * v;
+        let end = (start + 16).min(wide);
+        let mut used = 0;
+        let mut j = start;
+        while j < end {
+            let yl = j / wq;
+            // Wide pixels yl*wq .. yl*wq + ow are output row oy0 + yl.
+            let lo = j;
+            let hi = end.min(yl * wq + ow);
+            if hi > lo {
+                let slot = slots.get_mut(used)?;
+                used += 1;
+                let lanes = ((1u32 << (hi - lo)) - 1) << (lo - start);
+                // Lane i holds wide pixel start + i = yl*wq + ox: output
+                // pixel (oy0 + yl)*ow + ox = lane 0's offset + i.
+                let offset = ((oy0 + yl) * ow) as isize + start as isize - (yl * wq) as isize;
+                *slot = (lanes as u16, offset);
+            }
+            j = (yl + 1) * wq;
+        }
+    }
+    Some(pieces)
 }

@@ -112,6 +112,19 @@ impl<'a> Ep<'a> {
         }
     }
 
+    /// The row biases and whether to apply ReLU, when the epilogue is only
+    /// those (`alpha = 1`, `beta = 0`, no column bias, identity or ReLU):
+    /// the case a micro-kernel may finish from its registers.
+    pub(super) fn row_bias_relu(&self) -> Option<(Option<&'a [f32]>, bool)> {
+        let relu = match self.act {
+            Activation::Identity => false,
+            Activation::Relu => true,
+            Activation::GeluErf | Activation::GeluTanh => return None,
+        };
+        (self.alpha == 1.0 && self.beta == 0.0 && self.bias.is_none())
+            .then_some((self.row_bias, relu))
+    }
+
     /// The epilogue for the rows from `r0` on (row 0 of the result is row
     /// `r0` of C), for passes over a slice of C's rows.
     fn rows_from(&self, r0: usize) -> Self {
