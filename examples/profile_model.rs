@@ -1,25 +1,33 @@
 //! Per-step time of an ONNX model under an all-f32 and an all-bf16 plan:
-//! `cargo run --release --example profile_model -- model.onnx [batch]`.
-//! Prints the steps that take the most time, grouped by op type.
+//! `cargo run --release --example profile_model -- model.onnx [batch] [--unfused]`.
+//! Prints the steps that take the most time, grouped by op type;
+//! `--unfused` keeps the steps the GEMM epilogues would absorb.
 
 use std::collections::BTreeMap;
 
-use mixprec::graph::PrecisionPlan;
+use mixprec::graph::{CompileOptions, PrecisionPlan};
 use mixprec::kernels::FloatType;
 use mixprec::onnx::{ImportOptions, load};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
+    let mut args: Vec<String> = std::env::args().collect();
+    let options = CompileOptions {
+        unfused_epilogues: args.iter().any(|a| a == "--unfused"),
+        ..Default::default()
+    };
+    args.retain(|a| a != "--unfused");
     let path = args
         .get(1)
-        .ok_or("usage: profile_model MODEL.onnx [BATCH]")?;
+        .ok_or("usage: profile_model MODEL.onnx [BATCH] [--unfused]")?;
     let batch: usize = args.get(2).map_or(Ok(1), |b| b.parse())?;
     let model = load(path, &ImportOptions::default())?;
     let inputs = model.graph.synthetic_inputs(batch)?;
     let feeds: Vec<(&str, &mixprec::graph::Tensor)> =
         inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
     for ty in [FloatType::F32, FloatType::Bf16] {
-        let compiled = model.graph.compile(&PrecisionPlan::all(&model.graph, ty))?;
+        let compiled = model
+            .graph
+            .compile_with(&PrecisionPlan::all(&model.graph, ty), &options)?;
         compiled.run(&feeds)?;
         let mut best: Option<mixprec::graph::Profile> = None;
         for _ in 0..5 {

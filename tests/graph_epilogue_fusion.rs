@@ -1,8 +1,10 @@
 //! A Relu after a Gemm, MatMul or Conv runs in the GEMM's epilogue
-//! (`CompileOptions::unfused_activations` off, the default) and gives the
+//! (`CompileOptions::unfused_epilogues` off, the default) and gives the
 //! same bits as the separate Relu step in f32, bf16 and f16 plans, including
 //! values that overflow f16; a Relu whose input is read elsewhere or is a
-//! graph output stays a step of its own.
+//! graph output stays a step of its own. A GELU, and a Mul by a scalar
+//! constant after a MatMul, fold only where the GEMM's output is f32, with
+//! the same bits.
 
 mod graph_common;
 
@@ -68,7 +70,7 @@ fn run(
     x: &Tensor,
 ) -> (Vec<(String, Vec<u32>)>, Vec<String>) {
     let options = CompileOptions {
-        unfused_activations: unfused,
+        unfused_epilogues: unfused,
         ..Default::default()
     };
     let model = g
@@ -87,6 +89,17 @@ fn run(
         .map(|e| e.name.clone())
         .collect();
     (outs, relus)
+}
+
+/// The names of a compiled model's steps of the given op types.
+fn steps_of(model: &mixprec::graph::CompiledModel, x: &Tensor, ops: &[&str]) -> Vec<String> {
+    let (_, profile) = model.run_profiled(&[("x", x)]).unwrap();
+    profile
+        .entries
+        .iter()
+        .filter(|e| ops.contains(&e.op_type))
+        .map(|e| e.name.clone())
+        .collect()
 }
 
 #[test]
@@ -123,4 +136,73 @@ fn fused_relu_gives_the_same_bits_in_every_plan() {
     let c1 = model.run(&[("x", &x)]).unwrap().remove("c1").unwrap();
     let c1 = c1.to_f32_vec();
     assert!(c1.contains(&f32::INFINITY) && c1.contains(&f32::NEG_INFINITY));
+}
+
+/// `ge = Gelu(Linear g1)`; `r = Relu(MatMul m1 * 0.3711)` (a rank-0
+/// constant); `s1 = MatMul m2 * c` with `c` of shape [1] (not a scalar, so
+/// never folded); `z = Gelu(g2) + g2` (g2 read twice); `gr =
+/// Gelu(Reshape(Linear g3))` (folded through the Reshape).
+fn gelu_scale_graph(rng: &mut Rng) -> Graph {
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", &fixed(&[6, 8]), DType::F32);
+    let w1 = rng.tensor(&[16, 8], -1.0, 1.0);
+    let b1 = rng.tensor(&[16], -0.5, 0.5);
+    let g1 = g.linear("g1", x, &w1, Some(&b1)).unwrap();
+    let ge = g.gelu("ge", g1).unwrap();
+    g.output(ge);
+    let w2 = g.initializer("w2", rng.tensor(&[16, 5], -1.0, 1.0));
+    let m1 = g.matmul("m1", ge, w2).unwrap();
+    let c0 = g.initializer("c0", Tensor::scalar_f32(0.3711));
+    let sc = g.mul("sc", m1, c0).unwrap();
+    let r = g.relu("r", sc).unwrap();
+    g.output(r);
+    let w3 = g.initializer("w3", rng.tensor(&[16, 5], -1.0, 1.0));
+    let m2 = g.matmul("m2", ge, w3).unwrap();
+    let c1 = g.initializer("c1", Tensor::from_f32(&[1], [0.3711]).unwrap());
+    let s1 = g.mul("s1", c1, m2).unwrap();
+    g.output(s1);
+    let w4 = rng.tensor(&[4, 8], -1.0, 1.0);
+    let g2 = g.linear("g2", x, &w4, None).unwrap();
+    let ge2 = g.gelu("ge2", g2).unwrap();
+    let z = g.add("z", ge2, g2).unwrap();
+    g.output(z);
+    let w5 = rng.tensor(&[6, 8], -1.0, 1.0);
+    let g3 = g.linear("g3", x, &w5, None).unwrap();
+    let g3r = g.reshape("g3r", g3, &[3, 2, 6]).unwrap();
+    let gr = g.gelu("gr", g3r).unwrap();
+    g.output(gr);
+    g.finish().unwrap()
+}
+
+#[test]
+fn gelu_and_scalar_mul_fold_only_after_f32_output() {
+    let mut rng = Rng::new(19);
+    let g = gelu_scale_graph(&mut rng);
+    let x = rng.tensor(&[6, 8], -2.0, 2.0);
+    let followers = ["Gelu", "Mul", "Relu"];
+    for ty in [FloatType::F32, FloatType::Bf16, FloatType::F16] {
+        let (fused, _) = run(&g, ty, false, &x);
+        let (unfused, _) = run(&g, ty, true, &x);
+        assert_eq!(fused, unfused, "{ty:?}");
+        let compile = |unfused_epilogues| {
+            let options = CompileOptions {
+                unfused_epilogues,
+                ..Default::default()
+            };
+            g.compile_with(&PrecisionPlan::all(&g, ty), &options)
+                .unwrap()
+        };
+        let all = ["ge", "sc", "r", "s1", "ge2", "gr"];
+        assert_eq!(steps_of(&compile(true), &x, &followers), all, "{ty:?}");
+        // In bf16/f16 the GEMM's output is rounded before the GELU or the
+        // Mul would see it, so they stay (and the Relu then follows a Mul).
+        let kept: &[&str] = match ty {
+            FloatType::F32 => &["s1", "ge2"],
+            _ => &all,
+        };
+        assert_eq!(steps_of(&compile(false), &x, &followers), kept, "{ty:?}");
+        let r = &fused.iter().find(|(k, _)| k == "r").unwrap().1;
+        assert!(r.iter().any(|&b| f32::from_bits(b) > 0.0), "{ty:?}");
+        assert!(r.iter().any(|&b| f32::from_bits(b) == 0.0), "{ty:?}");
+    }
 }

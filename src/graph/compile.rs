@@ -14,7 +14,7 @@ use super::graph::{Dim, Graph, Node, ValueId, shape_string};
 use super::ops::exec::{Pool, execute, output_metas};
 use super::ops::infer::infer;
 use super::ops::linalg::{Prepared, pack, row_bias};
-use super::ops::{Meta, Op, Unary};
+use super::ops::{Binary, Meta, Op, Unary};
 use super::plan::PrecisionPlan;
 use super::profile::{Profile, ProfileEntry};
 use super::tensor::{Tensor, TensorView};
@@ -27,12 +27,14 @@ pub struct CompileOptions {
     pub outputs_in_node_dtype: bool,
     /// How bf16 Gemm, MatMul and Conv nodes accumulate.
     pub bf16_gemm: GemmAccumulation,
-    /// Keep a Relu that follows a Gemm, MatMul or Conv as its own step.
-    /// By default it runs in the GEMM's epilogue on the f32 accumulator,
-    /// before the store: the same bits (rounding commutes with Relu), one
-    /// pass over the output fewer; the fused Relu has no profile entry of
-    /// its own. Set this for per-op profiles that show the Relu on its own.
-    pub unfused_activations: bool,
+    /// Keep the steps that follow a Gemm, MatMul or Conv as steps of their
+    /// own. By default those that give the same bits in the GEMM's epilogue
+    /// run there, on the f32 accumulator before the store: a Relu in any
+    /// dtype, a GELU or a Mul by a scalar constant (MatMul only) when the
+    /// GEMM's output is f32. One pass over the output fewer; the fused step
+    /// has no profile entry of its own. Set this for per-op profiles that
+    /// show every node.
+    pub unfused_epilogues: bool,
 }
 
 /// How the GEMM-family nodes (Gemm, MatMul, Conv) of a bf16 plan entry
@@ -417,8 +419,14 @@ impl Graph {
             };
             output_slots.push((vi.name.clone(), s));
         }
-        if !options.unfused_activations {
-            fuse_relu_into_gemm(&self.nodes, &mut b.steps, &output_slots);
+        if !options.unfused_epilogues {
+            fuse_into_gemm_epilogue(
+                &self.nodes,
+                &mut b.steps,
+                &b.slot_dtype,
+                &b.consts,
+                &output_slots,
+            );
         }
         // Liveness: free each run-time slot after its last reader, except
         // outputs, inputs and constants (not owned by the run).
@@ -467,42 +475,92 @@ impl Graph {
     }
 }
 
-/// Moves each Relu whose input is a Gemm, MatMul or Conv step's output,
-/// read by nothing else and not a graph output, into that step's epilogue:
-/// the GEMM step then writes the Relu's output slot and the Relu step goes.
-/// The dtypes agree (no cast between the two steps), and Relu commutes with
-/// the rounding of the store (`relu(round(x)) == round(relu(x))` for every
-/// x, overflow to -inf included), so the result is the same bit for bit.
-/// The GEMM step keeps its node's name, so profiles and the tuner's
-/// per-node costs count the Relu's (now nil) time in the GEMM node.
-fn fuse_relu_into_gemm(nodes: &[Node], steps: &mut Vec<Step>, output_slots: &[(String, usize)]) {
+/// Moves the steps that follow a Gemm, MatMul or Conv step into its
+/// epilogue when the result is the same bit for bit, reading the GEMM's
+/// output that nothing else reads (not a graph output): the GEMM step then
+/// writes the follower's output slot and the follower goes.
+///
+/// * Relu, in any dtype: the dtypes agree (no cast between the steps) and
+///   Relu commutes with the store's rounding (`relu(round(x)) ==
+///   round(relu(x))` for every x, overflow to -inf included).
+/// * GELU (erf or tanh form) when the GEMM's output is f32: nothing is
+///   rounded between the accumulator and the GELU, and the epilogue's GELU
+///   is the elementwise kernel's. (In bf16/f16 it would see the unrounded
+///   accumulator, so it stays a step.)
+/// * Mul by a rank-0 f32 constant after a MatMul with f32 output and no
+///   fused activation (attention's `scores * 1/sqrt(d)`): the epilogue's
+///   `alpha * acc` is the same single rounded product.
+///
+/// A view step (Reshape, Flatten, ...) between the two is kept and moved
+/// after the fold. Steps are taken in order, so a Relu after a folded Mul
+/// folds too. The
+/// GEMM step keeps its node's name, so profiles and the tuner's per-node
+/// costs count the followers' (now nil) time in the GEMM node.
+fn fuse_into_gemm_epilogue(
+    nodes: &[Node],
+    steps: &mut Vec<Step>,
+    slot_dtype: &[DType],
+    consts: &[Option<Arc<Tensor>>],
+    output_slots: &[(String, usize)],
+) {
     let mut readers: HashMap<usize, usize> = HashMap::new();
     for st in steps.iter() {
         for &s in &st.inputs {
             *readers.entry(s).or_default() += 1;
         }
     }
-    let producer: HashMap<usize, usize> = steps
+    let mut producer: HashMap<usize, usize> = steps
         .iter()
         .enumerate()
         .flat_map(|(i, st)| st.outputs.iter().map(move |&s| (s, i)))
         .collect();
+    let rank0_f32 = |s: usize| {
+        consts[s]
+            .as_deref()
+            .filter(|c| c.shape().is_empty() && slot_dtype[s] == DType::F32)
+            .map(|c| c.to_f32_vec()[0])
+    };
     let mut fused = vec![false; steps.len()];
     for i in 0..steps.len() {
         let StepKind::Node { node, .. } = &steps[i].kind else {
             continue;
         };
-        if !matches!(nodes[*node].op, Op::Unary(Unary::Relu)) {
-            continue;
-        }
-        let s = steps[i].inputs[0];
-        let Some(&j) = producer.get(&s) else {
+        // The GEMM output this step reads, and what it becomes.
+        let ins = &steps[i].inputs;
+        let (s, fold) = match nodes[*node].op {
+            Op::Unary(Unary::Relu) => (ins[0], Fold::Activation(Activation::Relu)),
+            Op::Unary(Unary::GeluErf) => (ins[0], Fold::Activation(Activation::GeluErf)),
+            Op::Unary(Unary::GeluTanh) => (ins[0], Fold::Activation(Activation::GeluTanh)),
+            Op::Binary(Binary::Mul) if ins.len() == 2 => {
+                match (rank0_f32(ins[0]), rank0_f32(ins[1])) {
+                    (None, Some(c)) => (ins[0], Fold::Scale(c)),
+                    (Some(c), None) => (ins[1], Fold::Scale(c)),
+                    _ => continue,
+                }
+            }
+            _ => continue,
+        };
+        let only_reader =
+            |s: usize| readers.get(&s) == Some(&1) && !output_slots.iter().any(|o| o.1 == s);
+        let Some(&p) = producer.get(&s) else {
             continue;
         };
-        let relu_out = steps[i].outputs[0];
-        if readers.get(&s) != Some(&1) || output_slots.iter().any(|o| o.1 == s) {
+        if !only_reader(s) {
             continue;
         }
+        // Through one view step (an ONNX Gemm is 2-D, so a 3-D activation
+        // comes back through a Reshape): the followers are elementwise and
+        // commute with it, so the view then reshapes the folded output.
+        let (j, view) = match &steps[p].kind {
+            StepKind::Node { node, .. } if is_view_op(&nodes[*node].op) => {
+                let s0 = steps[p].inputs[0];
+                match producer.get(&s0) {
+                    Some(&j) if only_reader(s0) => (j, Some(p)),
+                    _ => continue,
+                }
+            }
+            _ => (p, None),
+        };
         let StepKind::Node {
             node: gemm_node,
             prepared: Some(prepared),
@@ -511,15 +569,23 @@ fn fuse_relu_into_gemm(nodes: &[Node], steps: &mut Vec<Step>, output_slots: &[(S
         else {
             continue;
         };
-        if !matches!(
-            nodes[*gemm_node].op,
-            Op::Gemm { .. } | Op::MatMul | Op::Conv(_)
-        ) || prepared.activation != Activation::Identity
+        let gemm_op = &nodes[*gemm_node].op;
+        if !matches!(gemm_op, Op::Gemm { .. } | Op::MatMul | Op::Conv(_))
+            || prepared.activation != Activation::Identity
         {
             continue;
         }
-        prepared.activation = Activation::Relu;
-        steps[j].outputs = vec![relu_out];
+        let f32_out = slot_dtype[s] == DType::F32;
+        match fold {
+            Fold::Activation(Activation::Relu) => prepared.activation = Activation::Relu,
+            Fold::Activation(act) if f32_out => prepared.activation = act,
+            Fold::Scale(c) if f32_out && matches!(gemm_op, Op::MatMul) => prepared.scale *= c,
+            _ => continue,
+        }
+        let out = steps[i].outputs[0];
+        let writer = view.unwrap_or(j);
+        steps[writer].outputs = vec![out];
+        producer.insert(out, writer);
         fused[i] = true;
     }
     let mut k = 0;
@@ -527,6 +593,12 @@ fn fuse_relu_into_gemm(nodes: &[Node], steps: &mut Vec<Step>, output_slots: &[(S
         k += 1;
         !fused[k - 1]
     });
+}
+
+/// What [`fuse_into_gemm_epilogue`] turns a follower step into.
+enum Fold {
+    Activation(Activation),
+    Scale(f32),
 }
 
 /// The compile-time work of a Gemm, MatMul or Conv node: its accumulation,
@@ -565,6 +637,7 @@ fn prepare_gemm(
         bias,
         accumulation,
         activation: Activation::Identity,
+        scale: 1.0,
     })
 }
 

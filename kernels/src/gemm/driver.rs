@@ -186,7 +186,8 @@ impl<'a> Ep<'a> {
     ) {
         // SAFETY: the block's first element is inside C (caller's contract).
         let c = unsafe { c.add(i0 * ldc + j0) };
-        if O::DTYPE == FloatType::F32 {
+        let gelu = self.gelu();
+        if O::DTYPE == FloatType::F32 && gelu.is_none() {
             // f32 C: the same operations, in place, with no staging copy.
             for r in 0..rows {
                 // SAFETY: row r of the block is within the caller's extents.
@@ -205,14 +206,15 @@ impl<'a> Ep<'a> {
                         *x = self.alpha * *a;
                     }
                 }
-                self.bias_act(crow, i0 + r, j0);
+                self.bias_relu(crow, i0 + r, j0);
             }
             return;
         }
         // The epilogue of up to 16 rows into a staging block, then their
-        // conversions: a conversion's vector loads then read values stored
-        // rows earlier, not the stores just issued (a load spanning several
-        // recent smaller stores stalls until they retire).
+        // GELU and conversion straight into C: their vector loads then read
+        // values stored rows earlier, not the stores just issued (a load
+        // spanning several recent smaller stores stalls until they retire;
+        // a GELU done in place in C cost five times a separate GELU pass).
         const BLOCK_ROWS: usize = 16;
         let mut block = [[0.0f32; 64]; BLOCK_ROWS];
         let mut old = [0.0f32; 64];
@@ -240,12 +242,23 @@ impl<'a> Ep<'a> {
                         *x += self.beta * *o;
                     }
                 }
-                self.bias_act(buf, i0 + r, j0);
+                self.bias_relu(buf, i0 + r, j0);
             }
             for (dr, buf) in block.iter().enumerate().take(n) {
                 // SAFETY: row r0 + dr of the block is within the caller's extents.
                 let crow = unsafe { std::slice::from_raw_parts_mut(c.add((r0 + dr) * ldc), cols) };
-                store_row(self.isa, &buf[..cols], crow);
+                match gelu {
+                    // The elementwise kernel computes in f32 and rounds to O
+                    // as the conversions do: GELU then the store's rounding.
+                    Some(op) => elementwise::unary_at(
+                        self.isa,
+                        op,
+                        FloatSlice::F32(&buf[..cols]),
+                        float_slice_mut(crow),
+                    )
+                    .expect("level checked by the caller"),
+                    None => store_row(self.isa, &buf[..cols], crow),
+                }
             }
         }
     }
@@ -292,10 +305,10 @@ unsafe fn store_avx2<O: Element>(
 }
 
 impl Ep<'_> {
-    /// Adds the biases (row `i` of C, columns `j0..`) and applies the
-    /// activation, in place.
+    /// Adds the biases (row `i` of C, columns `j0..`) and applies a ReLU, in
+    /// place; a GELU is left to the caller ([`Ep::gelu`]).
     #[inline(always)]
-    fn bias_act(&self, v: &mut [f32], i: usize, j0: usize) {
+    fn bias_relu(&self, v: &mut [f32], i: usize, j0: usize) {
         if let Some(bias) = self.bias {
             let len = v.len();
             for (x, b) in v.iter_mut().zip(&bias[j0..j0 + len]) {
@@ -306,25 +319,27 @@ impl Ep<'_> {
             let b = row_bias[i];
             v.iter_mut().for_each(|x| *x += b);
         }
+        if self.act == Activation::Relu {
+            v.iter_mut().for_each(|x| *x = epilogue::relu(*x));
+        }
+    }
+
+    /// The elementwise op of a GELU activation.
+    pub(super) fn gelu(&self) -> Option<UnaryOp> {
         match self.act {
-            Activation::Identity => {}
-            Activation::Relu => v.iter_mut().for_each(|x| *x = epilogue::relu(*x)),
-            Activation::GeluErf => gelu_row(self.isa, UnaryOp::GeluErf, v),
-            Activation::GeluTanh => gelu_row(self.isa, UnaryOp::GeluTanh, v),
+            Activation::GeluErf => Some(UnaryOp::GeluErf),
+            Activation::GeluTanh => Some(UnaryOp::GeluTanh),
+            Activation::Identity | Activation::Relu => None,
         }
     }
 }
 
-/// Applies a GELU in place with the elementwise kernel of `isa` (bit-identical
-/// to its scalar reference), through a small stack copy since the kernel
-/// takes separate input and output slices.
-fn gelu_row(isa: Isa, op: UnaryOp, v: &mut [f32]) {
-    let mut tmp = [0f32; 256];
-    for chunk in v.chunks_mut(tmp.len()) {
-        let src = &mut tmp[..chunk.len()];
-        src.copy_from_slice(chunk);
-        elementwise::unary_at(isa, op, FloatSlice::F32(src), FloatSliceMut::F32(chunk))
-            .expect("level checked by the caller");
+/// `dst` as the elementwise kernels' output type.
+fn float_slice_mut<O: Element>(dst: &mut [O]) -> FloatSliceMut<'_> {
+    match O::DTYPE {
+        FloatType::F32 => FloatSliceMut::F32(bytemuck::cast_slice_mut(dst)),
+        FloatType::Bf16 => FloatSliceMut::Bf16(bytemuck::cast_slice_mut(dst)),
+        FloatType::F16 => FloatSliceMut::F16(bytemuck::cast_slice_mut(dst)),
     }
 }
 
@@ -683,13 +698,17 @@ fn large<T: Element, O: Element>(
     let nblocks = n.div_ceil(nc);
     let mc = mr * mc_tiles(tiles, nblocks, threads);
     let mblocks = m.div_ceil(mc);
+    // A GELU epilogue runs once per block, in 64-column pieces: per 32-column
+    // tile its calls cost twice a separate GELU pass (fc1 of a BERT-base
+    // layer, 512x3072: +2.5 ms per tile, +1 ms as its own step).
+    let per_tile_store = ep.gelu().is_none();
     parallel_for(threads, mblocks * nblocks, mc * nc, |item, ws| {
         let (ib, jb) = (item / nblocks, item % nblocks);
         let (i0, j0) = (ib * mc, jb * nc);
         let (mcb, ncb) = (mc.min(m - i0), nc.min(n - j0));
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
-            let last = pc + kc == k;
+            let last = pc + kc == k && per_tile_store;
             for q in 0..ncb.div_ceil(NR) {
                 let panel = (j0 / NR) + q;
                 let bptr = bpack[panel * k * NR + pc * NR..].as_ptr();
@@ -708,6 +727,23 @@ fn large<T: Element, O: Element>(
                         unsafe { ep.store(wsp, nc, rows, cols, cp.get(), ldc, (r0, c0)) };
                     }
                 }
+            }
+        }
+        if !per_tile_store {
+            for c0 in (0..ncb).step_by(64) {
+                // SAFETY: the workspace holds the block's mcb rows at stride nc;
+                // rows i0.., columns j0+c0.. of C belong to this item.
+                unsafe {
+                    ep.store(
+                        ws[c0..].as_ptr(),
+                        nc,
+                        mcb,
+                        64.min(ncb - c0),
+                        cp.get(),
+                        ldc,
+                        (i0, j0 + c0),
+                    )
+                };
             }
         }
     });

@@ -25,8 +25,11 @@ pub(crate) struct Prepared {
     /// How the node's products accumulate (see [`crate::graph::GemmAccumulation`]).
     pub accumulation: Accumulation,
     /// An activation fused into the GEMM epilogue by compile (a following
-    /// Relu, which gives the same bits fused or not).
+    /// Relu, or GELU after f32 output: the same bits fused or not).
     pub activation: Activation,
+    /// A MatMul's product scale (`alpha`), from a following Mul by a
+    /// scalar folded by compile; 1 otherwise.
+    pub scale: f32,
 }
 
 impl Prepared {
@@ -39,6 +42,11 @@ impl Prepared {
     /// A node's fused activation; none when compile prepared nothing.
     fn activation(p: Option<&Prepared>) -> Activation {
         p.map_or(Activation::Identity, |p| p.activation)
+    }
+
+    /// A MatMul's folded scale; 1 when compile prepared nothing.
+    fn scale(p: Option<&Prepared>) -> f32 {
+        p.map_or(1.0, |p| p.scale)
     }
 }
 
@@ -226,6 +234,7 @@ fn matmul_typed<T: Element + TensorElement>(
         ..Default::default()
     };
     let (isa, acc) = (active_isa(), Prepared::accumulation(prepared));
+    let alpha = Prepared::scale(prepared);
     if rb == 2 {
         // One GEMM over all rows of A: its batch dims are contiguous.
         let rows = ad.len() / k.max(1);
@@ -233,11 +242,11 @@ fn matmul_typed<T: Element + TensorElement>(
         let av = MatRef::new(ad, rows, k, k).map_err(|e| kerr(node, e))?;
         let cv = MatMut::new(od, rows, n, n).map_err(|e| kerr(node, e))?;
         return match prepared.and_then(|p| p.packed.as_ref()) {
-            Some(w) => gemm::gemm_packed(1.0, av, packed_as::<T>(w), 0.0, cv, &epi)
+            Some(w) => gemm::gemm_packed(alpha, av, packed_as::<T>(w), 0.0, cv, &epi)
                 .map_err(|e| kerr(node, e)),
             None => {
                 let bv = MatRef::new(b.as_slice::<T>()?, k, n, n).map_err(|e| kerr(node, e))?;
-                gemm::gemm_at(isa, acc, 1.0, av, bv, 0.0, cv, &epi).map_err(|e| kerr(node, e))
+                gemm::gemm_at(isa, acc, alpha, av, bv, 0.0, cv, &epi).map_err(|e| kerr(node, e))
             }
         };
     }
@@ -286,7 +295,7 @@ fn matmul_typed<T: Element + TensorElement>(
         let bv =
             MatRef::new(&bd[ib * k * n..(ib + 1) * k * n], k, n, n).map_err(|e| kerr(node, e))?;
         let cv = MatMut::new(c, m, n, n).map_err(|e| kerr(node, e))?;
-        gemm::gemm_at(isa, acc, 1.0, av, bv, 0.0, cv, &epi).map_err(|e| kerr(node, e))
+        gemm::gemm_at(isa, acc, alpha, av, bv, 0.0, cv, &epi).map_err(|e| kerr(node, e))
     };
     // Many GEMMs too small to thread on their own (attention heads): one
     // per part over the threads instead. Each is computed alone either way,
