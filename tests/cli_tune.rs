@@ -754,3 +754,59 @@ fn tune_svg_draws_the_picture_and_a_failed_picture_keeps_plan_and_report() {
     assert!(err.contains("no-such-dir"), "{err}");
     assert!(plan.exists() && report.exists(), "plan and report survive");
 }
+
+#[test]
+fn bench_model_profile_breaks_each_plan_down() {
+    let o = mixprec(&["bench", "--model", "builtin", "--batch", "32", "--profile"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    let m = demo::load(demo::DEFAULT_MODEL).unwrap();
+    let graph = demo::graph_from_weights(&m.weights).unwrap();
+    let nodes: BTreeSet<String> = graph.nodes().iter().map(|n| n.name.clone()).collect();
+    for plan in ["fp32", "all-bf16"] {
+        let head = format!("plan {plan}: ");
+        let at = text
+            .find(&head)
+            .unwrap_or_else(|| panic!("no profile of {plan} in\n{text}"));
+        let section: Vec<&str> = text[at..].lines().take_while(|l| !l.is_empty()).collect();
+        let total: f64 = section[0][head.len()..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let ops_at = section.iter().position(|l| l.ends_with("op type")).unwrap();
+        let nodes_at = section
+            .iter()
+            .position(|l| l.ends_with("slowest steps"))
+            .unwrap();
+        // The op types' times add up to (at most) the whole run's.
+        let by_op: f64 = section[ops_at + 1..nodes_at]
+            .iter()
+            .map(|l| l.split_whitespace().next().unwrap().parse::<f64>().unwrap())
+            .sum();
+        assert!(
+            by_op > 0.0 && by_op <= total * 1.001 + 1e-3,
+            "{plan}: {by_op} vs {total}"
+        );
+        // The slowest steps are the graph's nodes (or inserted casts), slowest first.
+        let steps: Vec<(f64, &str)> = section[nodes_at + 1..]
+            .iter()
+            .map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f[0].parse().unwrap(), f[3])
+            })
+            .collect();
+        assert!(!steps.is_empty() && steps.len() <= 10, "{plan}: {steps:?}");
+        assert!(
+            steps.windows(2).all(|w| w[0].0 >= w[1].0),
+            "{plan}: {steps:?}"
+        );
+        for (_, name) in &steps {
+            assert!(
+                nodes.contains(*name) || name.starts_with("cast:"),
+                "{plan}: {name} is not a node"
+            );
+        }
+    }
+}

@@ -91,7 +91,11 @@ pub fn run(args: &BenchArgs, out: &mut impl Write) -> Result<(), CliError> {
         } else {
             write_model_table(out, &rows)
         };
-        return result.map_err(CliError::Output);
+        result.map_err(CliError::Output)?;
+        if args.profile {
+            write_model_profile(args, out)?;
+        }
+        return Ok(());
     }
     let mut rows = measure_kernels(Budget::default());
     rows.extend(measure_gemm(Budget::default()));
@@ -176,42 +180,19 @@ pub const THROUGHPUT_UNIT: &str = "samples/s";
 /// at the active ISA level, on `--data` (or the demo's test images, or
 /// synthetic inputs of `--batch` samples).
 pub fn measure_model(args: &BenchArgs) -> Result<Vec<Measurement>, CliError> {
-    let Some(src) = &args.model else {
+    let Some(case) = ModelCase::new(args)? else {
         return Ok(Vec::new());
     };
-    let loaded = model::load_model(src)?;
-    let graph = &loaded.graph;
-    let mut plans = vec![("fp32".to_string(), crate::graph::PrecisionPlan::new())];
-    match &args.plan {
-        Some(p) => plans.push((p.display().to_string(), model::load_plan(p, graph)?)),
-        None => plans.push((
-            "all-bf16".to_string(),
-            crate::graph::PrecisionPlan::all(graph, mixprec_kernels::FloatType::Bf16),
-        )),
-    }
-    let data = match (&args.data, &loaded.demo) {
-        (Some(p), _) => model::load_data(p, graph, "data")?,
-        (None, Some(m)) => model::demo_data(m)?,
-        (None, None) => model::synthetic_inputs(graph, args.batch.unwrap_or(DEFAULT_MODEL_BATCH))?,
-    };
-    let inputs = match args.batch {
-        Some(b) if b < data.batch => data.head(graph, b),
-        _ => data.inputs.clone(),
-    };
-    let batch = inputs
-        .first()
-        .and_then(|(_, t)| t.shape().first().copied())
-        .unwrap_or(1);
-    let refs: Vec<(&str, &crate::graph::Tensor)> =
-        inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let (graph, batch) = (&case.loaded.graph, case.batch);
+    let refs = case.refs();
     let isa = mixprec_kernels::isa::active_isa().name();
     let mut rows = Vec::new();
-    for (name, plan) in &plans {
+    for (name, plan) in &case.plans {
         let compiled = model::compile(graph, plan, name)?;
         let secs = model::median_latency(&compiled, &refs, 101, Duration::from_secs(1))?;
         let shape = format!(
             "model={} batch={batch} plan={name} ({})",
-            loaded.label,
+            case.loaded.label,
             model::plan_counts(graph, plan)
         );
         rows.push(Measurement {
@@ -232,6 +213,136 @@ pub fn measure_model(args: &BenchArgs) -> Result<Vec<Measurement>, CliError> {
         });
     }
     Ok(rows)
+}
+
+/// What `bench --model` runs: the model, fp32 and the plan, the inputs.
+struct ModelCase {
+    loaded: model::LoadedModel,
+    plans: Vec<(String, crate::graph::PrecisionPlan)>,
+    inputs: Vec<(String, crate::graph::Tensor)>,
+    batch: usize,
+}
+
+impl ModelCase {
+    /// The case `args` describe; `None` without `--model`.
+    fn new(args: &BenchArgs) -> Result<Option<ModelCase>, CliError> {
+        let Some(src) = &args.model else {
+            return Ok(None);
+        };
+        let loaded = model::load_model(src)?;
+        let graph = &loaded.graph;
+        let mut plans = vec![("fp32".to_string(), crate::graph::PrecisionPlan::new())];
+        match &args.plan {
+            Some(p) => plans.push((p.display().to_string(), model::load_plan(p, graph)?)),
+            None => plans.push((
+                "all-bf16".to_string(),
+                crate::graph::PrecisionPlan::all(graph, mixprec_kernels::FloatType::Bf16),
+            )),
+        }
+        let data = match (&args.data, &loaded.demo) {
+            (Some(p), _) => model::load_data(p, graph, "data")?,
+            (None, Some(m)) => model::demo_data(m)?,
+            (None, None) => {
+                model::synthetic_inputs(graph, args.batch.unwrap_or(DEFAULT_MODEL_BATCH))?
+            }
+        };
+        let inputs = match args.batch {
+            Some(b) if b < data.batch => data.head(graph, b),
+            _ => data.inputs.clone(),
+        };
+        let batch = inputs
+            .first()
+            .and_then(|(_, t)| t.shape().first().copied())
+            .unwrap_or(1);
+        Ok(Some(ModelCase {
+            loaded,
+            plans,
+            inputs,
+            batch,
+        }))
+    }
+
+    fn refs(&self) -> Vec<(&str, &crate::graph::Tensor)> {
+        self.inputs.iter().map(|(n, t)| (n.as_str(), t)).collect()
+    }
+}
+
+/// Profiled runs per plan of `bench --model --profile`; the fastest is shown.
+const PROFILE_RUNS: usize = 5;
+/// Nodes listed per plan, slowest first.
+const PROFILE_NODES: usize = 10;
+
+/// `bench --model --profile`: per plan, where the fastest of
+/// [`PROFILE_RUNS`] runs spent its time, by op type and by node. Steps that
+/// run in a GEMM's epilogue (see `CompileOptions::unfused_epilogues`) count
+/// in the GEMM's node.
+pub fn write_model_profile(args: &BenchArgs, out: &mut impl Write) -> Result<(), CliError> {
+    let Some(case) = ModelCase::new(args)? else {
+        return Ok(());
+    };
+    let refs = case.refs();
+    for (name, plan) in &case.plans {
+        let compiled = model::compile(&case.loaded.graph, plan, name)?;
+        let mut best: Option<crate::graph::Profile> = None;
+        for _ in 0..PROFILE_RUNS {
+            let (_, p) = compiled
+                .run_profiled(&refs)
+                .map_err(|e| CliError::Other(format!("running the model: {e}")))?;
+            if best
+                .as_ref()
+                .is_none_or(|b| p.total_seconds < b.total_seconds)
+            {
+                best = Some(p);
+            }
+        }
+        let p = best.expect("PROFILE_RUNS > 0");
+        write_profile(out, name, &p).map_err(CliError::Output)?;
+    }
+    Ok(())
+}
+
+fn write_profile(
+    out: &mut impl Write,
+    plan: &str,
+    p: &crate::graph::Profile,
+) -> std::io::Result<()> {
+    let total = p.total_seconds;
+    let share = |s: f64| if total > 0.0 { 100.0 * s / total } else { 0.0 };
+    writeln!(
+        out,
+        "\nplan {plan}: {:.3} ms (fastest of {PROFILE_RUNS} profiled runs)",
+        total * 1e3
+    )?;
+    let mut by_op: Vec<(&str, usize, f64)> = Vec::new();
+    for e in &p.entries {
+        match by_op.iter_mut().find(|(op, ..)| *op == e.op_type) {
+            Some(row) => {
+                row.1 += 1;
+                row.2 += e.seconds;
+            }
+            None => by_op.push((e.op_type, 1, e.seconds)),
+        }
+    }
+    by_op.sort_by(|a, b| b.2.total_cmp(&a.2));
+    writeln!(out, "{:>10} {:>6} {:>6}  op type", "ms", "%", "steps")?;
+    for (op, n, s) in &by_op {
+        writeln!(out, "{:>10.3} {:>6.1} {n:>6}  {op}", s * 1e3, share(*s))?;
+    }
+    let mut nodes: Vec<&crate::graph::ProfileEntry> = p.entries.iter().collect();
+    nodes.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+    writeln!(out, "{:>10} {:>6} {:>6}  slowest steps", "ms", "%", "dtype")?;
+    for e in nodes.iter().take(PROFILE_NODES) {
+        writeln!(
+            out,
+            "{:>10.3} {:>6.1} {:>6}  {} ({})",
+            e.seconds * 1e3,
+            share(e.seconds),
+            e.dtype.to_string(),
+            e.name,
+            e.op_type
+        )?;
+    }
+    Ok(())
 }
 
 /// The `bench --model` table: one line per plan, with the speedup over the

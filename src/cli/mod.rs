@@ -255,6 +255,10 @@ pub struct BenchArgs {
     /// Print one JSON object per measurement instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// After the --model table, where each plan's run spends its time: per
+    /// op type and the slowest steps (fastest of 5 profiled runs).
+    #[arg(long, requires = "model", conflicts_with = "json")]
+    pub profile: bool,
     /// Draw a roofline of this machine with every kernel measured (SVG).
     #[arg(long, conflicts_with = "model")]
     pub svg: Option<PathBuf>,
