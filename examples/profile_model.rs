@@ -1,7 +1,7 @@
 //! Per-step time of an ONNX model under an all-f32 and an all-bf16 plan:
-//! `cargo run --release --example profile_model -- model.onnx [batch] [--unfused]`.
+//! `cargo run --release --example profile_model -- model.onnx [batch] [--keep-all-steps]`.
 //! Prints the steps that take the most time, grouped by op type;
-//! `--unfused` keeps the steps the GEMM epilogues would absorb.
+//! `--keep-all-steps` keeps the steps compile would fold into GEMMs.
 
 use std::collections::BTreeMap;
 
@@ -12,13 +12,13 @@ use mixprec::onnx::{ImportOptions, load};
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args: Vec<String> = std::env::args().collect();
     let options = CompileOptions {
-        unfused_epilogues: args.iter().any(|a| a == "--unfused"),
+        keep_all_steps: args.iter().any(|a| a == "--keep-all-steps"),
         ..Default::default()
     };
-    args.retain(|a| a != "--unfused");
+    args.retain(|a| a != "--keep-all-steps");
     let path = args
         .get(1)
-        .ok_or("usage: profile_model MODEL.onnx [BATCH] [--unfused]")?;
+        .ok_or("usage: profile_model MODEL.onnx [BATCH] [--keep-all-steps]")?;
     let batch: usize = args.get(2).map_or(Ok(1), |b| b.parse())?;
     let model = load(path, &ImportOptions::default())?;
     let inputs = model.graph.synthetic_inputs(batch)?;

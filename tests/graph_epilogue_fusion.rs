@@ -1,5 +1,5 @@
 //! A Relu after a Gemm, MatMul or Conv runs in the GEMM's epilogue
-//! (`CompileOptions::unfused_epilogues` off, the default) and gives the
+//! (`CompileOptions::keep_all_steps` off, the default) and gives the
 //! same bits as the separate Relu step in f32, bf16 and f16 plans, including
 //! values that overflow f16; a Relu whose input is read elsewhere or is a
 //! graph output stays a step of its own. A GELU, and a Mul by a scalar
@@ -70,7 +70,7 @@ fn run(
     x: &Tensor,
 ) -> (Vec<(String, Vec<u32>)>, Vec<String>) {
     let options = CompileOptions {
-        unfused_epilogues: unfused,
+        keep_all_steps: unfused,
         ..Default::default()
     };
     let model = g
@@ -184,9 +184,9 @@ fn gelu_and_scalar_mul_fold_only_after_f32_output() {
         let (fused, _) = run(&g, ty, false, &x);
         let (unfused, _) = run(&g, ty, true, &x);
         assert_eq!(fused, unfused, "{ty:?}");
-        let compile = |unfused_epilogues| {
+        let compile = |keep_all_steps| {
             let options = CompileOptions {
-                unfused_epilogues,
+                keep_all_steps,
                 ..Default::default()
             };
             g.compile_with(&PrecisionPlan::all(&g, ty), &options)

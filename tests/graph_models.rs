@@ -483,7 +483,7 @@ fn profiling_reports_every_step() {
     let m = mlp(61);
     let plan = PrecisionPlan::all(&m.graph, FloatType::Bf16);
     let unfused = CompileOptions {
-        unfused_epilogues: true,
+        keep_all_steps: true,
         ..Default::default()
     };
     let model = m.graph.compile_with(&plan, &unfused).unwrap();

@@ -274,7 +274,7 @@ const PROFILE_NODES: usize = 10;
 
 /// `bench --model --profile`: per plan, where the fastest of
 /// [`PROFILE_RUNS`] runs spent its time, by op type and by node. Steps that
-/// run in a GEMM's epilogue (see `CompileOptions::unfused_epilogues`) count
+/// compile folds into a GEMM (see `CompileOptions::keep_all_steps`) count
 /// in the GEMM's node.
 pub fn write_model_profile(args: &BenchArgs, out: &mut impl Write) -> Result<(), CliError> {
     let Some(case) = ModelCase::new(args)? else {

@@ -27,14 +27,15 @@ pub struct CompileOptions {
     pub outputs_in_node_dtype: bool,
     /// How bf16 Gemm, MatMul and Conv nodes accumulate.
     pub bf16_gemm: GemmAccumulation,
-    /// Keep the steps that follow a Gemm, MatMul or Conv as steps of their
-    /// own. By default those that give the same bits in the GEMM's epilogue
-    /// run there, on the f32 accumulator before the store: a Relu in any
-    /// dtype, a GELU or a Mul by a scalar constant (MatMul only) when the
-    /// GEMM's output is f32. One pass over the output fewer; the fused step
-    /// has no profile entry of its own. Set this for per-op profiles that
-    /// show every node.
-    pub unfused_epilogues: bool,
+    /// Keep every node a step of its own, for per-op profiles that show
+    /// each. By default compile folds into a GEMM what gives the same bits
+    /// there: into its epilogue (on the f32 accumulator, before the store)
+    /// a Relu after a Gemm, MatMul or Conv in any dtype, a GELU, or a Mul by
+    /// a scalar constant after a MatMul, when the GEMM's output is f32; and
+    /// a Transpose feeding a MatMul into the MatMul's operand strides. A
+    /// folded step has no profile entry of its own (its time counts in the
+    /// GEMM's node).
+    pub keep_all_steps: bool,
 }
 
 /// How the GEMM-family nodes (Gemm, MatMul, Conv) of a bf16 plan entry
@@ -419,7 +420,7 @@ impl Graph {
             };
             output_slots.push((vi.name.clone(), s));
         }
-        if !options.unfused_epilogues {
+        if !options.keep_all_steps {
             fuse_into_gemm_epilogue(
                 &self.nodes,
                 &mut b.steps,
@@ -427,6 +428,7 @@ impl Graph {
                 &b.consts,
                 &output_slots,
             );
+            fold_transposes_into_matmul(&self.nodes, &mut b.steps, &output_slots);
         }
         // Liveness: free each run-time slot after its last reader, except
         // outputs, inputs and constants (not owned by the run).
@@ -595,6 +597,85 @@ fn fuse_into_gemm_epilogue(
     });
 }
 
+/// Folds each Transpose read only by one MatMul (not a graph output) into
+/// that MatMul: the MatMul reads the Transpose's input and views it under
+/// the permutation (batch offsets and matrix strides), so the copy goes.
+/// Only where the input's last axis stays last: the operand is then row
+/// major with a longer row stride (attention's `q` and `v` head
+/// transposes), which the GEMM packs exactly as the copy, so the bits are
+/// the same. A transpose that makes it column-major (`k`'s, `[0, 2, 3, 1]`)
+/// stays a step: the GEMM picks its kernel by layout (small m against
+/// column-contiguous B sums in 16-lane partial sums), so the bits could
+/// differ.
+fn fold_transposes_into_matmul(
+    nodes: &[Node],
+    steps: &mut Vec<Step>,
+    output_slots: &[(String, usize)],
+) {
+    let mut readers: HashMap<usize, usize> = HashMap::new();
+    for st in steps.iter() {
+        for &s in &st.inputs {
+            *readers.entry(s).or_default() += 1;
+        }
+    }
+    let producer: HashMap<usize, usize> = steps
+        .iter()
+        .enumerate()
+        .flat_map(|(i, st)| st.outputs.iter().map(move |&s| (s, i)))
+        .collect();
+    let mut folded = vec![false; steps.len()];
+    for j in 0..steps.len() {
+        let StepKind::Node { node, .. } = &steps[j].kind else {
+            continue;
+        };
+        if !matches!(nodes[*node].op, Op::MatMul) || steps[j].inputs.len() != 2 {
+            continue;
+        }
+        for operand in 0..2 {
+            let s = steps[j].inputs[operand];
+            let Some(&t) = producer.get(&s) else {
+                continue;
+            };
+            let StepKind::Node { node: tn, .. } = &steps[t].kind else {
+                continue;
+            };
+            let Op::Transpose { perm: Some(perm) } = &nodes[*tn].op else {
+                continue;
+            };
+            let r = perm.len();
+            if r < 2
+                || perm[r - 1] != r - 1
+                || readers.get(&s) != Some(&1)
+                || output_slots.iter().any(|o| o.1 == s)
+            {
+                continue;
+            }
+            let (perm, source) = (perm.clone(), steps[t].inputs[0]);
+            let StepKind::Node {
+                prepared: Some(prepared),
+                ..
+            } = &mut steps[j].kind
+            else {
+                continue;
+            };
+            // A packed constant B came from a constant, never from a step.
+            if prepared.operand_perms[operand].is_some()
+                || (operand == 1 && prepared.packed.is_some())
+            {
+                continue;
+            }
+            prepared.operand_perms[operand] = Some(perm);
+            steps[j].inputs[operand] = source;
+            folded[t] = true;
+        }
+    }
+    let mut k = 0;
+    steps.retain(|_| {
+        k += 1;
+        !folded[k - 1]
+    });
+}
+
 /// What [`fuse_into_gemm_epilogue`] turns a follower step into.
 enum Fold {
     Activation(Activation),
@@ -638,6 +719,7 @@ fn prepare_gemm(
         accumulation,
         activation: Activation::Identity,
         scale: 1.0,
+        operand_perms: [None, None],
     })
 }
 

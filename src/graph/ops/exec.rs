@@ -80,7 +80,13 @@ pub(crate) fn execute(
     pool: &mut Pool,
     prepared: Option<&Prepared>,
 ) -> Result<Vec<Tensor>> {
-    let metas = output_metas(op, node, inputs)?;
+    let metas = match prepared {
+        Some(p) if p.operand_perms.iter().any(Option::is_some) => {
+            let logical = p.logical_inputs(inputs);
+            output_metas(op, node, &logical.iter().collect::<Vec<_>>())?
+        }
+        _ => output_metas(op, node, inputs)?,
+    };
     let limit = max_tensor_bytes();
     for (d, s) in &metas {
         if checked_bytes(*d, s).is_none_or(|b| b > limit) {

@@ -30,6 +30,9 @@ pub(crate) struct Prepared {
     /// A MatMul's product scale (`alpha`), from a following Mul by a
     /// scalar folded by compile; 1 otherwise.
     pub scale: f32,
+    /// A MatMul's operands (A, B) that are Transposes folded by compile:
+    /// the step reads the Transpose's input and views it under `perm`.
+    pub operand_perms: [Option<Vec<usize>>; 2],
 }
 
 impl Prepared {
@@ -42,6 +45,25 @@ impl Prepared {
     /// A node's fused activation; none when compile prepared nothing.
     fn activation(p: Option<&Prepared>) -> Activation {
         p.map_or(Activation::Identity, |p| p.activation)
+    }
+
+    /// The inputs as the op sees them, for its output shape: a folded
+    /// Transpose's input under its permutation (same elements, the shape
+    /// only; never read through).
+    pub(crate) fn logical_inputs<'a>(&self, inputs: &[&TensorView<'a>]) -> Vec<TensorView<'a>> {
+        inputs
+            .iter()
+            .enumerate()
+            .map(
+                |(i, t)| match self.operand_perms.get(i).and_then(Option::as_ref) {
+                    Some(p) => {
+                        let shape: Vec<usize> = p.iter().map(|&d| t.shape()[d]).collect();
+                        (*t).clone().with_shape(&shape)
+                    }
+                    None => (*t).clone(),
+                },
+            )
+            .collect()
     }
 
     /// A MatMul's folded scale; 1 when compile prepared nothing.
@@ -207,6 +229,72 @@ pub(crate) fn gemm_op(
     }
 }
 
+/// A MatMul operand as the product sees it: its shape and the element
+/// strides of each axis in its buffer (a folded Transpose permutes both).
+struct Operand {
+    shape: Vec<usize>,
+    strides: Vec<usize>,
+}
+
+impl Operand {
+    /// `t` under `perm` (none: as it is, 1-D promoted at `promote_at` as
+    /// numpy does: `[1, k]` for A, `[k, 1]` for B).
+    fn new(t: &TensorView<'_>, perm: Option<&[usize]>, promote_at: usize) -> Operand {
+        let shape = t.shape();
+        let mut strides = vec![1; shape.len()];
+        for i in (0..shape.len().saturating_sub(1)).rev() {
+            strides[i] = strides[i + 1] * shape[i + 1];
+        }
+        match perm {
+            Some(p) => Operand {
+                shape: p.iter().map(|&i| shape[i]).collect(),
+                strides: p.iter().map(|&i| strides[i]).collect(),
+            },
+            None if shape.len() == 1 => {
+                let mut o = Operand {
+                    shape: vec![shape[0]],
+                    strides: vec![1],
+                };
+                o.shape.insert(promote_at, 1);
+                o.strides.insert(promote_at, shape[0]);
+                o
+            }
+            None => Operand {
+                shape: shape.to_vec(),
+                strides,
+            },
+        }
+    }
+
+    /// The matrix at element `offset`: a `rows x cols` view of the last two
+    /// axes, one of which has stride 1 (compile folds only such Transposes).
+    fn matrix<'a, T: Element>(
+        &self,
+        data: &'a [T],
+        offset: usize,
+    ) -> std::result::Result<MatRef<'a, T>, gemm::GemmError> {
+        let r = self.shape.len();
+        let (rows, cols) = (self.shape[r - 2], self.shape[r - 1]);
+        let (rs, cs) = (self.strides[r - 2], self.strides[r - 1]);
+        let data = data.get(offset..).unwrap_or_default();
+        if cs == 1 || cols <= 1 {
+            MatRef::new(data, rows, cols, rs.max(cols))
+        } else {
+            MatRef::new(data, cols, rows, cs.max(rows)).map(MatRef::t)
+        }
+    }
+
+    /// Whether the buffer holds the operand's elements in row-major order.
+    fn contiguous(&self) -> bool {
+        let mut want = 1;
+        self.shape.iter().zip(&self.strides).rev().all(|(&d, &s)| {
+            let ok = d <= 1 || s == want;
+            want *= d;
+            ok
+        })
+    }
+}
+
 fn matmul_typed<T: Element + TensorElement>(
     node: &str,
     ins: &[&TensorView<'_>],
@@ -214,17 +302,9 @@ fn matmul_typed<T: Element + TensorElement>(
     prepared: Option<&Prepared>,
 ) -> Result<()> {
     let (a, b) = (ins[0], ins[1]);
-    // Promote 1-D operands as numpy does.
-    let ash: Vec<usize> = if a.shape().len() == 1 {
-        vec![1, a.shape()[0]]
-    } else {
-        a.shape().to_vec()
-    };
-    let bsh: Vec<usize> = if b.shape().len() == 1 {
-        vec![b.shape()[0], 1]
-    } else {
-        b.shape().to_vec()
-    };
+    let perm = |i: usize| prepared.and_then(|p| p.operand_perms[i].as_deref());
+    let (ao, bo) = (Operand::new(a, perm(0), 0), Operand::new(b, perm(1), 1));
+    let (ash, bsh) = (&ao.shape, &bo.shape);
     let (ra, rb) = (ash.len(), bsh.len());
     let (m, k, n) = (ash[ra - 2], ash[ra - 1], bsh[rb - 1]);
     let ad = a.as_slice::<T>()?;
@@ -235,7 +315,7 @@ fn matmul_typed<T: Element + TensorElement>(
     };
     let (isa, acc) = (active_isa(), Prepared::accumulation(prepared));
     let alpha = Prepared::scale(prepared);
-    if rb == 2 {
+    if rb == 2 && ao.contiguous() {
         // One GEMM over all rows of A: its batch dims are contiguous.
         let rows = ad.len() / k.max(1);
         let rows = if k == 0 { numel(&ash[..ra - 1]) } else { rows };
@@ -245,7 +325,9 @@ fn matmul_typed<T: Element + TensorElement>(
             Some(w) => gemm::gemm_packed(alpha, av, packed_as::<T>(w), 0.0, cv, &epi)
                 .map_err(|e| kerr(node, e)),
             None => {
-                let bv = MatRef::new(b.as_slice::<T>()?, k, n, n).map_err(|e| kerr(node, e))?;
+                let bv = bo
+                    .matrix(b.as_slice::<T>()?, 0)
+                    .map_err(|e| kerr(node, e))?;
                 gemm::gemm_at(isa, acc, alpha, av, bv, 0.0, cv, &epi).map_err(|e| kerr(node, e))
             }
         };
@@ -253,31 +335,26 @@ fn matmul_typed<T: Element + TensorElement>(
     let bd = b.as_slice::<T>()?;
     // Batched with broadcasting: walk the output batch index and map it to
     // the (possibly broadcast) batch offsets of A and B.
-    let abatch = &ash[..ra - 2];
-    let bbatch = &bsh[..rb - 2];
-    let r = abatch.len().max(bbatch.len());
-    let pad = |s: &[usize]| -> Vec<usize> {
-        let mut v = vec![1; r - s.len()];
-        v.extend_from_slice(s);
-        v
-    };
-    let (pa, pb) = (pad(abatch), pad(bbatch));
-    let obatch: Vec<usize> = (0..r).map(|i| pa[i].max(pb[i])).collect();
-    let strides = |s: &[usize]| -> Vec<usize> {
-        let mut st = vec![0; r];
-        let mut acc = 1;
-        for i in (0..r).rev() {
-            st[i] = if s[i] == 1 { 0 } else { acc };
-            acc *= s[i];
+    let r = (ra - 2).max(rb - 2);
+    // Per output batch axis, an operand's element stride (0 where it is
+    // broadcast or missing).
+    let batch_strides = |o: &Operand| -> (Vec<usize>, Vec<usize>) {
+        let lead = r - (o.shape.len() - 2);
+        let mut dims = vec![1; lead];
+        let mut st = vec![0; lead];
+        for (&d, &s) in o.shape.iter().zip(&o.strides).take(o.shape.len() - 2) {
+            dims.push(d);
+            st.push(if d == 1 { 0 } else { s });
         }
-        st
+        (dims, st)
     };
-    let (sa, sb) = (strides(&pa), strides(&pb));
+    let ((pa, sa), (pb, sb)) = (batch_strides(&ao), batch_strides(&bo));
+    let obatch: Vec<usize> = (0..r).map(|i| pa[i].max(pb[i])).collect();
     let nb = numel(&obatch);
     if m * n == 0 {
         return Ok(());
     }
-    // Output batch index -> the batch offsets of A and B.
+    // Output batch index -> the element offsets of A's and B's matrices.
     let unravel = |mut bi: usize| {
         let (mut ia, mut ib) = (0, 0);
         for i in (0..r).rev() {
@@ -290,10 +367,8 @@ fn matmul_typed<T: Element + TensorElement>(
     };
     let one = |bi: usize, c: &mut [T]| -> Result<()> {
         let (ia, ib) = unravel(bi);
-        let av =
-            MatRef::new(&ad[ia * m * k..(ia + 1) * m * k], m, k, k).map_err(|e| kerr(node, e))?;
-        let bv =
-            MatRef::new(&bd[ib * k * n..(ib + 1) * k * n], k, n, n).map_err(|e| kerr(node, e))?;
+        let av = ao.matrix(ad, ia).map_err(|e| kerr(node, e))?;
+        let bv = bo.matrix(bd, ib).map_err(|e| kerr(node, e))?;
         let cv = MatMut::new(c, m, n, n).map_err(|e| kerr(node, e))?;
         gemm::gemm_at(isa, acc, alpha, av, bv, 0.0, cv, &epi).map_err(|e| kerr(node, e))
     };
