@@ -372,6 +372,9 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
             let (img, band) = (image(item / layout.bands), item % layout.bands);
             layout.fill(cin, band, cells, |ci, iy, row, lo, hi, first| {
                 let src = &img[(ci * h + iy) * wd..(ci * h + iy + 1) * wd];
+                if ci + 1 < cin {
+                    prefetch_row(&img[((ci + 1) * h + iy) * wd..][..wd]);
+                }
                 if sw == 1 {
                     widen_into(isa, &src[first..first + hi - lo], &mut row[lo..hi]);
                 } else {
@@ -578,4 +581,19 @@ fn direct_pieces(
         }
     }
     Some(pieces)
+}
+
+/// Asks for the lines of `row` (the same input row of the next channel,
+/// which the band copy reads one channel later): a batch's images come
+/// from L3 or memory, and the copy otherwise waits on each line in turn
+/// (8x64x56x56 3x3 conv, one thread: 18.99-19.17 -> 18.84-18.87 ms).
+fn prefetch_row<T>(row: &[T]) {
+    use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+    let bytes = std::mem::size_of_val(row);
+    let p = row.as_ptr().cast::<i8>();
+    for off in (0..bytes).step_by(64).chain(bytes.checked_sub(1)) {
+        // SAFETY: a prefetch has no architectural effect and cannot fault;
+        // the address is inside `row` anyway.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off)) };
+    }
 }
