@@ -495,9 +495,9 @@ impl Graph {
 ///
 /// A view step (Reshape, Flatten, ...) between the two is kept and moved
 /// after the fold. Steps are taken in order, so a Relu after a folded Mul
-/// folds too. The
-/// GEMM step keeps its node's name, so profiles and the tuner's per-node
-/// costs count the followers' (now nil) time in the GEMM node.
+/// folds too. The GEMM step keeps its node's name, so profiles and the
+/// tuner's per-node costs count the followers' (now nil) time in the GEMM
+/// node.
 fn fuse_into_gemm_epilogue(
     nodes: &[Node],
     steps: &mut Vec<Step>,
@@ -505,17 +505,7 @@ fn fuse_into_gemm_epilogue(
     consts: &[Option<Arc<Tensor>>],
     output_slots: &[(String, usize)],
 ) {
-    let mut readers: HashMap<usize, usize> = HashMap::new();
-    for st in steps.iter() {
-        for &s in &st.inputs {
-            *readers.entry(s).or_default() += 1;
-        }
-    }
-    let mut producer: HashMap<usize, usize> = steps
-        .iter()
-        .enumerate()
-        .flat_map(|(i, st)| st.outputs.iter().map(move |&s| (s, i)))
-        .collect();
+    let (readers, mut producer) = readers_and_producers(steps);
     let rank0_f32 = |s: usize| {
         consts[s]
             .as_deref()
@@ -590,11 +580,7 @@ fn fuse_into_gemm_epilogue(
         producer.insert(out, writer);
         fused[i] = true;
     }
-    let mut k = 0;
-    steps.retain(|_| {
-        k += 1;
-        !fused[k - 1]
-    });
+    remove_steps(steps, &fused);
 }
 
 /// Folds each Transpose read only by one MatMul (not a graph output) into
@@ -612,17 +598,7 @@ fn fold_transposes_into_matmul(
     steps: &mut Vec<Step>,
     output_slots: &[(String, usize)],
 ) {
-    let mut readers: HashMap<usize, usize> = HashMap::new();
-    for st in steps.iter() {
-        for &s in &st.inputs {
-            *readers.entry(s).or_default() += 1;
-        }
-    }
-    let producer: HashMap<usize, usize> = steps
-        .iter()
-        .enumerate()
-        .flat_map(|(i, st)| st.outputs.iter().map(move |&s| (s, i)))
-        .collect();
+    let (readers, producer) = readers_and_producers(steps);
     let mut folded = vec![false; steps.len()];
     for j in 0..steps.len() {
         let StepKind::Node { node, .. } = &steps[j].kind else {
@@ -669,10 +645,31 @@ fn fold_transposes_into_matmul(
             folded[t] = true;
         }
     }
+    remove_steps(steps, &folded);
+}
+
+/// How many steps read each slot, and which step writes it.
+fn readers_and_producers(steps: &[Step]) -> (HashMap<usize, usize>, HashMap<usize, usize>) {
+    let mut readers: HashMap<usize, usize> = HashMap::new();
+    for st in steps {
+        for &s in &st.inputs {
+            *readers.entry(s).or_default() += 1;
+        }
+    }
+    let producer = steps
+        .iter()
+        .enumerate()
+        .flat_map(|(i, st)| st.outputs.iter().map(move |&s| (s, i)))
+        .collect();
+    (readers, producer)
+}
+
+/// Drops the steps flagged in `removed` (indexed like `steps`).
+fn remove_steps(steps: &mut Vec<Step>, removed: &[bool]) {
     let mut k = 0;
     steps.retain(|_| {
         k += 1;
-        !folded[k - 1]
+        !removed[k - 1]
     });
 }
 

@@ -239,9 +239,11 @@ pub(super) struct DirectStore {
     /// Output element of tile row 0 that lane 0 of a piece with offset 0
     /// would hit; row `i` is `ldc` elements further.
     pub c: *mut f32,
+    /// Output row stride (elements).
     pub ldc: usize,
     /// Bias of tile row `i` at `row_bias[i]`, if any.
     pub row_bias: Option<*const f32>,
+    /// Whether ReLU follows the bias.
     pub relu: bool,
     /// Per vector (16 lanes each), its pieces: the lanes that go to one
     /// output row, and the element offset of lane 0 for that row; unused
@@ -254,7 +256,7 @@ impl DirectStore {
     /// the tile's last k block: a batch's output has left the cache, and
     /// the epilogue's stores would otherwise wait for every line in turn
     /// (about 3% of a 3x3 convolution over a batch of eight 56x56 images;
-    /// into L1 instead, the k loop's operands push them out again).
+    /// prefetching into L1, or for writing, measured less).
     #[inline]
     pub(super) fn prefetch(&self, rows: usize) {
         for i in 0..rows {
