@@ -8,7 +8,7 @@
 
 mod graph_common;
 
-use graph_common::{Rng, fixed};
+use graph_common::{Rng, bits_and_steps, fixed};
 use mixprec::graph::{
     CompileOptions, ConvAttrs, DType, Graph, GraphBuilder, PrecisionPlan, Tensor,
 };
@@ -73,22 +73,7 @@ fn run(
         keep_all_steps: unfused,
         ..Default::default()
     };
-    let model = g
-        .compile_with(&PrecisionPlan::all(g, ty), &options)
-        .unwrap();
-    let (out, profile) = model.run_profiled(&[("x", x)]).unwrap();
-    let mut outs: Vec<(String, Vec<u32>)> = out
-        .into_iter()
-        .map(|(k, t)| (k, t.to_f32_vec().iter().map(|v| v.to_bits()).collect()))
-        .collect();
-    outs.sort();
-    let relus = profile
-        .entries
-        .iter()
-        .filter(|e| e.op_type == "Relu")
-        .map(|e| e.name.clone())
-        .collect();
-    (outs, relus)
+    bits_and_steps(g, ty, &options, &[("x", x)], "Relu")
 }
 
 /// The names of a compiled model's steps of the given op types.

@@ -7,8 +7,8 @@
 
 mod graph_common;
 
-use graph_common::{Rng, fixed};
-use mixprec::graph::{CompileOptions, DType, Graph, GraphBuilder, PrecisionPlan, Tensor};
+use graph_common::{Rng, bits_and_steps, fixed};
+use mixprec::graph::{CompileOptions, DType, Graph, GraphBuilder, Tensor};
 use mixprec::kernels::FloatType;
 
 /// Attention-like products over `q`, `k`, `v` of shape [2, 5, 3, 4]
@@ -52,22 +52,7 @@ fn run(
         keep_all_steps,
         ..Default::default()
     };
-    let model = g
-        .compile_with(&PrecisionPlan::all(g, ty), &options)
-        .unwrap();
-    let (out, profile) = model.run_profiled(feeds).unwrap();
-    let mut outs: Vec<(String, Vec<u32>)> = out
-        .into_iter()
-        .map(|(k, t)| (k, t.to_f32_vec().iter().map(|v| v.to_bits()).collect()))
-        .collect();
-    outs.sort();
-    let transposes = profile
-        .entries
-        .iter()
-        .filter(|e| e.op_type == "Transpose")
-        .map(|e| e.name.clone())
-        .collect();
-    (outs, transposes)
+    bits_and_steps(g, ty, &options, feeds, "Transpose")
 }
 
 #[test]

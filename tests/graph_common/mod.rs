@@ -1,7 +1,7 @@
 //! Helpers shared by the graph tests: a seeded RNG, single-op graphs, comparisons.
 #![allow(dead_code)]
 
-use mixprec::graph::{DType, Dim, GraphBuilder, Op, PrecisionPlan, Tensor};
+use mixprec::graph::{CompileOptions, DType, Dim, Graph, GraphBuilder, Op, PrecisionPlan, Tensor};
 use mixprec::kernels::FloatType;
 
 /// xorshift64*: deterministic test data without extra dependencies.
@@ -159,4 +159,30 @@ pub fn bcast_shape(a: &[usize], b: &[usize]) -> Vec<usize> {
 
 pub fn dtype_of(t: &Tensor) -> DType {
     t.dtype()
+}
+
+/// Compiles `g` under an all-`ty` plan with `options` and runs it on
+/// `feeds`: the outputs as (name, f32 bit patterns) sorted by name, and
+/// the names of the steps of op type `op_type` that ran, in order.
+pub fn bits_and_steps(
+    g: &Graph,
+    ty: FloatType,
+    options: &CompileOptions,
+    feeds: &[(&str, &Tensor)],
+    op_type: &str,
+) -> (Vec<(String, Vec<u32>)>, Vec<String>) {
+    let model = g.compile_with(&PrecisionPlan::all(g, ty), options).unwrap();
+    let (out, profile) = model.run_profiled(feeds).unwrap();
+    let mut outs: Vec<(String, Vec<u32>)> = out
+        .into_iter()
+        .map(|(k, t)| (k, t.to_f32_vec().iter().map(|v| v.to_bits()).collect()))
+        .collect();
+    outs.sort();
+    let steps = profile
+        .entries
+        .iter()
+        .filter(|e| e.op_type == op_type)
+        .map(|e| e.name.clone())
+        .collect();
+    (outs, steps)
 }
