@@ -321,12 +321,13 @@ pub(super) unsafe fn run<T: Element, O: Element>(
     let mc = MR * mc_tiles(m.div_ceil(MR), nblocks, threads);
     let mblocks = m.div_ceil(mc);
     let apack = &*apack;
+    let per_tile_store = ep.per_tile_store();
     parallel_for(threads, mblocks * nblocks, mc * nc, |item, ws| {
         let (i0, j0) = ((item / nblocks) * mc, (item % nblocks) * nc);
         let (mcb, ncb) = (mc.min(m - i0), nc.min(n - j0));
         for pc in (0..kp).step_by(KCP) {
             let kcp = KCP.min(kp - pc);
-            let last = pc + kcp == kp;
+            let last = pc + kcp == kp && per_tile_store;
             for q in 0..ncb.div_ceil(NR) {
                 let panel = j0 / NR + q;
                 let bptr = bpack[panel * kp * NR + pc * NR..].as_ptr();
@@ -348,6 +349,11 @@ pub(super) unsafe fn run<T: Element, O: Element>(
                     }
                 }
             }
+        }
+        if !per_tile_store {
+            // SAFETY: the workspace holds the block's mcb rows at stride nc;
+            // rows i0.., columns j0.. of C belong to this item.
+            unsafe { ep.store_block(ws.as_ptr(), nc, mcb, ncb, cp.get(), ldc, (i0, j0)) };
         }
     });
     put_buf(&PACK_A, abuf);

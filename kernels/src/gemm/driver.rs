@@ -324,8 +324,39 @@ impl Ep<'_> {
         }
     }
 
+    /// Whether tiles are stored as they finish. A GELU epilogue is stored
+    /// once per block instead ([`Ep::store_block`]): stored per 32-column
+    /// tile, its calls added 2.5 ms to fc1 of a BERT-base layer (512x768 by
+    /// 768x3072, one thread), where a separate GELU step takes 1.
+    pub(super) fn per_tile_store(&self) -> bool {
+        self.gelu().is_none()
+    }
+
+    /// Stores a finished `rows x cols` block of accumulators (workspace at
+    /// stride `ldw`) in 64-column pieces.
+    ///
+    /// # Safety
+    /// As [`Ep::store`] for the whole block.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn store_block<O: Element>(
+        &self,
+        ws: *const f32,
+        ldw: usize,
+        rows: usize,
+        cols: usize,
+        c: *mut O,
+        ldc: usize,
+        (i0, j0): (usize, usize),
+    ) {
+        for c0 in (0..cols).step_by(64) {
+            let piece = 64.min(cols - c0);
+            // SAFETY: the piece lies in the block (caller's contract).
+            unsafe { self.store(ws.add(c0), ldw, rows, piece, c, ldc, (i0, j0 + c0)) };
+        }
+    }
+
     /// The elementwise op of a GELU activation.
-    pub(super) fn gelu(&self) -> Option<UnaryOp> {
+    fn gelu(&self) -> Option<UnaryOp> {
         match self.act {
             Activation::GeluErf => Some(UnaryOp::GeluErf),
             Activation::GeluTanh => Some(UnaryOp::GeluTanh),
@@ -698,10 +729,7 @@ fn large<T: Element, O: Element>(
     let nblocks = n.div_ceil(nc);
     let mc = mr * mc_tiles(tiles, nblocks, threads);
     let mblocks = m.div_ceil(mc);
-    // A GELU epilogue runs once per block, in 64-column pieces: stored per
-    // 32-column tile, its calls added 2.5 ms to fc1 of a BERT-base layer
-    // (512x768 by 768x3072, one thread), where a separate GELU step takes 1.
-    let per_tile_store = ep.gelu().is_none();
+    let per_tile_store = ep.per_tile_store();
     parallel_for(threads, mblocks * nblocks, mc * nc, |item, ws| {
         let (ib, jb) = (item / nblocks, item % nblocks);
         let (i0, j0) = (ib * mc, jb * nc);
@@ -730,21 +758,9 @@ fn large<T: Element, O: Element>(
             }
         }
         if !per_tile_store {
-            for c0 in (0..ncb).step_by(64) {
-                // SAFETY: the workspace holds the block's mcb rows at stride nc;
-                // rows i0.., columns j0+c0.. of C belong to this item.
-                unsafe {
-                    ep.store(
-                        ws[c0..].as_ptr(),
-                        nc,
-                        mcb,
-                        64.min(ncb - c0),
-                        cp.get(),
-                        ldc,
-                        (i0, j0 + c0),
-                    )
-                };
-            }
+            // SAFETY: the workspace holds the block's mcb rows at stride nc;
+            // rows i0.., columns j0.. of C belong to this item.
+            unsafe { ep.store_block(ws.as_ptr(), nc, mcb, ncb, cp.get(), ldc, (i0, j0)) };
         }
     });
     put_buf(&PACK_A, apack);
