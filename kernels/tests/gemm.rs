@@ -10,11 +10,9 @@ use mixprec_kernels::gemm::{
 };
 use proptest::prelude::*;
 
-const U: f64 = 1.0 / (1u64 << 24) as f64;
-
 mod gemm_common;
 
-use gemm_common::{Lcg, Stored, act64, store_err};
+use gemm_common::{Lcg, Stored, reference};
 
 struct Case {
     m: usize,
@@ -43,37 +41,18 @@ fn check<T: Element, O: Element>(
     ep: &Epilogue,
     what: &str,
 ) {
-    let (rel, abs) = store_err::<O>();
     for i in 0..case.m {
         for j in 0..case.n {
-            let (mut acc, mut mag) = (0.0f64, 0.0f64);
-            for p in 0..case.k {
-                acc += a.at(i, p) * b.at(p, j);
-                mag += (a.at(i, p) * b.at(p, j)).abs();
-            }
-            let alpha = case.alpha as f64;
-            let (acc, mag) = if case.alpha == 0.0 {
-                (0.0, 0.0)
-            } else {
-                (alpha * acc, alpha.abs() * mag)
-            };
-            let old = if case.beta != 0.0 {
-                case.beta as f64 * c0[i * ldc + j].to_f32() as f64
-            } else {
-                0.0
-            };
-            let bj =
-                ep.bias.map_or(0.0, |b| b[j] as f64) + ep.row_bias.map_or(0.0, |b| b[i] as f64);
-            let pre = acc + old + bj;
-            // The two biases are separate rounded additions: a partial sum is
-            // as large as either bias even when they cancel.
-            let bias_abs = ep.bias.map_or(0.0, |b| (b[j] as f64).abs())
-                + ep.row_bias.map_or(0.0, |b| (b[i] as f64).abs());
-            let pre_tol = 2.0 * (case.k as f64 + 2.0) * U * mag
-                + 8.0 * U * (acc.abs() + old.abs() + bias_abs);
-            let (want, slope) = act64(case.act, pre);
-            let tol =
-                slope * pre_tol + 8.0 * U * want.abs() + 2.0 * (rel * want.abs() + abs) + 1e-30;
+            let (want, tol) = reference::<T, O>(
+                a,
+                b,
+                (i, j, case.k),
+                case.alpha,
+                case.beta,
+                c0[i * ldc + j].to_f32(),
+                ep,
+                0.0,
+            );
             let got = c[i * ldc + j].to_f32() as f64;
             assert!(
                 (got - want).abs() <= tol,

@@ -4,7 +4,57 @@
 #![allow(dead_code)]
 
 use mixprec_kernels::Element;
-use mixprec_kernels::gemm::{Activation, MatRef};
+use mixprec_kernels::gemm::{Activation, Epilogue, MatRef};
+
+/// f32 unit roundoff.
+pub const U: f64 = 1.0 / (1u64 << 24) as f64;
+
+/// The f64 reference of C[i, j] and the tolerance a path must meet:
+/// `2(k+2)u|alpha|(|A||B|)` for the f32 accumulation, plus `extra` (a
+/// path's own term, e.g. Bf16Dot's flushed subnormals), plus the epilogue's
+/// rounded additions, the activation's slope and the store's rounding of
+/// type `O`. `c_old` is C's old value (read when `beta != 0`).
+#[allow(clippy::too_many_arguments)]
+pub fn reference<T: Element, O: Element>(
+    a: &Stored<T>,
+    b: &Stored<T>,
+    (i, j, k): (usize, usize, usize),
+    alpha: f32,
+    beta: f32,
+    c_old: f32,
+    ep: &Epilogue,
+    extra: f64,
+) -> (f64, f64) {
+    let (rel, abs) = store_err::<O>();
+    let (mut acc, mut mag) = (0.0f64, 0.0f64);
+    for p in 0..k {
+        acc += a.at(i, p) * b.at(p, j);
+        mag += (a.at(i, p) * b.at(p, j)).abs();
+    }
+    let alpha = alpha as f64;
+    let (acc, mag) = if alpha == 0.0 {
+        (0.0, 0.0)
+    } else {
+        (alpha * acc, alpha.abs() * mag)
+    };
+    let old = if beta != 0.0 {
+        beta as f64 * c_old as f64
+    } else {
+        0.0
+    };
+    let bj = ep.bias.map_or(0.0, |b| b[j] as f64) + ep.row_bias.map_or(0.0, |b| b[i] as f64);
+    let pre = acc + old + bj;
+    // The two biases are separate rounded additions: a partial sum is as
+    // large as either bias even when they cancel.
+    let bias_abs = ep.bias.map_or(0.0, |b| (b[j] as f64).abs())
+        + ep.row_bias.map_or(0.0, |b| (b[i] as f64).abs());
+    let pre_tol = 2.0 * (k as f64 + 2.0) * U * mag
+        + alpha.abs() * extra
+        + 8.0 * U * (acc.abs() + old.abs() + bias_abs);
+    let (want, slope) = act64(ep.activation, pre);
+    let tol = slope * pre_tol + 8.0 * U * want.abs() + 2.0 * (rel * want.abs() + abs) + 1e-30;
+    (want, tol)
+}
 
 /// Small deterministic generator so fixed cases need no proptest.
 pub struct Lcg(pub u64);
