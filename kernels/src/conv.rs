@@ -28,7 +28,10 @@
 //!   stride phase (f32, or bf16 channel pairs), and the GEMM's 14 x 32
 //!   micro-kernels read each k row of B straight from it (see
 //!   `gemm/conv.rs`). This removes the im2col write (9x the image for 3x3)
-//!   and the GEMM's packing of it.
+//!   and the GEMM's packing of it. With f32 output and an epilogue of only
+//!   `row_bias` and ReLU (a Conv+Relu), the f32 tiles apply it to their
+//!   registers and store straight into the output rows (the same bits as
+//!   the general epilogue, which runs otherwise).
 //! * Otherwise (`scalar`, `avx2`): im2col into a buffer of the input type,
 //!   then [`gemm::gemm_at`].
 //!
