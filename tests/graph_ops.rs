@@ -1017,3 +1017,63 @@ fn shape_subgraph_on_fixed_shapes_folds_at_build() {
     let xt = iota(&[2, 4, 3]);
     assert_eq!(model.run(&[("x", &xt)]).unwrap()["y"].shape(), &[2, 12]);
 }
+
+/// Every permutation of a rank-4 tensor with odd sizes (tiles of the
+/// transpose path end part-way), for 4- and 2-byte elements, against the
+/// definition `y[i0, i1, i2, i3] = x[..]` with `x`'s axis `perm[k]` at `ik`.
+#[test]
+fn transpose_matches_the_definition_for_every_perm() {
+    let shape = [3usize, 17, 5, 19];
+    let n: usize = shape.iter().product();
+    let xf: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let x32 = Tensor::from_f32(&shape, &xf).unwrap();
+    let xbf: Vec<half::bf16> = (0..n)
+        .map(|i| half::bf16::from_f32((i % 256) as f32))
+        .collect();
+    let x16 = Tensor::from_bf16(&shape, &xbf).unwrap();
+    let st = [
+        shape[1] * shape[2] * shape[3],
+        shape[2] * shape[3],
+        shape[3],
+        1,
+    ];
+    let mut perms = Vec::new();
+    for a in 0..4 {
+        for b in 0..4 {
+            for c in 0..4 {
+                for d in 0..4 {
+                    let p = [a, b, c, d];
+                    if (0..4).all(|v| p.contains(&v)) {
+                        perms.push(p);
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(perms.len(), 24);
+    for p in perms {
+        for x in [&x32, &x16] {
+            let y = run_op(
+                Op::Transpose {
+                    perm: Some(p.to_vec()),
+                },
+                &[("x", x, false)],
+            );
+            let out: Vec<usize> = p.iter().map(|&a| shape[a]).collect();
+            assert_eq!(y.shape(), &out[..], "{p:?}");
+            let (xv, yv) = (x.to_f32_vec(), y.to_f32_vec());
+            let mut o = 0;
+            for i0 in 0..out[0] {
+                for i1 in 0..out[1] {
+                    for i2 in 0..out[2] {
+                        for i3 in 0..out[3] {
+                            let src = i0 * st[p[0]] + i1 * st[p[1]] + i2 * st[p[2]] + i3 * st[p[3]];
+                            assert_eq!(yv[o], xv[src], "{p:?} {:?} at {o}", y.dtype());
+                            o += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
