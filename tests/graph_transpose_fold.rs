@@ -52,7 +52,7 @@ fn run(
         keep_all_steps,
         ..Default::default()
     };
-    bits_and_steps(g, ty, &options, feeds, "Transpose")
+    bits_and_steps(g, ty, &options, feeds, &["Transpose"])
 }
 
 #[test]

@@ -163,13 +163,13 @@ pub fn dtype_of(t: &Tensor) -> DType {
 
 /// Compiles `g` under an all-`ty` plan with `options` and runs it on
 /// `feeds`: the outputs as (name, f32 bit patterns) sorted by name, and
-/// the names of the steps of op type `op_type` that ran, in order.
+/// the names of the steps of the given op types that ran, in order.
 pub fn bits_and_steps(
     g: &Graph,
     ty: FloatType,
     options: &CompileOptions,
     feeds: &[(&str, &Tensor)],
-    op_type: &str,
+    op_types: &[&str],
 ) -> (Vec<(String, Vec<u32>)>, Vec<String>) {
     let model = g.compile_with(&PrecisionPlan::all(g, ty), options).unwrap();
     let (out, profile) = model.run_profiled(feeds).unwrap();
@@ -181,7 +181,7 @@ pub fn bits_and_steps(
     let steps = profile
         .entries
         .iter()
-        .filter(|e| e.op_type == op_type)
+        .filter(|e| op_types.contains(&e.op_type))
         .map(|e| e.name.clone())
         .collect();
     (outs, steps)
