@@ -83,8 +83,8 @@ impl Default for Budget {
 
 /// Runs `mixprec bench`.
 pub fn run(args: &BenchArgs, out: &mut impl Write) -> Result<(), CliError> {
-    if args.model.is_some() {
-        let rows = measure_model(args)?;
+    if let Some(case) = ModelCase::new(args)? {
+        let rows = model_rows(&case)?;
         let result = if args.json {
             rows.iter()
                 .try_for_each(|m| writeln!(out, "{}", m.to_json()))
@@ -93,7 +93,7 @@ pub fn run(args: &BenchArgs, out: &mut impl Write) -> Result<(), CliError> {
         };
         result.map_err(CliError::Output)?;
         if args.profile {
-            write_model_profile(args, out)?;
+            write_model_profile(&case, out)?;
         }
         return Ok(());
     }
@@ -180,16 +180,20 @@ pub const THROUGHPUT_UNIT: &str = "samples/s";
 /// at the active ISA level, on `--data` (or the demo's test images, or
 /// synthetic inputs of `--batch` samples).
 pub fn measure_model(args: &BenchArgs) -> Result<Vec<Measurement>, CliError> {
-    let Some(case) = ModelCase::new(args)? else {
-        return Ok(Vec::new());
-    };
+    match ModelCase::new(args)? {
+        Some(case) => model_rows(&case),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The latency and throughput rows of [`measure_model`].
+fn model_rows(case: &ModelCase) -> Result<Vec<Measurement>, CliError> {
     let (graph, batch) = (&case.loaded.graph, case.batch);
     let refs = case.refs();
     let isa = mixprec_kernels::isa::active_isa().name();
     let mut rows = Vec::new();
-    for (name, plan) in &case.plans {
-        let compiled = model::compile(graph, plan, name)?;
-        let secs = model::median_latency(&compiled, &refs, 101, Duration::from_secs(1))?;
+    for (name, plan, compiled) in &case.plans {
+        let secs = model::median_latency(compiled, &refs, 101, Duration::from_secs(1))?;
         let shape = format!(
             "model={} batch={batch} plan={name} ({})",
             case.loaded.label,
@@ -215,10 +219,15 @@ pub fn measure_model(args: &BenchArgs) -> Result<Vec<Measurement>, CliError> {
     Ok(rows)
 }
 
-/// What `bench --model` runs: the model, fp32 and the plan, the inputs.
+/// What `bench --model` runs: the model, fp32 and the plan (each compiled
+/// once, for the latency table and the profile), the inputs.
 struct ModelCase {
     loaded: model::LoadedModel,
-    plans: Vec<(String, crate::graph::PrecisionPlan)>,
+    plans: Vec<(
+        String,
+        crate::graph::PrecisionPlan,
+        crate::graph::CompiledModel,
+    )>,
     inputs: Vec<(String, crate::graph::Tensor)>,
     batch: usize,
 }
@@ -254,6 +263,13 @@ impl ModelCase {
             .first()
             .and_then(|(_, t)| t.shape().first().copied())
             .unwrap_or(1);
+        let plans = plans
+            .into_iter()
+            .map(|(name, plan)| {
+                let compiled = model::compile(&loaded.graph, &plan, &name)?;
+                Ok((name, plan, compiled))
+            })
+            .collect::<Result<_, CliError>>()?;
         Ok(Some(ModelCase {
             loaded,
             plans,
@@ -276,13 +292,9 @@ const PROFILE_NODES: usize = 10;
 /// [`PROFILE_RUNS`] runs spent its time, by op type and by node. Steps that
 /// compile folds into a GEMM (see `CompileOptions::keep_all_steps`) count
 /// in the GEMM's node.
-pub fn write_model_profile(args: &BenchArgs, out: &mut impl Write) -> Result<(), CliError> {
-    let Some(case) = ModelCase::new(args)? else {
-        return Ok(());
-    };
+fn write_model_profile(case: &ModelCase, out: &mut impl Write) -> Result<(), CliError> {
     let refs = case.refs();
-    for (name, plan) in &case.plans {
-        let compiled = model::compile(&case.loaded.graph, plan, name)?;
+    for (name, _, compiled) in &case.plans {
         let mut best: Option<crate::graph::Profile> = None;
         for _ in 0..PROFILE_RUNS {
             let (_, p) = compiled
