@@ -532,12 +532,10 @@ fn fuse_into_gemm_epilogue(
             }
             _ => continue,
         };
-        let only_reader =
-            |s: usize| readers.get(&s) == Some(&1) && !output_slots.iter().any(|o| o.1 == s);
         let Some(&p) = producer.get(&s) else {
             continue;
         };
-        if !only_reader(s) {
+        if !read_once(&readers, output_slots, s) {
             continue;
         }
         // Through one view step (an ONNX Gemm is 2-D, so a 3-D activation
@@ -547,7 +545,7 @@ fn fuse_into_gemm_epilogue(
             StepKind::Node { node, .. } if is_view_op(&nodes[*node].op) => {
                 let s0 = steps[p].inputs[0];
                 match producer.get(&s0) {
-                    Some(&j) if only_reader(s0) => (j, Some(p)),
+                    Some(&j) if read_once(&readers, output_slots, s0) => (j, Some(p)),
                     _ => continue,
                 }
             }
@@ -619,11 +617,7 @@ fn fold_transposes_into_matmul(
                 continue;
             };
             let r = perm.len();
-            if r < 2
-                || perm[r - 1] != r - 1
-                || readers.get(&s) != Some(&1)
-                || output_slots.iter().any(|o| o.1 == s)
-            {
+            if r < 2 || perm[r - 1] != r - 1 || !read_once(&readers, output_slots, s) {
                 continue;
             }
             let (perm, source) = (perm.clone(), steps[t].inputs[0]);
@@ -662,6 +656,12 @@ fn readers_and_producers(steps: &[Step]) -> (HashMap<usize, usize>, HashMap<usiz
         .flat_map(|(i, st)| st.outputs.iter().map(move |&s| (s, i)))
         .collect();
     (readers, producer)
+}
+
+/// Whether slot `s` is read by exactly one step and is not a graph output:
+/// the only condition under which its producer may be folded into the reader.
+fn read_once(readers: &HashMap<usize, usize>, output_slots: &[(String, usize)], s: usize) -> bool {
+    readers.get(&s) == Some(&1) && !output_slots.iter().any(|o| o.1 == s)
 }
 
 /// Drops the steps flagged in `removed` (indexed like `steps`).
