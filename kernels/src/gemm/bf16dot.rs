@@ -327,7 +327,9 @@ pub(super) unsafe fn run<T: Element, O: Element>(
         let (mcb, ncb) = (mc.min(m - i0), nc.min(n - j0));
         for pc in (0..kp).step_by(KCP) {
             let kcp = KCP.min(kp - pc);
-            let last = pc + kcp == kp && per_tile_store;
+            // Tiles are stored as they finish their last k block, unless the
+            // epilogue is stored per block below.
+            let store_tile = pc + kcp == kp && per_tile_store;
             for q in 0..ncb.div_ceil(NR) {
                 let panel = j0 / NR + q;
                 let bptr = bpack[panel * kp * NR + pc * NR..].as_ptr();
@@ -341,7 +343,7 @@ pub(super) unsafe fn run<T: Element, O: Element>(
                     // stride nc inside mc x nc and `rows <= MR`; the caller checked
                     // AVX512-BF16.
                     unsafe { TILES[rows - 1](kcp, aptr, bptr, wsp, nc, pc > 0) };
-                    if last {
+                    if store_tile {
                         let cols = NR.min(ncb - q * NR);
                         let (r0, c0) = (t * MR, j0 + q * NR);
                         // SAFETY: rows r0..r0+rows, columns c0..c0+cols of C belong to this item.

@@ -736,7 +736,9 @@ fn large<T: Element, O: Element>(
         let (mcb, ncb) = (mc.min(m - i0), nc.min(n - j0));
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
-            let last = pc + kc == k && per_tile_store;
+            // Tiles are stored as they finish their last k block, unless the
+            // epilogue is stored per block below.
+            let store_tile = pc + kc == k && per_tile_store;
             for q in 0..ncb.div_ceil(NR) {
                 let panel = (j0 / NR) + q;
                 let bptr = bpack[panel * k * NR + pc * NR..].as_ptr();
@@ -748,7 +750,7 @@ fn large<T: Element, O: Element>(
                     // SAFETY: the A block holds rows x kc f32 at row stride KC, the B panel
                     // kc*NR from pc*NR on; the workspace tile is rows x NR at stride nc.
                     unsafe { (kern.big_tile)(rows, kc, aptr, bptr, wsp, nc, pc > 0) };
-                    if last {
+                    if store_tile {
                         let cols = NR.min(ncb - q * NR);
                         let (r0, c0) = (t * mr, j0 + q * NR);
                         // SAFETY: rows r0..r0+rows, columns c0..c0+cols of C belong to this item.
