@@ -181,6 +181,26 @@ impl Layout {
         offs
     }
 
+    /// The output runs of the wide pixels `from..to` of the band starting at
+    /// output row `oy0`: `(wide pixel, columns, output pixel)` for each part
+    /// of the span that lies in one output row (wide pixels `y * wq ..
+    /// y * wq + ow` are output row `oy0 + y`; the columns past `ow` are
+    /// dropped).
+    fn output_runs(
+        &self,
+        oy0: usize,
+        from: usize,
+        to: usize,
+    ) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        let (wq, ow) = (self.wq, self.ow);
+        let rows = (from / wq)..to.div_ceil(wq);
+        rows.filter_map(move |y| {
+            let lo = from.max(y * wq);
+            let hi = to.min(y * wq + ow);
+            (hi > lo).then(|| (lo, hi - lo, (oy0 + y) * ow + lo - y * wq))
+        })
+    }
+
     /// Cells a band's copy needs: the last tile's dropped columns read past
     /// the last row, so the buffer extends to every offset plus all tiles.
     fn cells(&self, groups: usize, offs: &[usize]) -> usize {
@@ -452,7 +472,7 @@ fn drive<O: Element>(
     ) + Sync,
 ) {
     let direct = if direct { ep.row_bias_relu() } else { None };
-    let (wq, oh, ow) = (layout.wq, layout.oh, layout.ow);
+    let (wq, oh) = (layout.wq, layout.oh);
     let mc = mr * MC_TILES;
     let ldw = TILES_PER_PASS * NT;
     let items = out.count * layout.bands;
@@ -512,30 +532,23 @@ fn drive<O: Element>(
                             }
                             // Scatter the tile's wide pixels to their output rows,
                             // dropping the columns past out_w.
-                            let end = (jw + NT).min(wide);
-                            let mut j = jw;
-                            while j < end {
-                                let (yl, ox) = (j / wq, j % wq);
-                                let run_end = end.min((yl + 1) * wq);
-                                if ox < ow {
-                                    let cols = (run_end - j).min(ow - ox);
-                                    // SAFETY: the workspace row segment lies in the
-                                    // tile; rows t*mr.., columns (oy0+yl)*ow+ox.. of
-                                    // output `img` belong to this item (its image and
-                                    // band) and are in bounds.
-                                    unsafe {
-                                        ep.store(
-                                            wsp.add(j - jw),
-                                            ldw,
-                                            rows,
-                                            cols,
-                                            c,
-                                            out.ldc,
-                                            (t * mr, (oy0 + yl) * ow + ox),
-                                        )
-                                    };
-                                }
-                                j = run_end;
+                            for (j, cols, pixel) in layout.output_runs(oy0, jw, (jw + NT).min(wide))
+                            {
+                                // SAFETY: the workspace row segment lies in the tile;
+                                // rows t*mr.., output pixels pixel.. of output `img`
+                                // belong to this item (its image and band) and are in
+                                // bounds.
+                                unsafe {
+                                    ep.store(
+                                        wsp.add(j - jw),
+                                        ldw,
+                                        rows,
+                                        cols,
+                                        c,
+                                        out.ldc,
+                                        (t * mr, pixel),
+                                    )
+                                };
                             }
                         }
                     }
@@ -556,28 +569,15 @@ fn direct_pieces(
     jw: usize,
     wide: usize,
 ) -> Option<[[(u16, isize); MAX_PIECES]; 2]> {
-    let (wq, ow) = (layout.wq, layout.ow);
     let mut pieces = [[(0u16, 0isize); MAX_PIECES]; 2];
     for (v, slots) in pieces.iter_mut().enumerate() {
         let start = jw + 16 * v;
-        let end = (start + 16).min(wide);
-        let mut used = 0;
-        let mut j = start;
-        while j < end {
-            let yl = j / wq;
-            // Wide pixels yl*wq .. yl*wq + ow are output row oy0 + yl.
-            let lo = j;
-            let hi = end.min(yl * wq + ow);
-            if hi > lo {
-                let slot = slots.get_mut(used)?;
-                used += 1;
-                let lanes = ((1u32 << (hi - lo)) - 1) << (lo - start);
-                // Lane i holds wide pixel start + i = yl*wq + ox: output
-                // pixel (oy0 + yl)*ow + ox = lane 0's offset + i.
-                let offset = ((oy0 + yl) * ow) as isize + start as isize - (yl * wq) as isize;
-                *slot = (lanes as u16, offset);
-            }
-            j = (yl + 1) * wq;
+        let mut used = slots.iter_mut();
+        for (j, cols, pixel) in layout.output_runs(oy0, start, (start + 16).min(wide)) {
+            // Lane i holds wide pixel start + i: lanes j - start.. go to
+            // output pixels pixel.., so lane 0's offset is pixel - (j - start).
+            let lanes = ((1u32 << cols) - 1) << (j - start);
+            *used.next()? = (lanes as u16, pixel as isize - (j - start) as isize);
         }
     }
     Some(pieces)
