@@ -423,9 +423,17 @@ pub fn for_each_part(parts: usize, f: impl Fn(usize) + Sync) {
 /// The number of threads GEMM may use (default: the available cores).
 pub fn num_threads() -> usize {
     match NUM_THREADS.load(Ordering::Relaxed) {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        0 => available_cores(),
         n => n,
     }
+}
+
+/// The available cores, asked once: `available_parallelism` reads cgroup
+/// files under /proc on Linux (~30 us a call), which every small GEMM, cast
+/// and elementwise step of a graph run paid before this was cached.
+fn available_cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Where B comes from: a strided view or a [`PackedB`].
