@@ -1,5 +1,6 @@
 //! Per-step time of an ONNX model under an all-f32 and an all-bf16 plan:
-//! `cargo run --release --example profile_model -- model.onnx [batch] [--keep-all-steps]`.
+//! `cargo run --release --example profile_model -- model.onnx [batch] [--keep-all-steps] [--steps]`
+//! (`--steps`: every step in execution order, not only the totals per op type).
 //! Prints the steps that take the most time, grouped by op type;
 //! `--keep-all-steps` keeps the steps compile would fold into GEMMs.
 
@@ -15,10 +16,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         keep_all_steps: args.iter().any(|a| a == "--keep-all-steps"),
         ..Default::default()
     };
-    args.retain(|a| a != "--keep-all-steps");
+    let every_step = args.iter().any(|a| a == "--steps");
+    args.retain(|a| a != "--keep-all-steps" && a != "--steps");
     let path = args
         .get(1)
-        .ok_or("usage: profile_model MODEL.onnx [BATCH] [--keep-all-steps]")?;
+        .ok_or("usage: profile_model MODEL.onnx [BATCH] [--keep-all-steps] [--steps]")?;
     let batch: usize = args.get(2).map_or(Ok(1), |b| b.parse())?;
     let model = load(path, &ImportOptions::default())?;
     let inputs = model.graph.synthetic_inputs(batch)?;
@@ -51,6 +53,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("{ty:?}: total {:.2} ms", p.total_seconds * 1e3);
         for (op, (s, n)) in rows {
             println!("  {op:<20} {n:>4} steps {:>8.2} ms", s * 1e3);
+        }
+        if every_step {
+            for e in &p.entries {
+                let (ms, op, name) = (e.seconds * 1e3, e.op_type, &e.name);
+                println!("    {ms:8.3} ms  {op:<20} {name}");
+            }
         }
     }
     Ok(())
