@@ -13,7 +13,7 @@ use mixprec_kernels::conv::{Conv2dShape, ConvError, conv2d, conv2d_at, conv2d_ba
 use mixprec_kernels::gemm::{
     self, Accumulation, Activation, Epilogue, GemmError, MatMut, MatRef, set_num_threads,
 };
-use mixprec_kernels::{Element, Isa};
+use mixprec_kernels::{Element, Isa, active_isa};
 use proptest::prelude::*;
 
 /// A convolution case: geometry, output channels and data.
@@ -22,6 +22,10 @@ struct Case {
     shape: Conv2dShape,
     out_channels: usize,
     seed: u64,
+    /// Whether about one value in 30 of the image and the weights is NaN or
+    /// infinite: wherever padding is read, the result must still be that of
+    /// a zero, whatever lies next to the image in memory.
+    non_finite: bool,
 }
 
 impl Case {
@@ -33,11 +37,18 @@ impl Case {
     }
     fn data<T: Element>(&self) -> (Vec<T>, Vec<T>) {
         let mut rng = Lcg(self.seed);
+        let mut value = |i: usize| {
+            let x = rng.next();
+            match i % 30 {
+                0 if self.non_finite => [f32::NAN, f32::INFINITY, -f32::INFINITY][i / 30 % 3],
+                _ => x,
+            }
+        };
         let image = (0..self.shape.image_len().unwrap())
-            .map(|_| T::from_f32(rng.next()))
+            .map(|i| T::from_f32(value(i)))
             .collect();
         let weights = (0..self.out_channels * self.k())
-            .map(|_| T::from_f32(rng.next()))
+            .map(|i| T::from_f32(value(i + 7)))
             .collect();
         (image, weights)
     }
@@ -246,6 +257,7 @@ fn case(
         },
         out_channels: cout,
         seed,
+        non_finite: false,
     })
 }
 
@@ -266,8 +278,63 @@ fn arb_case() -> impl Strategy<Value = Case> {
         })
 }
 
+/// Stride 1 and an output as wide as the input (any kernel, dilation and
+/// split of the width's padding; any height padding): the f32 path then
+/// reads the image in place, masking the padding per tap, so these cases
+/// also draw images whose widths are below, at and above one 16-lane
+/// vector, and NaN or infinite values next to the padding.
+fn arb_same_width_case() -> impl Strategy<Value = Case> {
+    (
+        (1usize..8, 1usize..9, 1usize..40),
+        ([1usize..5, 1usize..5], [1usize..4, 1usize..4]),
+        (0usize..4, 0usize..3, 0usize..=100),
+        (
+            prop_oneof![1usize..17, 17usize..40],
+            any::<u64>(),
+            any::<bool>(),
+        ),
+    )
+        .prop_filter_map(
+            "kernel taller than the padded image",
+            |(
+                (cin, h, w),
+                (kernel, dilation),
+                (pad_top, pad_bottom, left),
+                (cout, seed, non_finite),
+            )| {
+                let span = |d: usize| dilation[d] * (kernel[d] - 1) + 1;
+                let oh = (h + pad_top + pad_bottom + 1).checked_sub(span(0))?;
+                // Left padding anywhere in 0..span; the right takes the rest.
+                let pad_left = left * span(1) / 101;
+                Some(Case {
+                    shape: Conv2dShape {
+                        in_channels: cin,
+                        in_size: [h, w],
+                        kernel,
+                        stride: [1, 1],
+                        dilation,
+                        pad_begin: [pad_top, pad_left],
+                        out_size: [oh.max(1), w],
+                    },
+                    out_channels: cout,
+                    seed,
+                    non_finite,
+                })
+                .filter(|_| oh > 0)
+            },
+        )
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn same_width_convolutions_equal_gemm_on_im2col_every_level(c in arb_same_width_case()) {
+        for isa in Isa::available() {
+            check_f32_path::<f32, f32>(isa, &c);
+        }
+        check_batch::<f32>(&c, Accumulation::F32, active_isa());
+    }
 
     #[test]
     fn conv_equals_gemm_on_im2col_every_level(c in arb_case()) {
