@@ -118,33 +118,42 @@ unsafe fn tile<
     }
 }
 
-/// Large-m tile: `mr <= MR` rows by 32 columns of an f32 panel (row stride 32),
-/// as two 16-column halves.
+/// Large-m tile: `mr <= MR` rows by 32 columns of a B panel (row stride 32)
+/// of element type `bt` (bf16/f16 widened in-register, exact), as two
+/// 16-column halves.
 ///
 /// # Safety
-/// As [`tile`] with `cols = 32`, `b_rs = 32`, and the CPU supports AVX2/FMA/F16C.
+/// As [`tile`] with `cols = 32`, `b_rs = 32` (B of type `bt`), and the CPU
+/// supports AVX2/FMA/F16C.
+#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn big_tile(
+    bt: FloatType,
     mr: usize,
     kc: usize,
     a: *const f32,
-    b: *const f32,
+    b: *const u8,
     out: *mut f32,
     ldo: usize,
     load: bool,
 ) {
+    let size = if bt == FloatType::F32 { 4 } else { 2 };
     for half in 0..2 {
         // SAFETY: the second half starts 16 columns into the panel and the tile.
-        let (b, out) = unsafe { (b.add(16 * half).cast::<u8>(), out.add(16 * half)) };
+        let (b, out) = unsafe { (b.add(16 * half * size), out.add(16 * half)) };
         macro_rules! go {
-            ($($n:literal)*) => {
+            ($bt:expr, $($n:literal)*) => {
                 match mr {
                     // SAFETY: forwarded from the caller's contract.
-                    $($n => unsafe { tile::<$n, 2, F32, KC, 1>(kc, a, b, 32, 16, out, ldo, load) },)*
+                    $($n => unsafe { tile::<$n, 2, $bt, KC, 1>(kc, a, b, 32, 16, out, ldo, load) },)*
                     _ => unreachable!("tile rows {mr} > {MR}"),
                 }
             };
         }
-        go!(1 2 3 4 5 6)
+        match tag(bt) {
+            F32 => go!(F32, 1 2 3 4 5 6),
+            BF16 => go!(BF16, 1 2 3 4 5 6),
+            _ => go!(F16, 1 2 3 4 5 6),
+        }
     }
 }
 

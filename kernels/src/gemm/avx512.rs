@@ -144,31 +144,38 @@ unsafe fn tile<
 }
 
 /// Large-m tile: `mr <= MR` rows (A row-major at stride `KC`) by 32 columns
-/// of an f32 B panel (row stride 32).
+/// of a B panel (row stride 32) of element type `bt`: f32, or bf16/f16
+/// widened in-register (exact), so a packed bf16/f16 B is read where it lies
+/// instead of being widened into an f32 copy per call.
 ///
 /// # Safety
-/// As [`tile`] with `cols = 32`, `b_rs = 32`, and the CPU supports AVX-512 F/BW/VL.
+/// As [`tile`] with `cols = 32`, `b_rs = 32` (B of type `bt`), and the CPU
+/// supports AVX-512 F/BW/VL.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn big_tile(
+    bt: FloatType,
     mr: usize,
     kc: usize,
     a: *const f32,
-    b: *const f32,
+    b: *const u8,
     out: *mut f32,
     ldo: usize,
     load: bool,
 ) {
-    let b = b.cast::<u8>();
     macro_rules! go {
-        ($($n:literal)*) => {
+        ($bt:expr, $($n:literal)*) => {
             match mr {
                 // SAFETY: forwarded from the caller's contract.
-                $($n => unsafe { tile::<$n, 2, F32, KC, 1>(kc, a, b, 32, 32, out, ldo, load) },)*
+                $($n => unsafe { tile::<$n, 2, $bt, KC, 1>(kc, a, b, 32, 32, out, ldo, load) },)*
                 _ => unreachable!("tile rows {mr} > {MR}"),
             }
         };
     }
-    go!(1 2 3 4 5 6 7 8 9 10 11 12 13 14)
+    match tag(bt) {
+        F32 => go!(F32, 1 2 3 4 5 6 7 8 9 10 11 12 13 14),
+        BF16 => go!(BF16, 1 2 3 4 5 6 7 8 9 10 11 12 13 14),
+        _ => go!(F16, 1 2 3 4 5 6 7 8 9 10 11 12 13 14),
+    }
 }
 
 /// Where a convolution tile's B row `p` (32 f32, two vectors) comes from.

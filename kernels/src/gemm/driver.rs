@@ -48,8 +48,10 @@ pub(super) struct Kernels {
     pub mr: usize,
     /// Columns one `small_tile` call covers at most.
     pub small_cols: usize,
-    /// `(mr, kc, a, b, out, ldo, load)`: an `mr x 32` tile over an f32 panel.
-    pub big_tile: unsafe fn(usize, usize, *const f32, *const f32, *mut f32, usize, bool),
+    /// `(bt, mr, kc, a, b, out, ldo, load)`: an `mr x 32` tile over a panel
+    /// of element type `bt`.
+    #[allow(clippy::type_complexity)]
+    pub big_tile: unsafe fn(FloatType, usize, usize, *const f32, *const u8, *mut f32, usize, bool),
     /// `(bt, mr, k, a, b, b_rs, cols, out, ldo)`: small-m rows over strided B rows.
     #[allow(clippy::type_complexity)]
     pub small_tile:
@@ -699,14 +701,18 @@ fn large<T: Element, O: Element>(
     // B as f32 panels: an f32 PackedB is used in place, anything else is
     // packed (and widened) into a reused buffer.
     let mut bbuf = Vec::new();
-    let bpack: &[f32] = match b {
-        BSource::Packed(pb) if T::DTYPE == FloatType::F32 => bytemuck::cast_slice(&pb.data),
-        _ => {
+    // A packed B is read in its own type (bf16/f16 widened by the kernel):
+    // widening a packed bf16/f16 B into f32 panels on every call cost more
+    // than the GEMM saved (an f16 plan ran slower than f32).
+    let (bpack, bt): (&[u8], FloatType) = match b {
+        BSource::Packed(pb) => (bytemuck::cast_slice(&pb.data), T::DTYPE),
+        BSource::View(_) => {
             bbuf = take_buf(&PACK_B, n.div_ceil(NR) * NR * k);
             pack_b_f32(ep.isa, threads, b, &mut bbuf);
-            &bbuf
+            (bytemuck::cast_slice(&bbuf), FloatType::F32)
         }
     };
+    let size = if bt == FloatType::F32 { 4 } else { 2 };
     // A as f32 row tiles of `mr` rows, each cut into k blocks of KC columns
     // stored row-major with row stride KC: block `b` of tile `t` starts at
     // `(t * kb + b) * mr * KC`, so the kernels broadcast at constant offsets.
@@ -741,15 +747,16 @@ fn large<T: Element, O: Element>(
             let store_tile = pc + kc == k && per_tile_store;
             for q in 0..ncb.div_ceil(NR) {
                 let panel = (j0 / NR) + q;
-                let bptr = bpack[panel * k * NR + pc * NR..].as_ptr();
+                let bptr = bpack[(panel * k * NR + pc * NR) * size..].as_ptr();
                 for tl in 0..mcb.div_ceil(mr) {
                     let t = i0 / mr + tl;
                     let rows = mr.min(m - t * mr);
                     let aptr = apack[(t * kb + pc / KC) * mr * KC..].as_ptr();
                     let wsp = ws[tl * mr * nc + q * NR..].as_mut_ptr();
                     // SAFETY: the A block holds rows x kc f32 at row stride KC, the B panel
-                    // kc*NR from pc*NR on; the workspace tile is rows x NR at stride nc.
-                    unsafe { (kern.big_tile)(rows, kc, aptr, bptr, wsp, nc, pc > 0) };
+                    // kc*NR elements of type bt from pc*NR on; the workspace tile is rows
+                    // x NR at stride nc.
+                    unsafe { (kern.big_tile)(bt, rows, kc, aptr, bptr, wsp, nc, pc > 0) };
                     if store_tile {
                         let cols = NR.min(ncb - q * NR);
                         let (r0, c0) = (t * mr, j0 + q * NR);
