@@ -222,6 +222,88 @@ fn check_bf16dot(case: &Case) {
     }
 }
 
+/// The Bf16Dot conv finishes f32 and bf16 outputs from its registers
+/// (bias, ReLU, bf16 rounding): bit for bit the GEMM's general epilogue on
+/// the channel-pair im2col, including rows whose sum is exactly zero and
+/// whose bias is subnormal (rounded to bf16 by the integer path, since
+/// `VCVTNE2PS2BF16` flushes subnormals) or NaN, with and without ReLU.
+#[test]
+fn bf16dot_direct_stores_round_as_the_conversions_do() {
+    if !bf16dot_available() {
+        eprintln!("skipping: no AVX512-BF16 on this CPU");
+        return;
+    }
+    let c = case(6, [9, 11], [3, 3], [1, 1], [1, 1], [1, 1], 0, 20, 11).unwrap();
+    let (image, mut weights) = c.data::<bf16>();
+    let (m, k, n) = (c.out_channels, c.k(), c.positions());
+    // Rows 0..4 multiply by zero weights: their sum is +0 and the bias is
+    // the result.
+    weights[..4 * k].fill(bf16::ZERO);
+    let (mut row_bias, _) = epilogue_data(&c);
+    row_bias[..4].copy_from_slice(&[f32::from_bits(1), -1.0e-40, 3.0e-39, f32::NAN]);
+    let taps = c.shape.kernel[0] * c.shape.kernel[1];
+    let kq = c.shape.in_channels.div_ceil(2) * 2 * taps;
+    let col = im2col(&c.shape, &image);
+    let mut colq = vec![bf16::ZERO; kq * n];
+    let mut wq = vec![bf16::ZERO; m * kq];
+    for ch in 0..c.shape.in_channels {
+        for tap in 0..taps {
+            let (from, to) = (ch * taps + tap, ((ch / 2) * taps + tap) * 2 + ch % 2);
+            colq[to * n..(to + 1) * n].copy_from_slice(&col[from * n..(from + 1) * n]);
+            for i in 0..m {
+                wq[i * kq + to] = weights[i * k + from];
+            }
+        }
+    }
+    fn run<O: Element>(
+        c: &Case,
+        image: &[bf16],
+        (weights, wq, colq): (&[bf16], &[bf16], &[bf16]),
+        epi: &Epilogue,
+    ) -> (Vec<u32>, Vec<u32>) {
+        let (m, k, n) = (c.out_channels, c.k(), c.positions());
+        let kq = wq.len() / m;
+        let mut got = vec![O::from_f32(-7.0); m * n];
+        conv2d_at(
+            Isa::Avx512CoreBf16,
+            Accumulation::Bf16Dot,
+            &c.shape,
+            image,
+            MatRef::new(weights, m, k, k).unwrap(),
+            MatMut::new(&mut got, m, n, n).unwrap(),
+            epi,
+        )
+        .unwrap();
+        let want: Vec<O> = gemm_on(
+            Isa::Avx512CoreBf16,
+            Accumulation::Bf16Dot,
+            wq,
+            colq,
+            (m, kq, n),
+            epi,
+        );
+        let bits = |v: &[O]| v.iter().map(|x| x.to_f32().to_bits()).collect();
+        (bits(&got), bits(&want))
+    }
+    for activation in [Activation::Identity, Activation::Relu] {
+        let epi = Epilogue {
+            row_bias: Some(&row_bias),
+            activation,
+            ..Default::default()
+        };
+        let data = (&weights[..], &wq[..], &colq[..]);
+        let (got, want) = run::<bf16>(&c, &image, data, &epi);
+        assert_eq!(got, want, "bf16 output, {activation:?}");
+        // The subnormal biases survive as bf16 subnormals, not zeros.
+        assert!(
+            activation == Activation::Relu || got[n] != 0,
+            "row 1 flushed"
+        );
+        let (got, want) = run::<f32>(&c, &image, data, &epi);
+        assert_eq!(got, want, "f32 output, {activation:?}");
+    }
+}
+
 fn bf16dot_available() -> bool {
     Isa::available().any(|i| i == Isa::Avx512CoreBf16)
 }

@@ -118,6 +118,31 @@ pub(super) fn f32_to_bf16(src: &[f32], dst: &mut [u16]) {
     }
 }
 
+/// The bf16 of 32 f32 lanes (`a` then `b`) as 32 u16, with the bits of every
+/// f32 -> bf16 path: `VCVTNE2PS2BF16` (RNE, NaN quieted) except on lanes
+/// with a zero exponent, where the instruction flushes subnormals to zero
+/// and the integer RNE is taken instead. Shared by the conversion and by
+/// epilogues that round a tile's registers straight to bf16.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16")]
+pub(crate) fn bf16_x32(a: __m512, b: __m512) -> __m512i {
+    let exponent = _mm512_set1_epi32(0x7F80_0000);
+    // SAFETY: __m512bh and __m512i are both 512 plain bits; the transmute
+    // only relabels the lanes.
+    let hw: __m512i = unsafe { std::mem::transmute(_mm512_cvtne2ps_pbh(b, a)) };
+    let (ai, bi) = (_mm512_castps_si512(a), _mm512_castps_si512(b));
+    // Lanes with a zero exponent (zeros and subnormals): the hardware
+    // flushed the subnormals, so take the integer result there.
+    let za = _mm512_testn_epi32_mask(ai, exponent);
+    let zb = _mm512_testn_epi32_mask(bi, exponent);
+    if (za | zb) == 0 {
+        hw
+    } else {
+        let lanes = (za as u32) | ((zb as u32) << 16);
+        _mm512_mask_blend_epi16(lanes, hw, bf16_round_32(ai, bi))
+    }
+}
+
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16")]
 pub(super) fn f32_to_bf16_native(src: &[f32], dst: &mut [u16]) {
     let n = src.len().min(dst.len());
@@ -129,7 +154,6 @@ pub(super) fn f32_to_bf16_native(src: &[f32], dst: &mut [u16]) {
     };
     scalar::f32_to_bf16(&src[..head], &mut dst[..head]);
     let mut i = head;
-    let exponent = _mm512_set1_epi32(0x7F80_0000);
     while i + 32 <= n {
         // SAFETY: i + 32 <= n bounds both 64-byte loads and the 64-byte store;
         // when streaming, dst + i is 64-byte aligned. __m512bh and __m512i are
@@ -137,19 +161,7 @@ pub(super) fn f32_to_bf16_native(src: &[f32], dst: &mut [u16]) {
         unsafe {
             let a = _mm512_loadu_ps(src.as_ptr().add(i));
             let b = _mm512_loadu_ps(src.as_ptr().add(i + 16));
-            let hw: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(b, a));
-            let (ai, bi) = (_mm512_castps_si512(a), _mm512_castps_si512(b));
-            // Lanes with a zero exponent (zeros and subnormals): the hardware
-            // flushed the subnormals, so take the integer result there.
-            let za = _mm512_testn_epi32_mask(ai, exponent);
-            let zb = _mm512_testn_epi32_mask(bi, exponent);
-            let out = if (za | zb) == 0 {
-                hw
-            } else {
-                let lanes = (za as u32) | ((zb as u32) << 16);
-                _mm512_mask_blend_epi16(lanes, hw, bf16_round_32(ai, bi))
-            };
-            store(dst.as_mut_ptr().add(i).cast(), out, stream);
+            store(dst.as_mut_ptr().add(i).cast(), bf16_x32(a, b), stream);
         }
         i += 32;
     }
@@ -164,13 +176,7 @@ pub(super) fn f32_to_bf16_native(src: &[f32], dst: &mut [u16]) {
         unsafe {
             let a = _mm512_maskz_loadu_ps(ma, src.as_ptr().add(i));
             let b = _mm512_maskz_loadu_ps(mb, src.as_ptr().wrapping_add(i + 16));
-            let hw: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(b, a));
-            let (ai, bi) = (_mm512_castps_si512(a), _mm512_castps_si512(b));
-            let za = _mm512_testn_epi32_mask(ai, exponent);
-            let zb = _mm512_testn_epi32_mask(bi, exponent);
-            let lanes = (za as u32) | ((zb as u32) << 16);
-            let out = _mm512_mask_blend_epi16(lanes, hw, bf16_round_32(ai, bi));
-            _mm512_mask_storeu_epi16(dst.as_mut_ptr().add(i).cast(), m32, out);
+            _mm512_mask_storeu_epi16(dst.as_mut_ptr().add(i).cast(), m32, bf16_x32(a, b));
         }
     }
 }

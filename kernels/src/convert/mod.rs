@@ -47,6 +47,8 @@
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use avx512::bf16_x32;
 mod scalar;
 
 use half::{bf16, f16};

@@ -345,16 +345,20 @@ unsafe fn gather_tile<const MR_: usize, R: ConvRows>(
 /// Most output rows one 16-lane vector of a [`DirectStore`] may touch.
 pub(super) const MAX_PIECES: usize = 3;
 
-/// A convolution tile's epilogue done from its registers into f32 output:
-/// `relu?(acc + row_bias[i])`, the operations (and bits) of the general
-/// epilogue with `alpha = 1`, `beta = 0` and no column bias. The tile's
-/// pixels are consecutive "wide" pixels that map to at most
-/// [`MAX_PIECES`] runs of output columns per vector; each run is one masked
-/// store. It saves the workspace round trip and a scatter call per run.
+/// A convolution tile's epilogue done from its registers into f32 or bf16
+/// output: `relu?(acc + row_bias[i])`, rounded to bf16 for bf16 output, the
+/// operations (and bits) of the general epilogue with `alpha = 1`,
+/// `beta = 0` and no column bias. The tile's pixels are consecutive "wide"
+/// pixels that map to at most [`MAX_PIECES`] runs of output columns per
+/// vector; each run is one masked store. It saves the workspace round trip
+/// and a scatter call per run.
 pub(super) struct DirectStore {
     /// Output element of tile row 0 that lane 0 of a piece with offset 0
-    /// would hit; row `i` is `ldc` elements further.
-    pub c: *mut f32,
+    /// would hit; row `i` is `ldc` elements further. Its element type is
+    /// `out`.
+    pub c: *mut u8,
+    /// The output's element type: f32 or bf16.
+    pub out: FloatType,
     /// Output row stride (elements).
     pub ldc: usize,
     /// Bias of tile row `i` at `row_bias[i]`, if any.
@@ -368,6 +372,14 @@ pub(super) struct DirectStore {
 }
 
 impl DirectStore {
+    /// Output element `offset` of tile row `i` (as a byte pointer; the
+    /// address is not dereferenced here).
+    fn at(&self, i: usize, offset: isize) -> *mut u8 {
+        let size = if self.out == FloatType::F32 { 4 } else { 2 };
+        let elem = (i * self.ldc) as isize + offset;
+        self.c.wrapping_offset(elem * size)
+    }
+
     /// Asks for the output lines of the first `rows` rows into L2, ahead of
     /// the tile's last k block: a batch's output has left the cache, and
     /// the epilogue's stores would otherwise wait for every line in turn
@@ -376,7 +388,6 @@ impl DirectStore {
     #[inline]
     pub(super) fn prefetch(&self, rows: usize) {
         for i in 0..rows {
-            let c_row = self.c.wrapping_add(i * self.ldc);
             for &(lanes, offset) in self.pieces.iter().flatten() {
                 if lanes == 0 {
                     continue;
@@ -386,47 +397,97 @@ impl DirectStore {
                 for lane in [first, last] {
                     // SAFETY: a prefetch has no architectural effect and
                     // cannot fault, whatever the address.
-                    unsafe {
-                        _mm_prefetch::<_MM_HINT_T1>(c_row.wrapping_offset(lane).cast::<i8>())
-                    };
+                    unsafe { _mm_prefetch::<_MM_HINT_T1>(self.at(i, lane).cast::<i8>()) };
                 }
             }
         }
     }
 
-    /// Finishes and stores the tile.
-    ///
-    /// # Safety
-    /// Every lane of every piece addresses a writable f32 of the output
-    /// (`c + i * ldc + offset + lane` for rows `i < MR_`); `row_bias`, if
-    /// given, holds `MR_` values; the CPU supports AVX-512 F/BW/VL.
+    /// `relu?(x + row_bias)`, as `Ep::bias_relu` (no column bias).
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-    unsafe fn store<const MR_: usize>(&self, acc: &[[__m512; 2]; MR_]) {
+    fn finished(&self, x: __m512, row_bias: Option<__m512>) -> __m512 {
+        let x = row_bias.map_or(x, |b| _mm512_add_ps(x, b));
+        if self.relu {
+            // epilogue::relu: x where x > 0 or NaN (not <=), else +0.
+            _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_NLE_UQ>(x, _mm512_setzero_ps()), x)
+        } else {
+            x
+        }
+    }
+
+    /// Row `i`'s bias as a vector.
+    ///
+    /// # Safety
+    /// `row_bias`, if given, holds more than `i` values.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn row_bias(&self, i: usize) -> Option<__m512> {
+        // SAFETY: the caller guarantees row_bias holds the value.
+        self.row_bias.map(|b| _mm512_set1_ps(unsafe { *b.add(i) }))
+    }
+
+    /// Finishes and stores an f32 tile.
+    ///
+    /// # Safety
+    /// `out` is f32; every lane of every piece addresses a writable f32 of
+    /// the output (`c + i * ldc + offset + lane` for rows `i < MR_`);
+    /// `row_bias`, if given, holds `MR_` values; the CPU supports AVX-512
+    /// F/BW/VL.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    pub(super) unsafe fn store<const MR_: usize>(&self, acc: &[[__m512; 2]; MR_]) {
+        debug_assert_eq!(self.out, FloatType::F32);
         for (i, row) in acc.iter().enumerate() {
-            // SAFETY: the caller guarantees row_bias holds MR_ values.
-            let bias = self.row_bias.map(|b| _mm512_set1_ps(unsafe { *b.add(i) }));
-            let c_row = self.c.wrapping_add(i * self.ldc);
+            // SAFETY: forwarded from the caller's contract.
+            let bias = unsafe { self.row_bias(i) };
             for (v, &x) in row.iter().enumerate() {
-                let mut x = x;
-                if let Some(b) = bias {
-                    x = _mm512_add_ps(x, b);
-                }
-                if self.relu {
-                    // epilogue::relu: x where x > 0 or NaN (not <=), else +0.
-                    x = _mm512_maskz_mov_ps(
-                        _mm512_cmp_ps_mask::<_CMP_NLE_UQ>(x, _mm512_setzero_ps()),
-                        x,
-                    );
-                }
+                let y = self.finished(x, bias);
                 for &(lanes, offset) in &self.pieces[v] {
+                    let c = self.at(i, offset).cast::<f32>();
                     // SAFETY: the lanes of the piece are output elements
                     // (caller's contract); masked-off lanes are not accessed.
                     unsafe {
                         if lanes == 0xFFFF {
-                            _mm512_storeu_ps(c_row.wrapping_offset(offset), x);
+                            _mm512_storeu_ps(c, y);
                         } else if lanes != 0 {
-                            _mm512_mask_storeu_ps(c_row.wrapping_offset(offset), lanes, x);
+                            _mm512_mask_storeu_ps(c, lanes, y);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Finishes and stores a tile into f32 or bf16 output (`out`), rounding
+    /// to bf16 as the conversions do ([`crate::convert::bf16_x32`]).
+    ///
+    /// # Safety
+    /// As [`DirectStore::store`] with elements of type `out`, and the CPU
+    /// supports AVX-512 F/BW/DQ/VL and BF16.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16")]
+    pub(super) unsafe fn store_any<const MR_: usize>(&self, acc: &[[__m512; 2]; MR_]) {
+        if self.out == FloatType::F32 {
+            // SAFETY: forwarded from the caller's contract.
+            return unsafe { self.store(acc) };
+        }
+        for (i, row) in acc.iter().enumerate() {
+            // SAFETY: forwarded from the caller's contract.
+            let bias = unsafe { self.row_bias(i) };
+            let y =
+                crate::convert::bf16_x32(self.finished(row[0], bias), self.finished(row[1], bias));
+            let halves = [_mm512_castsi512_si256(y), _mm512_extracti64x4_epi64::<1>(y)];
+            for (v, half) in halves.into_iter().enumerate() {
+                for &(lanes, offset) in &self.pieces[v] {
+                    let c = self.at(i, offset).cast::<__m256i>();
+                    // SAFETY: the lanes of the piece are output elements
+                    // (caller's contract); masked-off lanes are not accessed.
+                    unsafe {
+                        if lanes == 0xFFFF {
+                            _mm256_storeu_si256(c, half);
+                        } else if lanes != 0 {
+                            _mm256_mask_storeu_epi16(c.cast(), lanes, half);
                         }
                     }
                 }

@@ -15,6 +15,7 @@
 
 use std::arch::x86_64::*;
 
+use super::avx512::DirectStore;
 use super::driver::{Ep, PAR_MIN_FLOPS, SendPtr, mc_tiles};
 use super::pack::{Layout, NR};
 use super::threads::{parallel_for, put_buf, take_buf};
@@ -102,8 +103,11 @@ unsafe fn tile<const R: usize>(
 ///
 /// # Safety
 /// As [`tile`], except that `offs` holds `kcp` offsets and the 32 pairs at
-/// `b + offs[q]` are readable for each `q`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+/// `b + offs[q]` are readable for each `q`; with `finish` the tile is
+/// finished into the output instead of `out` ([`DirectStore::store_any`]'s
+/// contract), after this k block, which must be the last.
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn gather_tile<const R: usize>(
     kcp: usize,
     a: *const u32,
@@ -112,6 +116,7 @@ unsafe fn gather_tile<const R: usize>(
     out: *mut f32,
     ldo: usize,
     load: bool,
+    finish: Option<&DirectStore>,
 ) {
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
     // SAFETY: every access stays within the extents the caller guarantees.
@@ -135,6 +140,10 @@ unsafe fn gather_tile<const R: usize>(
             }
             ap = ap.add(MR);
         }
+        if let Some(d) = finish {
+            d.store_any(&acc);
+            return;
+        }
         for (i, row) in acc.iter().enumerate() {
             for (v, x) in row.iter().enumerate() {
                 _mm512_storeu_ps(out.add(i * ldo + 16 * v), *x);
@@ -144,8 +153,16 @@ unsafe fn gather_tile<const R: usize>(
 }
 
 /// A convolution micro-kernel for a given number of real rows.
-pub(super) type GatherTileFn =
-    unsafe fn(usize, *const u32, *const u32, *const usize, *mut f32, usize, bool);
+pub(super) type GatherTileFn = unsafe fn(
+    usize,
+    *const u32,
+    *const u32,
+    *const usize,
+    *mut f32,
+    usize,
+    bool,
+    Option<&DirectStore>,
+);
 
 /// `GATHER_TILES[r - 1]` computes `r` rows.
 pub(super) const GATHER_TILES: [GatherTileFn; MR] = [

@@ -458,7 +458,8 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
             bf16dot::KCP,
             mr,
             len,
-            false,
+            // f32 or bf16 output can be finished from the registers.
+            matches!(O::DTYPE, FloatType::F32 | FloatType::Bf16),
             |item, cells| {
                 let cells: &mut [u32] = bytemuck::cast_slice_mut(cells);
                 let (img, band) = (image(item / layout.bands), item % layout.bands);
@@ -478,12 +479,14 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
                 });
                 cells.as_ptr().cast()
             },
-            |t, rows, pc, kc, b, _, wsp, ldw, load, _| {
+            |t, rows, pc, kc, b, _, wsp, ldw, load, finish| {
                 // SAFETY: the A tile holds kp*MR pairs from t*kp*MR on; offs holds kc
                 // offsets from pc on and `b` is the tile's wide pixel jw of the band's
                 // copy with offs[q] + jw + 32 <= len, so every B load is in the copy;
-                // the workspace tile is rows x 32 at stride ldw; the caller checked
-                // AVX512-BF16.
+                // the workspace tile is rows x 32 at stride ldw; `finish` is given for
+                // the last k block only, with f32 or bf16 output, its pieces addressing
+                // the tile's output elements (`direct_pieces`); the caller checked
+                // AVX512-BF16 (and the level includes DQ).
                 unsafe {
                     GATHER_TILES[rows - 1](
                         kc,
@@ -493,6 +496,7 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
                         wsp,
                         ldw,
                         load,
+                        finish,
                     )
                 }
             },
@@ -610,9 +614,9 @@ struct Out<O> {
 /// ldw, load, finish)`, `b` pointing at the tile's first pixel in what
 /// `source` gave and `masks` being its lane masks per tap (in place only),
 /// and, after its last block, the epilogue, scattered to the output rows.
-/// With `direct` (f32 output, the caller's tile takes a [`DirectStore`]),
-/// tiles whose epilogue is only row bias and ReLU are finished from the
-/// micro-kernel's registers instead.
+/// With `direct` (an output type the caller's tile can finish into through
+/// a [`DirectStore`]), tiles whose epilogue is only row bias and ReLU are
+/// finished from the micro-kernel's registers instead.
 #[allow(clippy::too_many_arguments)]
 fn drive<O: Element>(
     ep: &Ep,
@@ -685,8 +689,9 @@ fn drive<O: Element>(
                             let wsp = ws[tl * mr * ldw + q * NT..].as_mut_ptr();
                             let finish = direct.zip(pieces).map(|((row_bias, relu), pieces)| {
                                 DirectStore {
-                                    // Only with f32 output (`direct`).
-                                    c: c.wrapping_add(t * mr * out.ldc).cast::<f32>(),
+                                    // An output type the tile can store (`direct`).
+                                    c: c.wrapping_add(t * mr * out.ldc).cast::<u8>(),
+                                    out: O::DTYPE,
                                     ldc: out.ldc,
                                     row_bias: row_bias.map(|b| b[t * mr..][..rows].as_ptr()),
                                     relu,
