@@ -447,7 +447,6 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
         let mut apack = vec![0u32; m.div_ceil(mr) * kp * mr];
         bf16dot::pack_a(threads, &wv, &mut apack);
         let (apack, offs) = (&apack[..], &offs[..]);
-        let bits = |x: T| x.to_f32().to_bits() >> 16;
         drive(
             &ep,
             threads,
@@ -464,16 +463,31 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
                 let cells: &mut [u32] = bytemuck::cast_slice_mut(cells);
                 let (img, band) = (image(item / layout.bands), item % layout.bands);
                 layout.fill(groups, band, cells, |g, iy, row, lo, hi, first| {
-                    let plane = |ci: usize| &img[(ci * h + iy) * wd..(ci * h + iy + 1) * wd];
-                    let even = plane(2 * g)[first..].iter().step_by(sw);
-                    if 2 * g + 1 < cin {
-                        let odd = plane(2 * g + 1)[first..].iter().step_by(sw);
-                        for ((d, &e), &o) in row[lo..hi].iter_mut().zip(even).zip(odd) {
-                            *d = bits(e) | bits(o) << 16;
+                    // T is bf16 (Bf16Dot): its bits are the pair's halves.
+                    let plane = |ci: usize| -> &[u16] {
+                        bytemuck::cast_slice(&img[(ci * h + iy) * wd..(ci * h + iy + 1) * wd])
+                    };
+                    let row = &mut row[lo..hi];
+                    let even = &plane(2 * g)[first..];
+                    let odd = (2 * g + 1 < cin).then(|| &plane(2 * g + 1)[first..]);
+                    match (odd, sw) {
+                        // Plain slices: the interleave vectorizes (it was a
+                        // scalar loop, 6-7% of an 8x64x56x56 3x3 conv).
+                        (Some(odd), 1) => {
+                            for ((d, &e), &o) in row.iter_mut().zip(even).zip(odd) {
+                                *d = u32::from(e) | u32::from(o) << 16;
+                            }
                         }
-                    } else {
-                        for (d, &e) in row[lo..hi].iter_mut().zip(even) {
-                            *d = bits(e);
+                        (Some(odd), _) => {
+                            let pairs = even.iter().step_by(sw).zip(odd.iter().step_by(sw));
+                            for (d, (&e, &o)) in row.iter_mut().zip(pairs) {
+                                *d = u32::from(e) | u32::from(o) << 16;
+                            }
+                        }
+                        (None, _) => {
+                            for (d, &e) in row.iter_mut().zip(even.iter().step_by(sw)) {
+                                *d = u32::from(e);
+                            }
                         }
                     }
                 });
