@@ -414,6 +414,9 @@ proptest! {
     fn same_width_convolutions_equal_gemm_on_im2col_every_level(c in arb_same_width_case()) {
         for isa in Isa::available() {
             check_f32_path::<f32, f32>(isa, &c);
+            // 16-bit outputs are finished from the registers too.
+            check_f32_path::<f32, half::f16>(isa, &c);
+            check_f32_path::<f32, bf16>(isa, &c);
         }
         check_batch::<f32>(&c, Accumulation::F32, active_isa());
     }
@@ -424,6 +427,7 @@ proptest! {
             check_f32_path::<f32, f32>(isa, &c);
             check_f32_path::<bf16, bf16>(isa, &c);
             check_f32_path::<half::f16, f32>(isa, &c);
+            check_f32_path::<half::f16, half::f16>(isa, &c);
         }
     }
 

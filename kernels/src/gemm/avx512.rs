@@ -345,8 +345,8 @@ unsafe fn gather_tile<const MR_: usize, R: ConvRows>(
 /// Most output rows one 16-lane vector of a [`DirectStore`] may touch.
 pub(super) const MAX_PIECES: usize = 3;
 
-/// A convolution tile's epilogue done from its registers into f32 or bf16
-/// output: `relu?(acc + row_bias[i])`, rounded to bf16 for bf16 output, the
+/// A convolution tile's epilogue done from its registers into f32, bf16 or
+/// f16 output: `relu?(acc + row_bias[i])`, rounded for 16-bit output, the
 /// operations (and bits) of the general epilogue with `alpha = 1`,
 /// `beta = 0` and no column bias. The tile's pixels are consecutive "wide"
 /// pixels that map to at most [`MAX_PIECES`] runs of output columns per
@@ -357,7 +357,7 @@ pub(super) struct DirectStore {
     /// would hit; row `i` is `ldc` elements further. Its element type is
     /// `out`.
     pub c: *mut u8,
-    /// The output's element type: f32 or bf16.
+    /// The output's element type.
     pub out: FloatType,
     /// Output row stride (elements).
     pub ldc: usize,
@@ -427,22 +427,53 @@ impl DirectStore {
         self.row_bias.map(|b| _mm512_set1_ps(unsafe { *b.add(i) }))
     }
 
-    /// Finishes and stores an f32 tile.
+    /// Stores row `i`'s two vectors of 16 u16 (bf16 or f16 bits) to their
+    /// pieces.
     ///
     /// # Safety
-    /// `out` is f32; every lane of every piece addresses a writable f32 of
-    /// the output (`c + i * ldc + offset + lane` for rows `i < MR_`);
-    /// `row_bias`, if given, holds `MR_` values; the CPU supports AVX-512
-    /// F/BW/VL.
+    /// As [`DirectStore::store`], with 2-byte output elements.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn store_u16(&self, i: usize, halves: [__m256i; 2]) {
+        for (v, half) in halves.into_iter().enumerate() {
+            for &(lanes, offset) in &self.pieces[v] {
+                let c = self.at(i, offset).cast::<__m256i>();
+                // SAFETY: the lanes of the piece are output elements (caller's
+                // contract); masked-off lanes are not accessed.
+                unsafe {
+                    if lanes == 0xFFFF {
+                        _mm256_storeu_si256(c, half);
+                    } else if lanes != 0 {
+                        _mm256_mask_storeu_epi16(c.cast(), lanes, half);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Finishes and stores a tile into f32 or f16 output (`out`), rounding
+    /// to f16 as the conversions do (`VCVTPS2PH`, round to nearest even).
+    ///
+    /// # Safety
+    /// `out` is f32 or f16; every lane of every piece addresses a writable
+    /// element of the output (`c + i * ldc + offset + lane` for rows
+    /// `i < MR_`); `row_bias`, if given, holds `MR_` values; the CPU supports
+    /// AVX-512 F/BW/VL.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     pub(super) unsafe fn store<const MR_: usize>(&self, acc: &[[__m512; 2]; MR_]) {
-        debug_assert_eq!(self.out, FloatType::F32);
         for (i, row) in acc.iter().enumerate() {
             // SAFETY: forwarded from the caller's contract.
             let bias = unsafe { self.row_bias(i) };
-            for (v, &x) in row.iter().enumerate() {
-                let y = self.finished(x, bias);
+            let y = row.map(|x| self.finished(x, bias));
+            if self.out == FloatType::F16 {
+                let f16 = |x| _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x);
+                // SAFETY: forwarded from the caller's contract.
+                unsafe { self.store_u16(i, [f16(y[0]), f16(y[1])]) };
+                continue;
+            }
+            debug_assert_eq!(self.out, FloatType::F32);
+            for (v, &y) in y.iter().enumerate() {
                 for &(lanes, offset) in &self.pieces[v] {
                     let c = self.at(i, offset).cast::<f32>();
                     // SAFETY: the lanes of the piece are output elements
@@ -459,16 +490,16 @@ impl DirectStore {
         }
     }
 
-    /// Finishes and stores a tile into f32 or bf16 output (`out`), rounding
-    /// to bf16 as the conversions do ([`crate::convert::bf16_x32`]).
+    /// [`DirectStore::store`] for bf16 output too, rounding to bf16 as the
+    /// conversions do ([`crate::convert::bf16_x32`]).
     ///
     /// # Safety
-    /// As [`DirectStore::store`] with elements of type `out`, and the CPU
+    /// As [`DirectStore::store`] with `out` f32, f16 or bf16, and the CPU
     /// supports AVX-512 F/BW/DQ/VL and BF16.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16")]
     pub(super) unsafe fn store_any<const MR_: usize>(&self, acc: &[[__m512; 2]; MR_]) {
-        if self.out == FloatType::F32 {
+        if self.out != FloatType::Bf16 {
             // SAFETY: forwarded from the caller's contract.
             return unsafe { self.store(acc) };
         }
@@ -478,20 +509,8 @@ impl DirectStore {
             let y =
                 crate::convert::bf16_x32(self.finished(row[0], bias), self.finished(row[1], bias));
             let halves = [_mm512_castsi512_si256(y), _mm512_extracti64x4_epi64::<1>(y)];
-            for (v, half) in halves.into_iter().enumerate() {
-                for &(lanes, offset) in &self.pieces[v] {
-                    let c = self.at(i, offset).cast::<__m256i>();
-                    // SAFETY: the lanes of the piece are output elements
-                    // (caller's contract); masked-off lanes are not accessed.
-                    unsafe {
-                        if lanes == 0xFFFF {
-                            _mm256_storeu_si256(c, half);
-                        } else if lanes != 0 {
-                            _mm256_mask_storeu_epi16(c.cast(), lanes, half);
-                        }
-                    }
-                }
-            }
+            // SAFETY: forwarded from the caller's contract.
+            unsafe { self.store_u16(i, halves) };
         }
     }
 }

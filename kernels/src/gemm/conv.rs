@@ -457,8 +457,8 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
             bf16dot::KCP,
             mr,
             len,
-            // f32 or bf16 output can be finished from the registers.
-            matches!(O::DTYPE, FloatType::F32 | FloatType::Bf16),
+            // Every output type can be finished from the registers.
+            true,
             |item, cells| {
                 let cells: &mut [u32] = bytemuck::cast_slice_mut(cells);
                 let (img, band) = (image(item / layout.bands), item % layout.bands);
@@ -498,7 +498,7 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
                 // offsets from pc on and `b` is the tile's wide pixel jw of the band's
                 // copy with offs[q] + jw + 32 <= len, so every B load is in the copy;
                 // the workspace tile is rows x 32 at stride ldw; `finish` is given for
-                // the last k block only, with f32 or bf16 output, its pieces addressing
+                // the last k block only, its pieces addressing
                 // the tile's output elements (`direct_pieces`); the caller checked
                 // AVX512-BF16 (and the level includes DQ).
                 unsafe {
@@ -555,7 +555,8 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
         KC,
         mr,
         len,
-        O::DTYPE == FloatType::F32,
+        // f32 or f16 output can be finished from the registers.
+        matches!(O::DTYPE, FloatType::F32 | FloatType::F16),
         |item, cells| {
             let (img, band) = (image(item / layout.bands), item % layout.bands);
             if !taps.is_empty() {
