@@ -2,7 +2,8 @@
 //!
 //! Large m: A is packed once into f32 row tiles of `MR` rows (k-major inside a
 //! tile), B once into f32 column panels of 32 (bf16/f16 widened exactly while
-//! packing, or reused as is for an f32 [`PackedB`]). C is cut into blocks of
+//! packing), or a [`PackedB`] is read as it is, bf16/f16 panels widened in
+//! registers by the tile. C is cut into blocks of
 //! `MC x NC` that threads take from a shared counter; inside a block the k
 //! loop is blocked by `KC`, partial sums live in an f32 workspace, and the
 //! epilogue runs on each register tile right after its last k block, while
@@ -698,12 +699,10 @@ fn large<T: Element, O: Element>(
     k: usize,
 ) {
     let mr = kern.mr;
-    // B as f32 panels: an f32 PackedB is used in place, anything else is
-    // packed (and widened) into a reused buffer.
+    // A packed B is read in place, in its own type (bf16/f16 widened by the
+    // tile: widening it into f32 panels on every call made an f16 plan
+    // slower than f32); a view is packed (and widened) into a reused buffer.
     let mut bbuf = Vec::new();
-    // A packed B is read in its own type (bf16/f16 widened by the kernel):
-    // widening a packed bf16/f16 B into f32 panels on every call cost more
-    // than the GEMM saved (an f16 plan ran slower than f32).
     let (bpack, bt): (&[u8], FloatType) = match b {
         BSource::Packed(pb) => (bytemuck::cast_slice(&pb.data), T::DTYPE),
         BSource::View(_) => {
