@@ -204,11 +204,13 @@ pub const fn implementation(isa: Isa) -> &'static str {
         Isa::Scalar => "scalar im2col + GEMM",
         Isa::Avx2 => "avx2 im2col + GEMM",
         Isa::Avx512Core => {
-            "avx512 implicit GEMM: 14x32 zmm FMA tiles reading a padded copy of the image"
+            "avx512 implicit GEMM: 14x32 zmm FMA tiles reading f32 stride-1 'same' images in \
+             place (padding masked), others from a padded copy"
         }
         Isa::Avx512CoreBf16 | Isa::Avx512CoreFp16 => {
-            "avx512 implicit GEMM: 14x32 zmm FMA tiles reading a padded copy of the image; \
-             Bf16Dot: vdpbf16ps 14x32 tiles over channel pairs"
+            "avx512 implicit GEMM: 14x32 zmm FMA tiles reading f32 stride-1 'same' images in \
+             place (padding masked), others from a padded copy; \
+             Bf16Dot: vdpbf16ps 14x32 tiles over a channel-pair copy"
         }
     }
 }
