@@ -169,6 +169,29 @@ fn check_f32_epilogue<T: Element, O: Element>(isa: Isa, case: &Case, epi: &Epilo
     }
 }
 
+/// The weights (`m x kq`) and im2col (`kq x positions`) of a case with k
+/// reordered to (channel pair, ki, kj, parity), an odd channel count padded
+/// with zeros: the GEMM a Bf16Dot convolution must equal.
+fn channel_pair_order(case: &Case, image: &[bf16], weights: &[bf16]) -> (Vec<bf16>, Vec<bf16>) {
+    let (m, k, n) = (case.out_channels, case.k(), case.positions());
+    let cin = case.shape.in_channels;
+    let taps = case.shape.kernel[0] * case.shape.kernel[1];
+    let kq = cin.div_ceil(2) * 2 * taps;
+    let col = im2col(&case.shape, image);
+    let mut colq = vec![bf16::ZERO; kq * n];
+    let mut wq = vec![bf16::ZERO; m * kq];
+    for c in 0..cin {
+        for tap in 0..taps {
+            let (from, to) = (c * taps + tap, ((c / 2) * taps + tap) * 2 + c % 2);
+            colq[to * n..(to + 1) * n].copy_from_slice(&col[from * n..(from + 1) * n]);
+            for i in 0..m {
+                wq[i * kq + to] = weights[i * k + from];
+            }
+        }
+    }
+    (wq, colq)
+}
+
 /// Bf16Dot: conv2d_at == gemm_at on the im2col with k reordered to
 /// (channel pair, ki, kj, parity), an odd channel count padded with zeros.
 fn check_bf16dot(case: &Case) {
@@ -190,21 +213,8 @@ fn check_bf16dot(case: &Case) {
         &epi,
     )
     .unwrap();
-    let cin = case.shape.in_channels;
-    let taps = case.shape.kernel[0] * case.shape.kernel[1];
-    let kq = cin.div_ceil(2) * 2 * taps;
-    let col = im2col(&case.shape, &image);
-    let mut colq = vec![bf16::ZERO; kq * n];
-    let mut wq = vec![bf16::ZERO; m * kq];
-    for c in 0..cin {
-        for tap in 0..taps {
-            let (from, to) = (c * taps + tap, ((c / 2) * taps + tap) * 2 + c % 2);
-            colq[to * n..(to + 1) * n].copy_from_slice(&col[from * n..(from + 1) * n]);
-            for i in 0..m {
-                wq[i * kq + to] = weights[i * k + from];
-            }
-        }
-    }
+    let (wq, colq) = channel_pair_order(case, &image, &weights);
+    let kq = wq.len() / m;
     let want: Vec<f32> = gemm_on(
         Isa::Avx512CoreBf16,
         Accumulation::Bf16Dot,
@@ -235,26 +245,13 @@ fn bf16dot_direct_stores_round_as_the_conversions_do() {
     }
     let c = case(6, [9, 11], [3, 3], [1, 1], [1, 1], [1, 1], 0, 20, 11).unwrap();
     let (image, mut weights) = c.data::<bf16>();
-    let (m, k, n) = (c.out_channels, c.k(), c.positions());
+    let (k, n) = (c.k(), c.positions());
     // Rows 0..4 multiply by zero weights: their sum is +0 and the bias is
     // the result.
     weights[..4 * k].fill(bf16::ZERO);
     let (mut row_bias, _) = epilogue_data(&c);
     row_bias[..4].copy_from_slice(&[f32::from_bits(1), -1.0e-40, 3.0e-39, f32::NAN]);
-    let taps = c.shape.kernel[0] * c.shape.kernel[1];
-    let kq = c.shape.in_channels.div_ceil(2) * 2 * taps;
-    let col = im2col(&c.shape, &image);
-    let mut colq = vec![bf16::ZERO; kq * n];
-    let mut wq = vec![bf16::ZERO; m * kq];
-    for ch in 0..c.shape.in_channels {
-        for tap in 0..taps {
-            let (from, to) = (ch * taps + tap, ((ch / 2) * taps + tap) * 2 + ch % 2);
-            colq[to * n..(to + 1) * n].copy_from_slice(&col[from * n..(from + 1) * n]);
-            for i in 0..m {
-                wq[i * kq + to] = weights[i * k + from];
-            }
-        }
-    }
+    let (wq, colq) = channel_pair_order(&c, &image, &weights);
     fn run<O: Element>(
         c: &Case,
         image: &[bf16],

@@ -224,8 +224,9 @@ pub(super) struct Tap {
 ///
 /// The mask is applied with an AND after a plain load. On Zen 4, for an
 /// 8x64x56x56 3x3 convolution, a masked load (`vmovups zmm{k}{z}`) ran 8%
-/// slower than unmasked loads, merge-masked FMAs 5%, the AND 3% (LLVM folds
-/// a mask-register select after a plain load back into a masked load).
+/// slower than unmasked loads, merge-masked FMAs 5%, the AND 1-2% (LLVM
+/// folds a mask-register select after a plain load back into a masked
+/// load).
 /// Every load must then be in bounds; near the image's ends
 /// [`InPlaceEdge`] reads instead.
 #[derive(Clone, Copy)]
