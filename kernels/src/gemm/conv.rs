@@ -498,9 +498,9 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
                 // offsets from pc on and `b` is the tile's wide pixel jw of the band's
                 // copy with offs[q] + jw + 32 <= len, so every B load is in the copy;
                 // the workspace tile is rows x 32 at stride ldw; `finish` is given for
-                // the last k block only, its pieces addressing
-                // the tile's output elements (`direct_pieces`); the caller checked
-                // AVX512-BF16 (and the level includes DQ).
+                // the last k block only, its pieces addressing the tile's output
+                // elements (`direct_pieces`); the caller checked AVX512-BF16 (and the
+                // level includes DQ).
                 unsafe {
                     GATHER_TILES[rows - 1](
                         kc,
@@ -587,9 +587,9 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
             // pc on, `lanes` 32 masks per tap (`tap_masks`) set only where the input
             // value lies in the image, `b` is the tile's first pixel of the image, and
             // `whole` says whether every tap's 32 values lie in the image (else the
-            // edge rows load only the masked-in lanes). Copied, offs
-            // holds kc offsets from pc on and `b` is the tile's wide pixel jw of the
-            // band's copy with offs[p] + jw + 32 <= len, so every load is in the copy.
+            // edge rows load only the masked-in lanes). Copied, offs holds kc offsets
+            // from pc on and `b` is the tile's wide pixel jw of the band's copy with
+            // offs[p] + jw + 32 <= len, so every load is in the copy.
             unsafe {
                 if taps.is_empty() {
                     let rows_at = Padded(offs[pc..].as_ptr());
