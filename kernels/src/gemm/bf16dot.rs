@@ -372,7 +372,7 @@ pub(super) unsafe fn run<T: Element, O: Element>(
         if !per_tile_store {
             // SAFETY: the workspace holds the block's mcb rows at stride nc;
             // rows i0.., columns j0.. of C belong to this item.
-            unsafe { ep.store_block(ws.as_ptr(), nc, mcb, ncb, cp.get(), ldc, (i0, j0)) };
+            unsafe { ep.store(ws.as_ptr(), nc, mcb, ncb, cp.get(), ldc, (i0, j0)) };
         }
     });
     put_buf(&PACK_A, abuf);

@@ -140,10 +140,11 @@ impl<'a> Ep<'a> {
     /// Applies the epilogue to a `rows x cols` block of accumulators (`ws`,
     /// stride `ldw`) and stores it into C (element (0, 0) at `c`, stride
     /// `ldc`) from row `i0`, column `j0`. Same operations, same order as
-    /// `epilogue::finish`.
+    /// `epilogue::finish`. Any width: the level's loops take 64 columns at a
+    /// time (the staging block's width).
     ///
     /// # Safety
-    /// `ws` is readable and C readable/writable for the block; `cols <= 64`.
+    /// `ws` is readable and C readable/writable for the block.
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn store<O: Element>(
         &self,
@@ -153,28 +154,31 @@ impl<'a> Ep<'a> {
         cols: usize,
         c: *mut O,
         ldc: usize,
-        at: (usize, usize),
+        (i0, j0): (usize, usize),
     ) {
-        // The same loops compiled for the call's level, so the per-element
-        // epilogue is vectorized with its registers (IEEE operations, no
-        // contraction: the bits do not depend on the width).
-        if self.isa >= Isa::Avx512Core {
-            // SAFETY: `isa` was checked available by the caller; the rest is
-            // forwarded from the caller's contract.
-            unsafe { store_avx512(self, ws, ldw, rows, cols, c, ldc, at) }
-        } else if self.isa >= Isa::Avx2 {
-            // SAFETY: as above.
-            unsafe { store_avx2(self, ws, ldw, rows, cols, c, ldc, at) }
-        } else {
-            // SAFETY: forwarded from the caller's contract.
-            unsafe { self.store_body(ws, ldw, rows, cols, c, ldc, at) }
+        for c0 in (0..cols).step_by(64) {
+            let (ws, cols, at) = (ws.wrapping_add(c0), 64.min(cols - c0), (i0, j0 + c0));
+            // The same loops compiled for the call's level, so the per-element
+            // epilogue is vectorized with its registers (IEEE operations, no
+            // contraction: the bits do not depend on the width).
+            if self.isa >= Isa::Avx512Core {
+                // SAFETY: `isa` was checked available by the caller; the piece
+                // lies in the block (caller's contract).
+                unsafe { store_avx512(self, ws, ldw, rows, cols, c, ldc, at) }
+            } else if self.isa >= Isa::Avx2 {
+                // SAFETY: as above.
+                unsafe { store_avx2(self, ws, ldw, rows, cols, c, ldc, at) }
+            } else {
+                // SAFETY: the piece lies in the block (caller's contract).
+                unsafe { self.store_body(ws, ldw, rows, cols, c, ldc, at) }
+            }
         }
     }
 
     /// [`Ep::store`]'s loops, inlined into each level's instance.
     ///
     /// # Safety
-    /// As [`Ep::store`].
+    /// As [`Ep::store`], and `cols <= 64`.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     unsafe fn store_body<O: Element>(
@@ -328,34 +332,11 @@ impl Ep<'_> {
     }
 
     /// Whether tiles are stored as they finish. A GELU epilogue is stored
-    /// once per block instead ([`Ep::store_block`]): stored per 32-column
+    /// once per block instead ([`Ep::store`] of the whole block): stored per 32-column
     /// tile, its calls added 2.5 ms to fc1 of a BERT-base layer (512x768 by
     /// 768x3072, one thread), where a separate GELU step takes 1.
     pub(super) fn per_tile_store(&self) -> bool {
         self.gelu().is_none()
-    }
-
-    /// Stores a finished `rows x cols` block of accumulators (workspace at
-    /// stride `ldw`) in 64-column pieces.
-    ///
-    /// # Safety
-    /// As [`Ep::store`] for the whole block.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn store_block<O: Element>(
-        &self,
-        ws: *const f32,
-        ldw: usize,
-        rows: usize,
-        cols: usize,
-        c: *mut O,
-        ldc: usize,
-        (i0, j0): (usize, usize),
-    ) {
-        for c0 in (0..cols).step_by(64) {
-            let piece = 64.min(cols - c0);
-            // SAFETY: the piece lies in the block (caller's contract).
-            unsafe { self.store(ws.add(c0), ldw, rows, piece, c, ldc, (i0, j0 + c0)) };
-        }
     }
 
     /// The elementwise op of a GELU activation.
@@ -561,7 +542,7 @@ fn small<T: Element, O: Element>(
                     };
                 }
                 // SAFETY: the item's block of C is in bounds and only this item writes it.
-                unsafe { store_block(ep, ws, SMALL_ITEM_COLS, m, w, cp, ldc, j0) };
+                unsafe { ep.store(ws.as_ptr(), SMALL_ITEM_COLS, m, w, cp.get(), ldc, (0, j0)) };
             });
             return;
         }
@@ -592,7 +573,7 @@ fn small<T: Element, O: Element>(
                     )
                 };
                 // SAFETY: the item's block of C is in bounds and only this item writes it.
-                unsafe { store_block(ep, ws, width, m, w, cp, ldc, j0) };
+                unsafe { ep.store(ws.as_ptr(), width, m, w, cp.get(), ldc, (0, j0)) };
             });
             return;
         }
@@ -648,41 +629,9 @@ fn small<T: Element, O: Element>(
             }
         }
         // SAFETY: the item's block of C is in bounds and only this item writes it.
-        unsafe { store_block(ep, ws, SMALL_ITEM_COLS, m, w, cp, ldc, j0) };
+        unsafe { ep.store(ws.as_ptr(), SMALL_ITEM_COLS, m, w, cp.get(), ldc, (0, j0)) };
     });
     let _ = size;
-}
-
-/// Epilogue over a `rows x cols` workspace block in chunks of 64 columns.
-///
-/// # Safety
-/// The block `rows x cols` at column `j0` of C is in bounds and owned by the caller.
-#[allow(clippy::too_many_arguments)]
-unsafe fn store_block<O: Element>(
-    ep: &Ep,
-    ws: &[f32],
-    ldw: usize,
-    rows: usize,
-    cols: usize,
-    cp: SendPtr<O>,
-    ldc: usize,
-    j0: usize,
-) {
-    for jj in (0..cols).step_by(64) {
-        let w = 64.min(cols - jj);
-        // SAFETY: forwarded from the caller; ws holds rows x ldw.
-        unsafe {
-            ep.store(
-                ws.as_ptr().add(jj),
-                ldw,
-                rows,
-                w,
-                cp.get(),
-                ldc,
-                (0, j0 + jj),
-            )
-        };
-    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -768,7 +717,7 @@ fn large<T: Element, O: Element>(
         if !per_tile_store {
             // SAFETY: the workspace holds the block's mcb rows at stride nc;
             // rows i0.., columns j0.. of C belong to this item.
-            unsafe { ep.store_block(ws.as_ptr(), nc, mcb, ncb, cp.get(), ldc, (i0, j0)) };
+            unsafe { ep.store(ws.as_ptr(), nc, mcb, ncb, cp.get(), ldc, (i0, j0)) };
         }
     });
     put_buf(&PACK_A, apack);
