@@ -241,10 +241,7 @@ impl Operand {
     /// numpy does: `[1, k]` for A, `[k, 1]` for B).
     fn new(t: &TensorView<'_>, perm: Option<&[usize]>, promote_at: usize) -> Operand {
         let shape = t.shape();
-        let mut strides = vec![1; shape.len()];
-        for i in (0..shape.len().saturating_sub(1)).rev() {
-            strides[i] = strides[i + 1] * shape[i + 1];
-        }
+        let strides = super::shape::strides(shape);
         match perm {
             Some(p) => Operand {
                 shape: p.iter().map(|&i| shape[i]).collect(),

@@ -7,7 +7,8 @@ use super::infer::{norm_axis, slice_range, slice_spec};
 use crate::graph::error::{GraphError, Result};
 use crate::graph::tensor::{Tensor, TensorView};
 
-fn strides(shape: &[usize]) -> Vec<usize> {
+/// Row-major element strides of `shape`.
+pub(crate) fn strides(shape: &[usize]) -> Vec<usize> {
     let mut st = vec![1; shape.len()];
     for i in (0..shape.len().saturating_sub(1)).rev() {
         st[i] = st[i + 1] * shape[i + 1];
