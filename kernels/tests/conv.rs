@@ -419,6 +419,15 @@ proptest! {
     }
 
     #[test]
+    fn blocked_channel_convolutions_equal_gemm_on_im2col_every_level(c in arb_blocked_case()) {
+        for isa in Isa::available() {
+            check_f32_path::<f32, f32>(isa, &c);
+            check_f32_epilogue::<f32, f32>(isa, &c, &Epilogue::default());
+        }
+        check_batch::<f32>(&c, Accumulation::F32, active_isa());
+    }
+
+    #[test]
     fn conv_equals_gemm_on_im2col_every_level(c in arb_case()) {
         for isa in Isa::available() {
             check_f32_path::<f32, f32>(isa, &c);
@@ -460,6 +469,8 @@ fn big_cases() -> Vec<Case> {
         case(9, [31, 29], [5, 3], [2, 3], [2, 1], [3, 0], 1, 33, 2).unwrap(),
         case(64, [17, 15], [1, 1], [1, 1], [1, 1], [0, 0], 0, 20, 3).unwrap(),
         case(3, [64, 64], [7, 7], [2, 2], [1, 1], [3, 3], 0, 16, 4).unwrap(),
+        // Channel-blocked, copied in three bands of output rows.
+        case(64, [72, 70], [3, 3], [1, 1], [1, 1], [1, 1], 0, 48, 6).unwrap(),
     ]
 }
 
@@ -620,6 +631,45 @@ fn bad_geometry_and_shapes_are_typed_errors() {
             }))
         );
     }
+}
+
+/// Stride 1 with input and output channels multiples of 16: the f32 path
+/// then convolves a channel-blocked copy (`gemm/conv_blocked.rs`) in tiles of
+/// up to 14 pixels of one output row, so widths cover whole tiles and every
+/// shorter last tile, and NaN or infinite values lie next to the padding.
+fn arb_blocked_case() -> impl Strategy<Value = Case> {
+    (
+        (prop_oneof![Just(16usize), Just(32)], 1usize..12, 1usize..40),
+        (
+            [1usize..5, 1usize..5],
+            [1usize..3, 1usize..3],
+            [0usize..4, 0usize..4],
+            0usize..3,
+        ),
+        (
+            prop_oneof![Just(16usize), Just(32), Just(48)],
+            any::<u64>(),
+            any::<bool>(),
+        ),
+    )
+        .prop_filter_map(
+            "kernel larger than the padded image",
+            |((cin, h, w), (kernel, dilation, pad, extra), (cout, seed, non_finite))| {
+                let mut c = case(
+                    cin,
+                    [h, w],
+                    kernel,
+                    [1, 1],
+                    dilation,
+                    pad,
+                    extra,
+                    cout,
+                    seed,
+                )?;
+                c.non_finite = non_finite;
+                Some(c)
+            },
+        )
 }
 
 /// A batch in one call == one call per image, bit for bit, with gaps

@@ -41,6 +41,7 @@
 
 use super::avx512::{self, DirectStore, InPlace, InPlaceEdge, MAX_PIECES, Padded, Tap, conv_tile};
 use super::bf16dot::{self, GATHER_TILES};
+use super::conv_blocked;
 use super::driver::{Ep, MC_TILES, PAR_MIN_FLOPS, SendPtr, pack_a_blocks, widen_into};
 use super::pack::KC;
 use super::threads::parallel_for;
@@ -515,6 +516,21 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
                 }
             },
         );
+        return;
+    }
+    if T::DTYPE == FloatType::F32
+        && O::DTYPE == FloatType::F32
+        && conv_blocked::eligible(shape, m, &ep)
+    {
+        let out = conv_blocked::Output {
+            c: SendPtr(out.c.get().cast()),
+            count: out.count,
+            stride: out.stride,
+            ldc: out.ldc,
+        };
+        // SAFETY: the caller's contract, eligibility just checked, T and O
+        // are f32 and avx512_core implies avx512f.
+        unsafe { conv_blocked::run(shape, images, image_stride, &w, &ep, out, threads) };
         return;
     }
     // An f32 image with stride 1 and "same" width is read in place;

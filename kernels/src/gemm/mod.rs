@@ -60,6 +60,8 @@ mod bf16dot;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod conv;
 #[cfg(target_arch = "x86_64")]
+mod conv_blocked;
+#[cfg(target_arch = "x86_64")]
 mod driver;
 mod epilogue;
 mod pack;
