@@ -308,6 +308,22 @@ struct TileStore {
 }
 
 impl TileStore {
+    /// Asks for the output lines of the tile's `lanes` channels and
+    /// `pixels` pixels into L2 before its k loop: the batch's output is
+    /// not in the cache, and each channel's partial line would otherwise be
+    /// read for ownership while the store waits.
+    #[inline(always)]
+    fn prefetch(&self, lanes: usize, pixels: usize) {
+        for j in 0..lanes {
+            let row = self.c.wrapping_add(j * self.ldc);
+            for p in [row, row.wrapping_add(pixels - 1)] {
+                // SAFETY: a prefetch has no architectural effect and cannot
+                // fault, whatever the address.
+                unsafe { _mm_prefetch::<_MM_HINT_T1>(p.cast::<i8>()) };
+            }
+        }
+    }
+
     /// The same channels, `ox` pixels further.
     fn at(&self, ox: usize) -> TileStore {
         TileStore {
@@ -362,6 +378,7 @@ unsafe fn tile_kernel<const P: usize, const V: usize>(
     store: &TileStore,
 ) {
     let mut acc = [[_mm512_setzero_ps(); V]; P];
+    store.prefetch(V * BLOCK, P);
     // SAFETY: every address is in bounds by the caller's contract.
     unsafe {
         for (p, &off) in offs.iter().enumerate() {
