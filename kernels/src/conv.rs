@@ -22,14 +22,15 @@
 //! # Paths
 //! * A 1x1 kernel with stride 1, no padding and out size = in size: the
 //!   image is B as it is (a plain GEMM), at every level.
-//! * `avx512_core` and up, f32 image and output, [`Accumulation::F32`],
-//!   stride 1, input and output channels multiples of 16 and an epilogue of
-//!   at most `row_bias` and ReLU: a direct convolution over a copy of the
-//!   image in 16-channel blocks (NCHW16c), weights as vectors and image
+//! * `avx512_core` and up, [`Accumulation::F32`], f32 or f16 output, stride
+//!   1, input and output channels multiples of 16 and an epilogue of at most
+//!   `row_bias` and ReLU: a direct convolution over an f32 copy of the image
+//!   in 16-channel blocks (NCHW16c), weights as vectors and image
 //!   values as broadcasts, the accumulators in registers over all of k in
 //!   im2col order (the GEMM's FMA chain), NCHW output through 16 x 16
 //!   transposes (see `gemm/conv_blocked.rs`). 8x64x56x56 3x3 on one Zen 4
-//!   core: 17.3 ms, where the implicit GEMM below takes 17.9.
+//!   core: 16.7 ms in f32 and 16.6 in f16, where the implicit GEMM below
+//!   takes 17.9 and 18.6.
 //! * Otherwise `avx512_core` and up with [`Accumulation::F32`], `avx512_core_bf16` and
 //!   up with [`Accumulation::Bf16Dot`]: an implicit GEMM that never builds
 //!   im2col. The image is copied once into a zero-padded buffer split by
@@ -212,13 +213,13 @@ pub const fn implementation(isa: Isa) -> &'static str {
         Isa::Scalar => "scalar im2col + GEMM",
         Isa::Avx2 => "avx2 im2col + GEMM",
         Isa::Avx512Core => {
-            "avx512: f32 stride-1 convs with channels in multiples of 16 as 32-channel x \
-             14-pixel FMA tiles over an NCHW16c copy; others an implicit GEMM of 14x32 tiles \
+            "avx512: stride-1 convs with channels in multiples of 16 as 32-channel x 14-pixel \
+             FMA tiles over an f32 NCHW16c copy; others an implicit GEMM of 14x32 tiles \
              reading stride-1 'same' f32 images in place (padding masked), else a padded copy"
         }
         Isa::Avx512CoreBf16 | Isa::Avx512CoreFp16 => {
-            "avx512: f32 stride-1 convs with channels in multiples of 16 as 32-channel x \
-             14-pixel FMA tiles over an NCHW16c copy; others an implicit GEMM of 14x32 tiles \
+            "avx512: stride-1 convs with channels in multiples of 16 as 32-channel x 14-pixel \
+             FMA tiles over an f32 NCHW16c copy; others an implicit GEMM of 14x32 tiles \
              reading stride-1 'same' f32 images in place (padding masked), else a padded copy; \
              Bf16Dot: vdpbf16ps 14x32 tiles over a channel-pair copy"
         }

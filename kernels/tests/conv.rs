@@ -423,8 +423,14 @@ proptest! {
         for isa in Isa::available() {
             check_f32_path::<f32, f32>(isa, &c);
             check_f32_epilogue::<f32, f32>(isa, &c, &Epilogue::default());
+            // 16-bit images are widened by the copy, f16 outputs rounded in
+            // registers; bf16 outputs take the implicit GEMM.
+            check_f32_path::<half::f16, half::f16>(isa, &c);
+            check_f32_path::<bf16, f32>(isa, &c);
+            check_f32_path::<f32, bf16>(isa, &c);
         }
         check_batch::<f32>(&c, Accumulation::F32, active_isa());
+        check_batch::<half::f16>(&c, Accumulation::F32, active_isa());
     }
 
     #[test]

@@ -23,11 +23,12 @@ pub(super) const MR: usize = 14;
 pub(super) const SMALL_COLS: usize = 64;
 
 /// Element-type tags for the const generic `BT`.
-const F32: u8 = 0;
-const BF16: u8 = 1;
-const F16: u8 = 2;
+pub(super) const F32: u8 = 0;
+pub(super) const BF16: u8 = 1;
+pub(super) const F16: u8 = 2;
 
-fn tag(t: FloatType) -> u8 {
+/// The `BT` tag of an element type.
+pub(super) fn tag(t: FloatType) -> u8 {
     match t {
         FloatType::F32 => F32,
         FloatType::Bf16 => BF16,
@@ -53,7 +54,7 @@ fn lane_mask(cols: usize, v: usize) -> u16 {
 /// The lanes in `mask` must be readable.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn load16<const BT: u8>(p: *const u8, mask: u16) -> __m512 {
+pub(super) unsafe fn load16<const BT: u8>(p: *const u8, mask: u16) -> __m512 {
     // SAFETY: the caller guarantees the masked lanes are readable; masked-off
     // lanes are not accessed by these instructions.
     unsafe {

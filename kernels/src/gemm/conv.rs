@@ -518,18 +518,16 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
         );
         return;
     }
-    if T::DTYPE == FloatType::F32
-        && O::DTYPE == FloatType::F32
-        && conv_blocked::eligible(shape, m, &ep)
-    {
+    if conv_blocked::eligible(shape, m, &ep, O::DTYPE) {
         let out = conv_blocked::Output {
             c: SendPtr(out.c.get().cast()),
+            out: O::DTYPE,
             count: out.count,
             stride: out.stride,
             ldc: out.ldc,
         };
-        // SAFETY: the caller's contract, eligibility just checked, T and O
-        // are f32 and avx512_core implies avx512f.
+        // SAFETY: the caller's contract (avx512_core, F32 accumulation),
+        // eligibility just checked, `out` is O's type.
         unsafe { conv_blocked::run(shape, images, image_stride, &w, &ep, out, threads) };
         return;
     }

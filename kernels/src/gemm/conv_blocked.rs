@@ -1,5 +1,8 @@
-//! Direct f32 convolution over a channel-blocked copy of the image
-//! (`avx512_core` and up), the layout oneDNN and onnxruntime call NCHW16c.
+//! Direct convolution with f32 accumulation over a channel-blocked f32 copy
+//! of the image (`avx512_core` and up), the layout oneDNN and onnxruntime
+//! call NCHW16c. Images may be f32, f16 or bf16 (widened exactly by the
+//! copy), outputs f32 or f16 (rounded as `VCVTPS2PH` does, as the GEMM's
+//! epilogue does).
 //!
 //! A band of output rows of one image is copied into a zero-padded buffer
 //! laid out (block of 16 channels, padded row, padded column, channel in
@@ -34,6 +37,7 @@
 
 use std::arch::x86_64::*;
 
+use super::avx512::{BF16, F16, F32, load16, tag};
 use super::driver::{Ep, SendPtr};
 use super::threads::parallel_for;
 use super::{Element, FloatType, MatRef};
@@ -49,19 +53,22 @@ const PIXELS: usize = 14;
 const BAND_BYTES: usize = 512 << 10;
 
 /// Whether [`run`] computes this convolution (the caller checks the level
-/// and that image and output are f32): stride 1, input and output channels
-/// multiples of 16, and an epilogue of at most a row bias and ReLU.
-pub(super) fn eligible(shape: &Conv2dShape, m: usize, ep: &Ep) -> bool {
-    shape.stride == [1, 1]
+/// and the f32 accumulation): stride 1, input and output channels multiples
+/// of 16, an output of f32 or f16, and an epilogue of at most a row bias and
+/// ReLU.
+pub(super) fn eligible(shape: &Conv2dShape, m: usize, ep: &Ep, out: FloatType) -> bool {
+    matches!(out, FloatType::F32 | FloatType::F16)
+        && shape.stride == [1, 1]
         && shape.in_channels.is_multiple_of(BLOCK)
         && m.is_multiple_of(BLOCK)
         && ep.row_bias_relu().is_some()
 }
 
-/// A batch's output: image `n`'s channel `i` row starts at
-/// `c + n * stride + i * ldc`, `out_h * out_w` f32.
+/// A batch's output: image `n`'s channel `i` row starts at element
+/// `n * stride + i * ldc` of `c`, `out_h * out_w` elements of type `out`.
 pub(super) struct Output {
-    pub c: SendPtr<f32>,
+    pub c: SendPtr<u8>,
+    pub out: FloatType,
     pub count: usize,
     pub stride: usize,
     pub ldc: usize,
@@ -124,7 +131,7 @@ impl Bands {
 
     /// Copies band `band` of `image` (NCHW) into `copy`: copy row `r` is
     /// padded input row `band * rows + r`, zeros outside the image.
-    fn fill(&self, shape: &Conv2dShape, band: usize, image: &[f32], copy: &mut [f32]) {
+    fn fill<T: Element>(&self, shape: &Conv2dShape, band: usize, image: &[T], copy: &mut [f32]) {
         let [h, w] = shape.in_size;
         let [ph, pw] = shape.pad_begin;
         let oy0 = band * self.rows;
@@ -147,24 +154,37 @@ impl Bands {
                 dst[..lo * BLOCK].fill(0.0);
                 dst[hi * BLOCK..].fill(0.0);
                 let plane = cb * BLOCK * h * w + iy * w;
+                let (src, dst) = (&image[plane..], &mut dst[lo * BLOCK..]);
                 // SAFETY: channels cb*16.. cb*16+15 of row iy hold w >= hi - lo
                 // values each; the copy row holds `hi` pixels of 16; the CPU
-                // supports avx512f (the caller of `run`).
-                unsafe { gather_pixels(&image[plane..], h * w, hi - lo, &mut dst[lo * BLOCK..]) };
+                // supports avx512_core (the caller of `run`).
+                unsafe {
+                    match tag(T::DTYPE) {
+                        F32 => gather_pixels::<F32, T>(src, h * w, hi - lo, dst),
+                        BF16 => gather_pixels::<BF16, T>(src, h * w, hi - lo, dst),
+                        _ => gather_pixels::<F16, T>(src, h * w, hi - lo, dst),
+                    }
+                }
             }
         }
     }
 }
 
 /// Copies `pixels` consecutive pixels of 16 channels (channel `l` at
-/// `src[l * channel_stride..]`) into `dst`, 16 channels per pixel, through
-/// 16 x 16 transposes in registers.
+/// `src[l * channel_stride..]`, of type `BT`) into `dst` as f32, 16
+/// channels per pixel, through 16 x 16 transposes in registers.
 ///
 /// # Safety
 /// `src[l * channel_stride + x]` exists for `l < 16`, `x < pixels`;
-/// `dst` holds `16 * pixels`; the CPU supports `avx512f`.
-#[target_feature(enable = "avx512f")]
-unsafe fn gather_pixels(src: &[f32], channel_stride: usize, pixels: usize, dst: &mut [f32]) {
+/// `dst` holds `16 * pixels`; `BT` is T's tag; the CPU supports
+/// AVX-512 F/BW/VL.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn gather_pixels<const BT: u8, T>(
+    src: &[T],
+    channel_stride: usize,
+    pixels: usize,
+    dst: &mut [f32],
+) {
     debug_assert!(src.len() > 15 * channel_stride + pixels - 1 && dst.len() >= BLOCK * pixels);
     for x0 in (0..pixels).step_by(BLOCK) {
         let n = BLOCK.min(pixels - x0);
@@ -172,7 +192,7 @@ unsafe fn gather_pixels(src: &[f32], channel_stride: usize, pixels: usize, dst: 
         let mut rows = [_mm512_setzero_ps(); BLOCK];
         for (l, r) in rows.iter_mut().enumerate() {
             // SAFETY: lanes below n read channel l's pixels x0..x0+n (the caller's contract).
-            *r = unsafe { _mm512_maskz_loadu_ps(lanes, src.as_ptr().add(l * channel_stride + x0)) };
+            *r = unsafe { load16::<BT>(src.as_ptr().add(l * channel_stride + x0).cast(), lanes) };
         }
         let cols = transpose16(rows);
         for (j, c) in cols.iter().take(n).enumerate() {
@@ -229,8 +249,8 @@ fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
 /// copy is read from L2 by all channel groups.
 ///
 /// # Safety
-/// As [`super::conv::run`]; in addition [`eligible`] holds, T is f32 and
-/// the CPU supports `avx512f`.
+/// As [`super::conv::run`]; in addition [`eligible`] holds, `out.out` is
+/// the output's element type and the CPU supports `avx512_core`.
 pub(super) unsafe fn run<T: Element>(
     shape: &Conv2dShape,
     images: &[T],
@@ -240,7 +260,6 @@ pub(super) unsafe fn run<T: Element>(
     out: Output,
     threads: usize,
 ) {
-    debug_assert_eq!(T::DTYPE, FloatType::F32);
     let (row_bias, relu) = ep.row_bias_relu().expect("eligible");
     let (m, k) = (w.rows, w.cols);
     let [oh, ow] = shape.out_size;
@@ -262,10 +281,7 @@ pub(super) unsafe fn run<T: Element>(
     let (packed, offs, bands) = (&packed[..], &offs[..], &bands);
     parallel_for(threads, out.count * bands.count, copy_len, |item, copy| {
         let (n, band) = (item / bands.count, item % bands.count);
-        // SAFETY: T is f32 (the caller's contract), so the image's elements are f32.
-        let image = unsafe {
-            std::slice::from_raw_parts(images[n * image_stride..].as_ptr().cast::<f32>(), image_len)
-        };
+        let image = &images[n * image_stride..][..image_len];
         bands.fill(shape, band, image, copy);
         let oy0 = band * bands.rows;
         let rows = bands.rows.min(oh - oy0);
@@ -274,10 +290,9 @@ pub(super) unsafe fn run<T: Element>(
                 let lanes = weights.len() / k;
                 let oc0 = g * 2 * BLOCK;
                 let store = TileStore {
-                    c: out
-                        .c
-                        .get()
-                        .wrapping_add(n * out.stride + oc0 * out.ldc + oy * ow),
+                    c: out.c.get(),
+                    out: out.out,
+                    at: n * out.stride + oc0 * out.ldc + oy * ow,
                     ldc: out.ldc,
                     row_bias: row_bias.map(|b| b[oc0..].as_ptr()),
                     relu,
@@ -289,7 +304,7 @@ pub(super) unsafe fn run<T: Element>(
                     // channel block, so every tap of the tile's pixels (offs[p] + the
                     // pixel's offset) lies in it; `weights` holds k steps of `lanes`;
                     // the output rows oc0..oc0+lanes, columns oy*ow+ox.. +pixels, lie
-                    // in image n's output; avx512f is the caller's contract.
+                    // in image n's output; avx512_core is the caller's contract.
                     unsafe { tile(lanes, pixels, offs, weights.as_ptr(), b, &store.at(ox)) };
                 }
             }
@@ -298,10 +313,12 @@ pub(super) unsafe fn run<T: Element>(
 }
 
 /// Where a tile's results go: output channel `j` of the tile, pixel `p`, is
-/// `c[j * ldc + p]`.
+/// element `at + j * ldc + p` of `c`, of type `out` (f32 or f16).
 #[derive(Clone, Copy)]
 struct TileStore {
-    c: *mut f32,
+    c: *mut u8,
+    out: FloatType,
+    at: usize,
     ldc: usize,
     row_bias: Option<*const f32>,
     relu: bool,
@@ -315,19 +332,25 @@ impl TileStore {
     #[inline(always)]
     fn prefetch(&self, lanes: usize, pixels: usize) {
         for j in 0..lanes {
-            let row = self.c.wrapping_add(j * self.ldc);
-            for p in [row, row.wrapping_add(pixels - 1)] {
+            for p in [0, pixels - 1] {
                 // SAFETY: a prefetch has no architectural effect and cannot
                 // fault, whatever the address.
-                unsafe { _mm_prefetch::<_MM_HINT_T1>(p.cast::<i8>()) };
+                unsafe { _mm_prefetch::<_MM_HINT_T1>(self.element(j, p).cast::<i8>()) };
             }
         }
+    }
+
+    /// Channel `j`'s pixel `p` (the address is not dereferenced here).
+    #[inline(always)]
+    fn element(&self, j: usize, p: usize) -> *mut u8 {
+        let size = if self.out == FloatType::F32 { 4 } else { 2 };
+        self.c.wrapping_add((self.at + j * self.ldc + p) * size)
     }
 
     /// The same channels, `ox` pixels further.
     fn at(&self, ox: usize) -> TileStore {
         TileStore {
-            c: self.c.wrapping_add(ox),
+            at: self.at + ox,
             ..*self
         }
     }
@@ -339,8 +362,8 @@ impl TileStore {
 /// # Safety
 /// `w` holds `offs.len()` k steps of `lanes` f32; for every k step `p` and
 /// pixel `q < pixels`, `b + offs[p] + q * 16` is readable; the store's
-/// `lanes` rows of `pixels` f32 are writable and its bias holds `lanes`
-/// f32; the CPU supports `avx512f`.
+/// `lanes` rows of `pixels` elements are writable and its bias holds
+/// `lanes` f32; the CPU supports AVX-512 F/BW/VL.
 unsafe fn tile(
     lanes: usize,
     pixels: usize,
@@ -370,7 +393,7 @@ unsafe fn tile(
 /// # Safety
 /// As [`tile`] with `pixels = P`, `lanes = 16 * V`.
 #[inline]
-#[target_feature(enable = "avx512f")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn tile_kernel<const P: usize, const V: usize>(
     offs: &[usize],
     w: *const f32,
@@ -412,8 +435,15 @@ unsafe fn tile_kernel<const P: usize, const V: usize>(
                     );
                 }
             }
-            for (j, c) in transpose16(rows).iter().enumerate() {
-                _mm512_mask_storeu_ps(store.c.add((v * BLOCK + j) * store.ldc), lanes, *c);
+            for (j, &c) in transpose16(rows).iter().enumerate() {
+                let dst = store.element(v * BLOCK + j, 0);
+                if store.out == FloatType::F32 {
+                    _mm512_mask_storeu_ps(dst.cast(), lanes, c);
+                } else {
+                    // f16 as the GEMM epilogue rounds it (VCVTPS2PH, RNE).
+                    let h = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(c);
+                    _mm256_mask_storeu_epi16(dst.cast(), lanes, h);
+                }
             }
         }
     }
