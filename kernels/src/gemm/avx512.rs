@@ -47,6 +47,30 @@ fn lane_mask(cols: usize, v: usize) -> u16 {
     }
 }
 
+/// Rounds `cols` f32 at `src` to f16 bits at `dst` with `VCVTPS2PH`
+/// (round to nearest even), the instruction and bits of the f16
+/// conversion's AVX-512 path. Inline in the AVX-512 epilogue's stores: a
+/// call into the conversion per row of a 32-column tile cost about 4% of an
+/// f16 512x768x768 GEMM.
+///
+/// # Safety
+/// `src` holds `cols` f32 and `dst` `cols` u16; the CPU supports AVX-512
+/// F/BW/VL.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+pub(super) unsafe fn f32_to_f16_row(src: *const f32, dst: *mut u16, cols: usize) {
+    for v in 0..cols.div_ceil(16) {
+        let lanes = lane_mask(cols, v);
+        // SAFETY: the lanes in `lanes` lie within both buffers (caller's
+        // contract); masked-off lanes are not accessed.
+        unsafe {
+            let x = _mm512_maskz_loadu_ps(lanes, src.add(16 * v));
+            let h = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x);
+            _mm256_mask_storeu_epi16(dst.add(16 * v).cast(), lanes, h);
+        }
+    }
+}
+
 /// Loads 16 elements of type `BT` at element pointer `p` (lanes outside `mask`
 /// are zero and not read) and widens them to f32.
 ///

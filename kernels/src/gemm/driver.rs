@@ -359,10 +359,20 @@ fn float_slice_mut<O: Element>(dst: &mut [O]) -> FloatSliceMut<'_> {
 }
 
 /// Rounds `src` into `dst` per the conversion contract.
+#[inline(always)]
 fn store_row<O: Element>(isa: Isa, src: &[f32], dst: &mut [O]) {
     // The level was checked by the caller, so the conversions cannot fail.
     match O::DTYPE {
         FloatType::F32 => dst.copy_from_slice(bytemuck::cast_slice(src)),
+        #[cfg(target_arch = "x86_64")]
+        FloatType::F16 if isa >= Isa::Avx512Core => {
+            assert_eq!(src.len(), dst.len());
+            // SAFETY: the caller checked the level, so the CPU has AVX-512
+            // F/BW/VL; both slices hold src.len() elements.
+            unsafe {
+                super::avx512::f32_to_f16_row(src.as_ptr(), dst.as_mut_ptr().cast(), src.len())
+            }
+        }
         FloatType::Bf16 => {
             convert::f32_to_bf16_at(isa, src, bytemuck::cast_slice_mut(dst)).expect("level checked")
         }
