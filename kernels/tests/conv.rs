@@ -195,14 +195,24 @@ fn channel_pair_order(case: &Case, image: &[bf16], weights: &[bf16]) -> (Vec<bf1
 /// Bf16Dot: conv2d_at == gemm_at on the im2col with k reordered to
 /// (channel pair, ki, kj, parity), an odd channel count padded with zeros.
 fn check_bf16dot(case: &Case) {
+    check_bf16dot_epilogue::<f32>(case, false);
+}
+
+/// [`check_bf16dot`] into output type `O`, with ReLU or without.
+fn check_bf16dot_epilogue<O: Element>(case: &Case, relu: bool) {
     let (image, weights) = case.data::<bf16>();
     let (m, k, n) = (case.out_channels, case.k(), case.positions());
     let (row_bias, _) = epilogue_data(case);
     let epi = Epilogue {
         row_bias: Some(&row_bias),
+        activation: if relu {
+            Activation::Relu
+        } else {
+            Activation::Identity
+        },
         ..Default::default()
     };
-    let mut got = vec![f32::NAN; m * n];
+    let mut got = vec![O::from_f32(f32::NAN); m * n];
     conv2d_at(
         Isa::Avx512CoreBf16,
         Accumulation::Bf16Dot,
@@ -215,7 +225,7 @@ fn check_bf16dot(case: &Case) {
     .unwrap();
     let (wq, colq) = channel_pair_order(case, &image, &weights);
     let kq = wq.len() / m;
-    let want: Vec<f32> = gemm_on(
+    let want: Vec<O> = gemm_on(
         Isa::Avx512CoreBf16,
         Accumulation::Bf16Dot,
         &wq,
@@ -224,10 +234,11 @@ fn check_bf16dot(case: &Case) {
         &epi,
     );
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        let (g, w) = (g.to_f32(), w.to_f32());
         assert_eq!(
             g.to_bits(),
             w.to_bits(),
-            "{case:?}: element {i}: {g} vs {w}"
+            "{case:?} relu {relu}: element {i}: {g} vs {w}"
         );
     }
 }
@@ -431,6 +442,13 @@ proptest! {
         }
         check_batch::<f32>(&c, Accumulation::F32, active_isa());
         check_batch::<half::f16>(&c, Accumulation::F32, active_isa());
+        if bf16dot_available() {
+            // 32 channels take VDPBF16PS over blocked channel pairs.
+            check_bf16dot_epilogue::<f32>(&c, c.seed % 2 == 0);
+            check_bf16dot_epilogue::<bf16>(&c, true);
+            check_bf16dot_epilogue::<half::f16>(&c, false);
+            check_batch::<bf16>(&c, Accumulation::Bf16Dot, Isa::Avx512CoreBf16);
+        }
     }
 
     #[test]
@@ -640,7 +658,8 @@ fn bad_geometry_and_shapes_are_typed_errors() {
 }
 
 /// Stride 1 with input and output channels multiples of 16: the f32 path
-/// then convolves a channel-blocked copy (`gemm/conv_blocked.rs`) in tiles of
+/// (and Bf16Dot from 32 input channels) then convolves a channel-blocked
+/// copy (`gemm/conv_blocked.rs`) in tiles of
 /// up to 14 pixels of one output row, so widths cover whole tiles and every
 /// shorter last tile, and NaN or infinite values lie next to the padding.
 fn arb_blocked_case() -> impl Strategy<Value = Case> {

@@ -41,7 +41,7 @@
 
 use super::avx512::{self, DirectStore, InPlace, InPlaceEdge, MAX_PIECES, Padded, Tap, conv_tile};
 use super::bf16dot::{self, GATHER_TILES};
-use super::conv_blocked;
+use super::conv_blocked::{self, Product};
 use super::driver::{Ep, MC_TILES, PAR_MIN_FLOPS, SendPtr, pack_a_blocks, widen_into};
 use super::pack::KC;
 use super::threads::parallel_for;
@@ -420,6 +420,23 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
     let cin = shape.in_channels;
     let ep = Ep::new(isa, 1.0, 0.0, epi);
     let image = |i: usize| &images[i * image_stride..][..cin * h * wd];
+    let product = match accumulation {
+        Accumulation::Bf16Dot => Product::Bf16Dot,
+        _ => Product::Fma,
+    };
+    if conv_blocked::eligible(shape, m, &ep, O::DTYPE, product) {
+        let out = conv_blocked::Output {
+            c: SendPtr(out.c.get().cast()),
+            out: O::DTYPE,
+            count: out.count,
+            stride: out.stride,
+            ldc: out.ldc,
+        };
+        // SAFETY: the caller's contract (avx512_core, and avx512_core_bf16
+        // with T bf16 for Bf16Dot), eligibility just checked, `out` is O's type.
+        unsafe { conv_blocked::run(shape, product, images, image_stride, &w, &ep, out, threads) };
+        return;
+    }
     if accumulation == Accumulation::Bf16Dot {
         let groups = cin.div_ceil(2);
         let layout = Layout::new(shape, groups, 4, out.count, threads);
@@ -516,19 +533,6 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
                 }
             },
         );
-        return;
-    }
-    if conv_blocked::eligible(shape, m, &ep, O::DTYPE) {
-        let out = conv_blocked::Output {
-            c: SendPtr(out.c.get().cast()),
-            out: O::DTYPE,
-            count: out.count,
-            stride: out.stride,
-            ldc: out.ldc,
-        };
-        // SAFETY: the caller's contract (avx512_core, F32 accumulation),
-        // eligibility just checked, `out` is O's type.
-        unsafe { conv_blocked::run(shape, images, image_stride, &w, &ep, out, threads) };
         return;
     }
     // An f32 image with stride 1 and "same" width is read in place;

@@ -1,8 +1,10 @@
-//! Direct convolution with f32 accumulation over a channel-blocked f32 copy
-//! of the image (`avx512_core` and up), the layout oneDNN and onnxruntime
-//! call NCHW16c. Images may be f32, f16 or bf16 (widened exactly by the
-//! copy), outputs f32 or f16 (rounded as `VCVTPS2PH` does, as the GEMM's
-//! epilogue does).
+//! Direct convolution over a channel-blocked copy of the image
+//! (`avx512_core` and up), the layout oneDNN and onnxruntime call NCHW16c.
+//! With f32 FMAs ([`Product::Fma`]) images may be f32, f16 or bf16 (widened
+//! exactly by the copy); with `VDPBF16PS` ([`Product::Bf16Dot`], bf16
+//! images, `avx512_core_bf16`) each lane of the copy is a bf16 channel pair.
+//! Outputs are f32, f16 (rounded as `VCVTPS2PH` does) or, with pairs, bf16
+//! (the conversion's rounding), as the GEMM's epilogue rounds them.
 //!
 //! A band of output rows of one image is copied into a zero-padded buffer
 //! laid out (block of 16 channels, padded row, padded column, channel in
@@ -23,15 +25,25 @@
 //! (the GEMM's `KC` blocks reload the exact f32 partial sums), a padding tap
 //! being `fma(w, 0, acc)` in both, and the epilogue is `relu?(acc +
 //! row_bias)` as the general one computes it: the results are bit-identical
-//! to the GEMM's, whatever the thread count.
+//! to the GEMM's, whatever the thread count. With pairs the chain is the
+//! Bf16Dot GEMM's on the channel-pair k order (`conv` module docs): the
+//! same `VDPBF16PS` per lane with the operands' roles swapped, its two
+//! products and their sum unchanged by that.
+//!
+//! Bf16Dot, 8 x 64 x 56 x 56, 3x3, one thread: 8.8 ms (209 GFLOP/s, 89% of
+//! the `VDPBF16PS` peak), where the implicit GEMM over a channel-pair copy
+//! takes 10.1.
 //!
 //! # Speed
-//! 8 x 64 x 56 x 56, 3x3, pad 1, one Zen 4 core: 17.3 ms (107 GFLOP/s) for
-//! the call, where the implicit GEMM takes 17.9 and onnxruntime's NCHWc
-//! kernel 16.1 (plus its reorders). The tile loop alone runs at the FMA
-//! peak (116 GFLOP/s, 15.9 ms); the copy into blocks takes 0.4 ms (1.1 ms
-//! with scalar stores before the 16 x 16 transposes), and the transposing
-//! store of the NCHW output about as much. A 14-pixel by 32-channel tile
+//! f32, 8 x 64 x 56 x 56, 3x3, pad 1, one Zen 4 core: 16.7-17.0 ms (about
+//! 110 GFLOP/s) for the call, where the implicit GEMM takes 17.9 and
+//! onnxruntime's NCHWc kernel 16.1 (plus its reorders). The tile loop alone
+//! runs at the FMA peak (116 GFLOP/s, 15.9 ms); the copy into blocks takes
+//! 0.45 ms (1.1 ms with scalar stores before the 16 x 16 transposes), the
+//! transposing store of the NCHW output about 0.3 (0.8 before the tiles
+//! prefetched their output lines). Keeping a Conv -> Conv intermediate
+//! blocked (no copy, no transposes) measured no gain: tiles reading the
+//! whole blocked image in place ran slower than over the band copy in L2. A 14-pixel by 32-channel tile
 //! whose k loop was unrolled over the kernel taps spilled registers (63
 //! GFLOP/s): the loop walks a table of offsets instead, as the GEMM's does.
 
@@ -52,14 +64,46 @@ const PIXELS: usize = 14;
 /// a group's packed weights (72 KiB for 64 input channels, 3x3).
 const BAND_BYTES: usize = 512 << 10;
 
-/// Whether [`run`] computes this convolution (the caller checks the level
-/// and the f32 accumulation): stride 1, input and output channels multiples
-/// of 16, an output of f32 or f16, and an epilogue of at most a row bias and
-/// ReLU.
-pub(super) fn eligible(shape: &Conv2dShape, m: usize, ep: &Ep, out: FloatType) -> bool {
-    matches!(out, FloatType::F32 | FloatType::F16)
+/// How a tile multiplies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Product {
+    /// f32 FMAs on an f32 copy (`Accumulation::F32`, any image type): the
+    /// copy's blocks are 16 channels.
+    Fma,
+    /// `VDPBF16PS` on bf16 channel pairs (`Accumulation::Bf16Dot`, bf16
+    /// images): each copy lane is one pair, `x[2q]` in the low half, so a
+    /// block is 16 pairs (32 channels) and k step `(q, ki, kj)` is the
+    /// Bf16Dot GEMM's k-pair order (channel pair, kernel row, kernel column).
+    Bf16Dot,
+}
+
+impl Product {
+    /// Input channels per 32-bit lane of the copy.
+    fn channels_per_lane(self) -> usize {
+        match self {
+            Product::Fma => 1,
+            Product::Bf16Dot => 2,
+        }
+    }
+}
+
+/// Whether [`run`] computes this convolution with `product` (the caller
+/// checks the level, `avx512_core_bf16` for [`Product::Bf16Dot`], and the
+/// accumulation): stride 1, input channels a multiple of 16 (32 for
+/// pairs), output channels of 16, an output of f32 or f16 (or bf16 for
+/// [`Product::Bf16Dot`]), and an epilogue of at most a row bias and ReLU.
+pub(super) fn eligible(
+    shape: &Conv2dShape,
+    m: usize,
+    ep: &Ep,
+    out: FloatType,
+    product: Product,
+) -> bool {
+    (out != FloatType::Bf16 || product == Product::Bf16Dot)
         && shape.stride == [1, 1]
-        && shape.in_channels.is_multiple_of(BLOCK)
+        && shape
+            .in_channels
+            .is_multiple_of(BLOCK * product.channels_per_lane())
         && m.is_multiple_of(BLOCK)
         && ep.row_bias_relu().is_some()
 }
@@ -107,22 +151,23 @@ impl Bands {
         }
     }
 
-    /// f32 of one band's copy.
-    fn len(&self, in_channels: usize) -> usize {
-        in_channels / BLOCK * self.block_stride
+    /// Lanes (f32 or pairs) of one band's copy of `units` channels or
+    /// channel pairs.
+    fn len(&self, units: usize) -> usize {
+        units / BLOCK * self.block_stride
     }
 
-    /// Where k step `(ci, ki, kj)` (in im2col order) reads, relative to the
-    /// tile's first pixel at kernel tap (0, 0).
-    fn offsets(&self, shape: &Conv2dShape) -> Vec<usize> {
+    /// Where k step `(u, ki, kj)` (channel or channel pair `u`; the im2col
+    /// order) reads, relative to the tile's first pixel at tap (0, 0).
+    fn offsets(&self, shape: &Conv2dShape, units: usize) -> Vec<usize> {
         let [kh, kw] = shape.kernel;
         let [dh, dw] = shape.dilation;
-        let mut offs = Vec::with_capacity(shape.in_channels * kh * kw);
-        for ci in 0..shape.in_channels {
+        let mut offs = Vec::with_capacity(units * kh * kw);
+        for u in 0..units {
             for ki in 0..kh {
                 for kj in 0..kw {
                     let pixel = ki * dh * self.width + kj * dw;
-                    offs.push(ci / BLOCK * self.block_stride + pixel * BLOCK + ci % BLOCK);
+                    offs.push(u / BLOCK * self.block_stride + pixel * BLOCK + u % BLOCK);
                 }
             }
         }
@@ -131,7 +176,15 @@ impl Bands {
 
     /// Copies band `band` of `image` (NCHW) into `copy`: copy row `r` is
     /// padded input row `band * rows + r`, zeros outside the image.
-    fn fill<T: Element>(&self, shape: &Conv2dShape, band: usize, image: &[T], copy: &mut [f32]) {
+    fn fill<T: Element>(
+        &self,
+        shape: &Conv2dShape,
+        product: Product,
+        band: usize,
+        image: &[T],
+        copy: &mut [f32],
+    ) {
+        let per_block = BLOCK * product.channels_per_lane();
         let [h, w] = shape.in_size;
         let [ph, pw] = shape.pad_begin;
         let oy0 = band * self.rows;
@@ -142,7 +195,7 @@ impl Bands {
         let row_len = self.width * BLOCK;
         for (cb, block) in copy
             .chunks_exact_mut(self.block_stride)
-            .take(shape.in_channels / BLOCK)
+            .take(shape.in_channels / per_block)
             .enumerate()
         {
             for (r, dst) in block.chunks_exact_mut(row_len).take(rows).enumerate() {
@@ -153,16 +206,18 @@ impl Bands {
                 }
                 dst[..lo * BLOCK].fill(0.0);
                 dst[hi * BLOCK..].fill(0.0);
-                let plane = cb * BLOCK * h * w + iy * w;
+                let plane = cb * per_block * h * w + iy * w;
                 let (src, dst) = (&image[plane..], &mut dst[lo * BLOCK..]);
-                // SAFETY: channels cb*16.. cb*16+15 of row iy hold w >= hi - lo
-                // values each; the copy row holds `hi` pixels of 16; the CPU
-                // supports avx512_core (the caller of `run`).
+                // SAFETY: the block's channels of row iy hold w >= hi - lo values
+                // each; the copy row holds `hi` pixels of 16 lanes; the CPU
+                // supports avx512_core (avx512_core_bf16 with pairs: T is then
+                // bf16), the caller of `run`.
                 unsafe {
-                    match tag(T::DTYPE) {
-                        F32 => gather_pixels::<F32, T>(src, h * w, hi - lo, dst),
-                        BF16 => gather_pixels::<BF16, T>(src, h * w, hi - lo, dst),
-                        _ => gather_pixels::<F16, T>(src, h * w, hi - lo, dst),
+                    match (product, tag(T::DTYPE)) {
+                        (Product::Bf16Dot, _) => gather_pairs(src, h * w, hi - lo, dst),
+                        (Product::Fma, F32) => gather_pixels::<F32, T>(src, h * w, hi - lo, dst),
+                        (Product::Fma, BF16) => gather_pixels::<BF16, T>(src, h * w, hi - lo, dst),
+                        (Product::Fma, _) => gather_pixels::<F16, T>(src, h * w, hi - lo, dst),
                     }
                 }
             }
@@ -197,6 +252,48 @@ unsafe fn gather_pixels<const BT: u8, T>(
         let cols = transpose16(rows);
         for (j, c) in cols.iter().take(n).enumerate() {
             // SAFETY: pixel x0 + j < pixels, so its 16 f32 lie in dst.
+            unsafe { _mm512_storeu_ps(dst.as_mut_ptr().add((x0 + j) * BLOCK), *c) };
+        }
+    }
+}
+
+/// [`gather_pixels`] for bf16 channel pairs: `pixels` pixels of 32
+/// channels (`src` bf16) into 16 lanes per pixel, lane `q` holding channel
+/// `2q` in its low half and `2q + 1` in its high half, the pair layout of
+/// the Bf16Dot GEMM's k-pairs (the f32 copy is reused as 32-bit lanes).
+///
+/// # Safety
+/// `src[l * channel_stride + x]` exists for `l < 32`, `x < pixels`; `dst`
+/// holds `16 * pixels`; `T` is bf16; the CPU supports AVX-512 F/BW/VL.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn gather_pairs<T>(src: &[T], channel_stride: usize, pixels: usize, dst: &mut [f32]) {
+    debug_assert!(src.len() > 31 * channel_stride + pixels - 1 && dst.len() >= BLOCK * pixels);
+    let src = src.as_ptr().cast::<u16>();
+    for x0 in (0..pixels).step_by(BLOCK) {
+        let n = BLOCK.min(pixels - x0);
+        let lanes = u16::MAX >> (BLOCK - n);
+        let mut rows = [_mm512_setzero_ps(); BLOCK];
+        for (q, r) in rows.iter_mut().enumerate() {
+            // SAFETY: lanes below n read channels 2q and 2q+1 at pixels x0..x0+n
+            // (the caller's contract).
+            let (lo, hi) = unsafe {
+                (
+                    _mm256_maskz_loadu_epi16(lanes, src.add(2 * q * channel_stride + x0).cast()),
+                    _mm256_maskz_loadu_epi16(
+                        lanes,
+                        src.add((2 * q + 1) * channel_stride + x0).cast(),
+                    ),
+                )
+            };
+            let pair = _mm512_or_si512(
+                _mm512_cvtepu16_epi32(lo),
+                _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(hi)),
+            );
+            *r = _mm512_castsi512_ps(pair);
+        }
+        let cols = transpose16(rows);
+        for (j, c) in cols.iter().take(n).enumerate() {
+            // SAFETY: pixel x0 + j < pixels, so its 16 lanes lie in dst.
             unsafe { _mm512_storeu_ps(dst.as_mut_ptr().add((x0 + j) * BLOCK), *c) };
         }
     }
@@ -251,8 +348,10 @@ fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
 /// # Safety
 /// As [`super::conv::run`]; in addition [`eligible`] holds, `out.out` is
 /// the output's element type and the CPU supports `avx512_core`.
+#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn run<T: Element>(
     shape: &Conv2dShape,
+    product: Product,
     images: &[T],
     image_stride: usize,
     w: &MatRef<T>,
@@ -261,28 +360,42 @@ pub(super) unsafe fn run<T: Element>(
     threads: usize,
 ) {
     let (row_bias, relu) = ep.row_bias_relu().expect("eligible");
-    let (m, k) = (w.rows, w.cols);
+    let m = w.rows;
     let [oh, ow] = shape.out_size;
+    let taps = shape.kernel[0] * shape.kernel[1];
+    let units = shape.in_channels / product.channels_per_lane();
+    // k steps: channels (f32) or channel pairs (Bf16Dot) times taps.
+    let k = units * taps;
     let bands = Bands::new(shape, out.count, threads);
-    let offs = bands.offsets(shape);
+    let offs = bands.offsets(shape, units);
     // Weights in groups of 32 output channels (16 for an odd last block),
-    // each k step's weights consecutive: group `g` starts at `g * 32 * k`.
-    let mut packed = vec![0.0f32; m * k];
+    // each k step's weights consecutive as 32-bit lanes (f32 bits, or a
+    // bf16 pair): group `g` starts at `g * 32 * k`.
+    let bits = |i: usize, c: usize, tap: usize| w.at(i, c * taps + tap).to_f32().to_bits();
+    let mut packed = vec![0u32; m * k];
     for (g, group) in packed.chunks_mut(2 * BLOCK * k).enumerate() {
         let lanes = group.len() / k;
         for (p, step) in group.chunks_exact_mut(lanes).enumerate() {
+            let (u, tap) = (p / taps, p % taps);
             for (j, x) in step.iter_mut().enumerate() {
-                *x = w.at(g * 2 * BLOCK + j, p).to_f32();
+                let i = g * 2 * BLOCK + j;
+                *x = match product {
+                    Product::Fma => bits(i, u, tap),
+                    // T is bf16: its bits are the top half of the f32's.
+                    Product::Bf16Dot => {
+                        (bits(i, 2 * u, tap) >> 16) | (bits(i, 2 * u + 1, tap) & 0xFFFF_0000)
+                    }
+                };
             }
         }
     }
     let image_len = shape.in_channels * shape.in_size[0] * shape.in_size[1];
-    let copy_len = bands.len(shape.in_channels);
+    let copy_len = bands.len(units);
     let (packed, offs, bands) = (&packed[..], &offs[..], &bands);
     parallel_for(threads, out.count * bands.count, copy_len, |item, copy| {
         let (n, band) = (item / bands.count, item % bands.count);
         let image = &images[n * image_stride..][..image_len];
-        bands.fill(shape, band, image, copy);
+        bands.fill(shape, product, band, image, copy);
         let oy0 = band * bands.rows;
         let rows = bands.rows.min(oh - oy0);
         for (g, weights) in packed.chunks(2 * BLOCK * k).enumerate() {
@@ -305,7 +418,17 @@ pub(super) unsafe fn run<T: Element>(
                     // pixel's offset) lies in it; `weights` holds k steps of `lanes`;
                     // the output rows oc0..oc0+lanes, columns oy*ow+ox.. +pixels, lie
                     // in image n's output; avx512_core is the caller's contract.
-                    unsafe { tile(lanes, pixels, offs, weights.as_ptr(), b, &store.at(ox)) };
+                    unsafe {
+                        tile(
+                            product,
+                            lanes,
+                            pixels,
+                            offs,
+                            weights.as_ptr(),
+                            b,
+                            &store.at(ox),
+                        )
+                    };
                 }
             }
         }
@@ -313,7 +436,7 @@ pub(super) unsafe fn run<T: Element>(
 }
 
 /// Where a tile's results go: output channel `j` of the tile, pixel `p`, is
-/// element `at + j * ldc + p` of `c`, of type `out` (f32 or f16).
+/// element `at + j * ldc + p` of `c`, of type `out`.
 #[derive(Clone, Copy)]
 struct TileStore {
     c: *mut u8,
@@ -365,30 +488,32 @@ impl TileStore {
 /// `lanes` rows of `pixels` elements are writable and its bias holds
 /// `lanes` f32; the CPU supports AVX-512 F/BW/VL.
 unsafe fn tile(
+    product: Product,
     lanes: usize,
     pixels: usize,
     offs: &[usize],
-    w: *const f32,
+    w: *const u32,
     b: *const f32,
     store: &TileStore,
 ) {
     macro_rules! go {
-        ($v:literal, $($n:literal)*) => {
+        ($kernel:ident, $v:literal, $($n:literal)*) => {
             match pixels {
                 // SAFETY: forwarded from the caller's contract.
-                $($n => unsafe { tile_kernel::<$n, $v>(offs, w, b, store) },)*
+                $($n => unsafe { $kernel::<$n, $v>(offs, w, b, store) },)*
                 _ => unreachable!("tile of {pixels} pixels"),
             }
         };
     }
-    if lanes == 2 * BLOCK {
-        go!(2, 1 2 3 4 5 6 7 8 9 10 11 12 13 14)
-    } else {
-        go!(1, 1 2 3 4 5 6 7 8 9 10 11 12 13 14)
+    match (product, lanes == 2 * BLOCK) {
+        (Product::Fma, true) => go!(tile_kernel, 2, 1 2 3 4 5 6 7 8 9 10 11 12 13 14),
+        (Product::Fma, false) => go!(tile_kernel, 1, 1 2 3 4 5 6 7 8 9 10 11 12 13 14),
+        (Product::Bf16Dot, true) => go!(tile_kernel_dot, 2, 1 2 3 4 5 6 7 8 9 10 11 12 13 14),
+        (Product::Bf16Dot, false) => go!(tile_kernel_dot, 1, 1 2 3 4 5 6 7 8 9 10 11 12 13 14),
     }
 }
 
-/// [`tile`] for `P` pixels and `V` vectors of 16 channels.
+/// [`tile`] for `P` pixels and `V` vectors of 16 channels, f32 FMAs.
 ///
 /// # Safety
 /// As [`tile`] with `pixels = P`, `lanes = 16 * V`.
@@ -396,12 +521,13 @@ unsafe fn tile(
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn tile_kernel<const P: usize, const V: usize>(
     offs: &[usize],
-    w: *const f32,
+    w: *const u32,
     b: *const f32,
     store: &TileStore,
 ) {
     let mut acc = [[_mm512_setzero_ps(); V]; P];
     store.prefetch(V * BLOCK, P);
+    let w = w.cast::<f32>();
     // SAFETY: every address is in bounds by the caller's contract.
     unsafe {
         for (p, &off) in offs.iter().enumerate() {
@@ -418,14 +544,70 @@ unsafe fn tile_kernel<const P: usize, const V: usize>(
                 }
             }
         }
-        // The tile is channels x pixels in registers (a vector per pixel);
-        // the output is NCHW: transposed, each channel's pixels are one
-        // masked store.
-        let lanes = u16::MAX >> (BLOCK - P);
+        finish_tile(&acc, store);
+    }
+}
+
+/// [`tile`] for `P` pixels and `V` vectors of 16 channels, `VDPBF16PS` on
+/// channel pairs: per lane the instruction of the Bf16Dot GEMM's tile with
+/// its operands' roles swapped (weights the vector, the image pair the
+/// broadcast), whose two products and sum are the same.
+///
+/// # Safety
+/// As [`tile`] with `pixels = P`, `lanes = 16 * V`, and the CPU supports
+/// AVX-512 BF16 and DQ.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16")]
+unsafe fn tile_kernel_dot<const P: usize, const V: usize>(
+    offs: &[usize],
+    w: *const u32,
+    b: *const f32,
+    store: &TileStore,
+) {
+    let mut acc = [[_mm512_setzero_ps(); V]; P];
+    store.prefetch(V * BLOCK, P);
+    let b = b.cast::<i32>();
+    // SAFETY: every address is in bounds by the caller's contract;
+    // __m512bh and __m512i are both 512 plain bits.
+    unsafe {
+        for (p, &off) in offs.iter().enumerate() {
+            let wp = w.add(p * V * BLOCK);
+            let mut wv: [__m512bh; V] = std::mem::zeroed();
+            for (v, x) in wv.iter_mut().enumerate() {
+                *x = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                    wp.add(BLOCK * v).cast(),
+                ));
+            }
+            let bp = b.add(off);
+            for (q, row) in acc.iter_mut().enumerate() {
+                let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(*bp.add(q * BLOCK)));
+                for (a, &wx) in row.iter_mut().zip(&wv) {
+                    *a = _mm512_dpbf16_ps(*a, wx, x);
+                }
+            }
+        }
+        finish_tile(&acc, store);
+    }
+}
+
+/// The epilogue of a tile from its registers: `relu?(acc + row_bias)`, the
+/// general epilogue's operations and bits, then transposed (the output is
+/// NCHW) and stored per channel with one masked store of `P` pixels,
+/// rounded to f16 with `VCVTPS2PH` or to bf16 with the conversion's own
+/// `VCVTNE2PS2BF16` and subnormal patch, as the GEMM's stores round.
+///
+/// # Safety
+/// As [`tile`]'s store; bf16 output only at `avx512_core_bf16` and up.
+#[inline(always)]
+unsafe fn finish_tile<const P: usize, const V: usize>(acc: &[[__m512; V]; P], store: &TileStore) {
+    let lanes = u16::MAX >> (BLOCK - P);
+    // SAFETY: the store's elements are writable (the caller's contract), the
+    // caller has AVX-512 F/BW/VL, and bf16 output implies AVX512_BF16.
+    unsafe {
         for v in 0..V {
             let bias = store.row_bias.map(|r| _mm512_loadu_ps(r.add(BLOCK * v)));
             let mut rows = [_mm512_setzero_ps(); BLOCK];
-            for (x, row) in rows.iter_mut().zip(&acc) {
+            for (x, row) in rows.iter_mut().zip(acc) {
                 *x = bias.map_or(row[v], |bv| _mm512_add_ps(row[v], bv));
                 if store.relu {
                     // epilogue::relu: x where x > 0 or NaN (not <=), else +0.
@@ -437,13 +619,15 @@ unsafe fn tile_kernel<const P: usize, const V: usize>(
             }
             for (j, &c) in transpose16(rows).iter().enumerate() {
                 let dst = store.element(v * BLOCK + j, 0);
-                if store.out == FloatType::F32 {
-                    _mm512_mask_storeu_ps(dst.cast(), lanes, c);
-                } else {
-                    // f16 as the GEMM epilogue rounds it (VCVTPS2PH, RNE).
-                    let h = _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(c);
-                    _mm256_mask_storeu_epi16(dst.cast(), lanes, h);
-                }
+                let half = match store.out {
+                    FloatType::F32 => {
+                        _mm512_mask_storeu_ps(dst.cast(), lanes, c);
+                        continue;
+                    }
+                    FloatType::F16 => _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(c),
+                    FloatType::Bf16 => _mm512_castsi512_si256(crate::convert::bf16_x32(c, c)),
+                };
+                _mm256_mask_storeu_epi16(dst.cast(), lanes, half);
             }
         }
     }
