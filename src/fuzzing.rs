@@ -837,14 +837,29 @@ pub fn conv_differential(data: &[u8]) {
 fn conv_case<T: Element>(b: &mut Bytes) {
     use mixprec_kernels::conv::{Conv2dShape, conv2d_batch_at};
     let mut pick = |n: u8| (b.u8() % n) as usize;
-    let cin = 1 + pick(7);
+    // One case in four takes the channel-blocked path (stride 1, channels
+    // in multiples of 16) on avx512_core and up.
+    let blocked = pick(4) == 0;
+    let cin = if blocked {
+        16 * (1 + pick(2))
+    } else {
+        1 + pick(7)
+    };
     let in_size = [1 + pick(18), 1 + pick(18)];
     let kernel = [1 + pick(5), 1 + pick(5)];
-    let stride = [1 + pick(3), 1 + pick(3)];
+    let stride = if blocked {
+        [1, 1]
+    } else {
+        [1 + pick(3), 1 + pick(3)]
+    };
     let dilation = [1 + pick(3), 1 + pick(3)];
     let pad = [pick(5), pick(5)];
     let extra = [pick(3), pick(3)];
-    let cout = 1 + pick(39);
+    let cout = if blocked {
+        16 * (1 + pick(3))
+    } else {
+        1 + pick(39)
+    };
     let count = 1 + pick(3);
     let (image_gap, out_gap) = (pick(4), pick(4));
     let out = |d: usize| {
