@@ -236,16 +236,8 @@ fn threads_case<T: Element>(m: usize, n: usize, k: usize, tb: bool) {
     let mut results = Vec::new();
     for threads in [1, 2, 3] {
         set_num_threads(threads);
-        let mut c = vec![0.5f32; m * n];
-        gemm(
-            1.5,
-            a.view(),
-            b.view(),
-            0.5,
-            MatMut::new(&mut c, m, n, n).unwrap(),
-            &ep,
-        )
-        .unwrap();
+        // Packed first: the view path leaves its widened B in the thread's
+        // buffer, which a packed call that failed to write it would read.
         let mut cp = vec![0.5f32; m * n];
         gemm_packed(
             1.5,
@@ -256,6 +248,22 @@ fn threads_case<T: Element>(m: usize, n: usize, k: usize, tb: bool) {
             &ep,
         )
         .unwrap();
+        let mut c = vec![0.5f32; m * n];
+        gemm(
+            1.5,
+            a.view(),
+            b.view(),
+            0.5,
+            MatMut::new(&mut c, m, n, n).unwrap(),
+            &ep,
+        )
+        .unwrap();
+        // Packed equals the view path bit for bit (the documented exception
+        // is small m with column-contiguous B), also where m reaches
+        // WIDEN_B_ROWS and a 16-bit packed B is widened once per call.
+        if m > 16 || !tb {
+            assert_eq!(bits(&c), bits(&cp), "packed vs view (m={m} n={n} k={k})");
+        }
         results.push((bits(&c), bits(&cp)));
     }
     set_num_threads(0);
@@ -274,6 +282,9 @@ fn bit_identical_for_any_thread_count() {
     threads_case::<f16>(64, 777, 129, false);
     threads_case::<f32>(2, 3000, 500, true);
     threads_case::<bf16>(4, 3000, 500, false);
+    // 16-bit packed B widened into f32 panels once per call (m >= 256).
+    threads_case::<f16>(300, 777, 129, false);
+    threads_case::<bf16>(256, 100, 200, true);
 }
 
 #[test]

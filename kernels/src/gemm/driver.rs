@@ -29,6 +29,13 @@ use crate::isa::Isa;
 
 /// Register tiles per M block.
 pub(super) const MC_TILES: usize = 8;
+/// Rows of A from which the large-m path widens a packed bf16/f16 B into f32
+/// panels once per call rather than in every tile: the tiles' in-register
+/// widening costs about 5% of the FMA time, the widening once a fixed
+/// k x n. f16 on one Zen 4 core: 512x768x768 6.07-6.16 -> 5.81-5.85 ms,
+/// 256x768x768 2.97-2.99 -> 2.85 ms; below ~150 rows it does not pay (an
+/// f16 MLP at batch 64 was slower widening every call).
+const WIDEN_B_ROWS: usize = 256;
 /// 32-column panels per N block.
 const NC_PANELS: usize = 8;
 /// Largest m that takes the streaming path.
@@ -659,10 +666,25 @@ fn large<T: Element, O: Element>(
 ) {
     let mr = kern.mr;
     // A packed B is read in place, in its own type (bf16/f16 widened by the
-    // tile: widening it into f32 panels on every call made an f16 plan
-    // slower than f32); a view is packed (and widened) into a reused buffer.
+    // tile: widening it into f32 panels on every call made an f16 MLP at
+    // batch 64 slower than f32), unless A has WIDEN_B_ROWS rows or more; a
+    // view is packed (and widened) into a reused buffer.
     let mut bbuf = Vec::new();
     let (bpack, bt): (&[u8], FloatType) = match b {
+        BSource::Packed(pb) if T::DTYPE != FloatType::F32 && m >= WIDEN_B_ROWS => {
+            let len = pb.data.len();
+            bbuf = take_buf(&PACK_B, len);
+            let (src, dst) = (&pb.data[..], SendPtr(bbuf.as_mut_ptr()));
+            const CHUNK: usize = 1 << 16;
+            parallel_for(threads, len.div_ceil(CHUNK), 0, |i, _| {
+                let n = CHUNK.min(len - i * CHUNK);
+                // SAFETY: chunk i of bbuf (len >= pb.data.len() elements) is
+                // written by this item only.
+                let out = unsafe { std::slice::from_raw_parts_mut(dst.get().add(i * CHUNK), n) };
+                widen_into(ep.isa, &src[i * CHUNK..][..n], out);
+            });
+            (bytemuck::cast_slice(&bbuf), FloatType::F32)
+        }
         BSource::Packed(pb) => (bytemuck::cast_slice(&pb.data), T::DTYPE),
         BSource::View(_) => {
             bbuf = take_buf(&PACK_B, n.div_ceil(NR) * NR * k);
