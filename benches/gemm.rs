@@ -329,5 +329,108 @@ fn bf16dot(c: &mut Criterion) {
     set_num_threads(0);
 }
 
-criterion_group!(benches, peaks, squares, transformer, gemv, bf16dot);
+/// 3x3 "same" convolutions of 56x56 images, one thread: f32 at every level
+/// (avx512 levels run the channel-blocked tiles for 64 channels), 60
+/// channels (not a multiple of 16: the implicit GEMM reading the image in
+/// place), bf16 with `Bf16Dot` for 64 channels (blocked channel pairs) and
+/// 48 (not a multiple of 32: the implicit GEMM over a channel-pair copy),
+/// and a batch of 8 at one and two threads. `-- conv` runs just these.
+fn convolution(c: &mut Criterion) {
+    use mixprec_kernels::conv::{Conv2dShape, conv2d_batch_at};
+    use mixprec_kernels::{Isa, active_isa};
+    let shape = |ch: usize| Conv2dShape {
+        in_channels: ch,
+        in_size: [56, 56],
+        kernel: [3, 3],
+        stride: [1, 1],
+        dilation: [1, 1],
+        pad_begin: [1, 1],
+        out_size: [56, 56],
+    };
+    fn run<T: Element>(
+        g: &mut BenchmarkGroup<WallTime>,
+        id: String,
+        isa: Isa,
+        acc: Accumulation,
+        shape: Conv2dShape,
+        count: usize,
+    ) {
+        let ch = shape.in_channels;
+        let (k, n) = (ch * 9, 56 * 56);
+        let images = data::<T>(count * ch * n, 1);
+        let weights = data::<T>(ch * k, 2);
+        let mut out = vec![0.0f32; count * ch * n];
+        let mut call = || {
+            conv2d_batch_at(
+                isa,
+                acc,
+                &shape,
+                count,
+                black_box(&images),
+                ch * n,
+                MatRef::new(&weights, ch, k, k).unwrap(),
+                &mut out,
+                ch * n,
+                &Epilogue::default(),
+            )
+        };
+        if let Err(e) = call() {
+            println!("{id}: skipped ({e})");
+            return;
+        }
+        g.throughput(Throughput::Elements((2 * ch * k * n * count) as u64));
+        g.bench_function(BenchmarkId::new(id, format!("{count}x{ch}x56x56")), |bch| {
+            bch.iter(|| call().unwrap())
+        });
+    }
+    let mut g = c.benchmark_group("conv3x3-56x56");
+    g.sample_size(10);
+    set_num_threads(1);
+    for isa in Isa::available() {
+        run::<f32>(
+            &mut g,
+            format!("f32/{isa}/t1"),
+            isa,
+            Accumulation::F32,
+            shape(64),
+            1,
+        );
+    }
+    let isa = active_isa();
+    run::<f32>(
+        &mut g,
+        format!("f32/{isa}/t1"),
+        isa,
+        Accumulation::F32,
+        shape(60),
+        1,
+    );
+    for ch in [64, 48] {
+        let id = format!("bf16-bf16dot/{isa}/t1");
+        run::<bf16>(&mut g, id, isa, Accumulation::Bf16Dot, shape(ch), 1);
+    }
+    for t in [1, 2] {
+        set_num_threads(t);
+        run::<f32>(
+            &mut g,
+            format!("f32/{isa}/t{t}"),
+            isa,
+            Accumulation::F32,
+            shape(64),
+            8,
+        );
+    }
+    g.finish();
+    set_num_threads(0);
+}
+
+criterion_group!(
+    benches,
+    peaks,
+    squares,
+    transformer,
+    gemv,
+    bf16dot,
+    convolution
+);
 criterion_main!(benches);
