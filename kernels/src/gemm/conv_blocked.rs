@@ -90,7 +90,7 @@ impl Product {
 /// Whether [`run`] computes this convolution with `product` (the caller
 /// checks the level, `avx512_core_bf16` for [`Product::Bf16Dot`], and the
 /// accumulation): stride 1, input channels a multiple of 16 (32 for
-/// pairs), output channels of 16, an output of f32 or f16 (or bf16 for
+/// pairs), output channels a multiple of 16, an output of f32 or f16 (or bf16 for
 /// [`Product::Bf16Dot`]), and an epilogue of at most a row bias and ReLU.
 pub(super) fn eligible(
     shape: &Conv2dShape,
@@ -128,11 +128,16 @@ struct Bands {
     width: usize,
     /// Copy rows below a band's output rows that its taps reach.
     reach: usize,
-    /// f32 from one channel block of the copy to the next.
+    /// Lanes (f32 or channel pairs) from one block of the copy to the next.
     block_stride: usize,
 }
 
 impl Bands {
+    /// Bands sized as if each input channel took 4 bytes per pixel: a
+    /// copy of bf16 channel pairs (2 bytes per channel) gets bands of half
+    /// [`BAND_BYTES`], which measured slightly faster than full-size ones
+    /// (8x64x56x56 Bf16Dot: 8.83-8.89 vs 8.92-8.93 ms at one thread,
+    /// 4.40-4.48 vs 4.51-4.58 at two).
     fn new(shape: &Conv2dShape, images: usize, threads: usize) -> Self {
         let [oh, ow] = shape.out_size;
         let width = ow + (shape.kernel[1] - 1) * shape.dilation[1];
@@ -339,8 +344,9 @@ fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
     out
 }
 
-/// The convolution of `count` f32 images (`images[n * image_stride..]`,
-/// NCHW) with the `m x k` weights `w` into `out`, on `threads` threads.
+/// The convolution of `out.count` images (`images[n * image_stride..]`,
+/// NCHW) with the `m x k` weights `w` into `out` by `product`, on
+/// `threads` threads.
 /// Work items are (image, band of output rows); each copies its band into
 /// the thread's workspace and computes every output channel of it, so the
 /// copy is read from L2 by all channel groups.
@@ -483,10 +489,12 @@ impl TileStore {
 /// `pixels` (1 to [`PIXELS`]) pixels.
 ///
 /// # Safety
-/// `w` holds `offs.len()` k steps of `lanes` f32; for every k step `p` and
+/// `w` holds `offs.len()` k steps of `lanes` 32-bit lanes (f32, or bf16
+/// pairs for [`Product::Bf16Dot`]); for every k step `p` and
 /// pixel `q < pixels`, `b + offs[p] + q * 16` is readable; the store's
 /// `lanes` rows of `pixels` elements are writable and its bias holds
-/// `lanes` f32; the CPU supports AVX-512 F/BW/VL.
+/// `lanes` f32; the CPU supports AVX-512 F/BW/VL (and BF16/DQ for
+/// [`Product::Bf16Dot`]).
 unsafe fn tile(
     product: Product,
     lanes: usize,
