@@ -659,9 +659,9 @@ fn bad_geometry_and_shapes_are_typed_errors() {
 
 /// Stride 1 with input and output channels multiples of 16: the f32 path
 /// (and Bf16Dot from 32 input channels) then convolves a channel-blocked
-/// copy (`gemm/conv_blocked.rs`) in tiles of
-/// up to 14 pixels of one output row, so widths cover whole tiles and every
-/// shorter last tile, and NaN or infinite values lie next to the padding.
+/// copy (`gemm/conv_blocked.rs`) in tiles of up to 14 pixels of one output
+/// row, so widths cover whole tiles and every shorter last tile, and NaN or
+/// infinite values lie next to the padding.
 fn arb_blocked_case() -> impl Strategy<Value = Case> {
     (
         (prop_oneof![Just(16usize), Just(32)], 1usize..12, 1usize..40),
