@@ -671,22 +671,10 @@ fn large<T: Element, O: Element>(
     // view is packed (and widened) into a reused buffer.
     let mut bbuf = Vec::new();
     let (bpack, bt): (&[u8], FloatType) = match b {
-        BSource::Packed(pb) if T::DTYPE != FloatType::F32 && m >= WIDEN_B_ROWS => {
-            let len = pb.data.len();
-            bbuf = take_buf(&PACK_B, len);
-            let (src, dst) = (&pb.data[..], SendPtr(bbuf.as_mut_ptr()));
-            const CHUNK: usize = 1 << 16;
-            parallel_for(threads, len.div_ceil(CHUNK), 0, |i, _| {
-                let n = CHUNK.min(len - i * CHUNK);
-                // SAFETY: chunk i of bbuf (len >= pb.data.len() elements) is
-                // written by this item only.
-                let out = unsafe { std::slice::from_raw_parts_mut(dst.get().add(i * CHUNK), n) };
-                widen_into(ep.isa, &src[i * CHUNK..][..n], out);
-            });
-            (bytemuck::cast_slice(&bbuf), FloatType::F32)
+        BSource::Packed(pb) if T::DTYPE == FloatType::F32 || m < WIDEN_B_ROWS => {
+            (bytemuck::cast_slice(&pb.data), T::DTYPE)
         }
-        BSource::Packed(pb) => (bytemuck::cast_slice(&pb.data), T::DTYPE),
-        BSource::View(_) => {
+        _ => {
             bbuf = take_buf(&PACK_B, n.div_ceil(NR) * NR * k);
             pack_b_f32(ep.isa, threads, b, &mut bbuf);
             (bytemuck::cast_slice(&bbuf), FloatType::F32)
