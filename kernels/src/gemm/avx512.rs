@@ -368,6 +368,22 @@ unsafe fn gather_tile<const MR_: usize, R: ConvRows>(
     }
 }
 
+/// `relu?(x + bias)` on 16 lanes with the general epilogue's operations
+/// and bits (`Ep::bias_relu` without a column bias): the bias added when
+/// given (not `+ 0`, which would turn -0 into +0), then `epilogue::relu`.
+/// Shared by the tiles that finish from their registers.
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(super) fn bias_relu(x: __m512, bias: Option<__m512>, relu: bool) -> __m512 {
+    let x = bias.map_or(x, |b| _mm512_add_ps(x, b));
+    if relu {
+        // epilogue::relu: x where x > 0 or NaN (not <=), else +0.
+        _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_NLE_UQ>(x, _mm512_setzero_ps()), x)
+    } else {
+        x
+    }
+}
+
 /// Most output rows one 16-lane vector of a [`DirectStore`] may touch.
 pub(super) const MAX_PIECES: usize = 3;
 
@@ -433,13 +449,7 @@ impl DirectStore {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     fn finished(&self, x: __m512, row_bias: Option<__m512>) -> __m512 {
-        let x = row_bias.map_or(x, |b| _mm512_add_ps(x, b));
-        if self.relu {
-            // epilogue::relu: x where x > 0 or NaN (not <=), else +0.
-            _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_NLE_UQ>(x, _mm512_setzero_ps()), x)
-        } else {
-            x
-        }
+        bias_relu(x, row_bias, self.relu)
     }
 
     /// Row `i`'s bias as a vector.

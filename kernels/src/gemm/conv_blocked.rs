@@ -49,7 +49,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx512::{BF16, F16, F32, load16, tag};
+use super::avx512::{BF16, F16, F32, bias_relu, load16, tag};
 use super::driver::{Ep, SendPtr};
 use super::threads::parallel_for;
 use super::{Element, FloatType, MatRef};
@@ -598,11 +598,11 @@ unsafe fn tile_kernel_dot<const P: usize, const V: usize>(
     }
 }
 
-/// The epilogue of a tile from its registers: `relu?(acc + row_bias)`, the
-/// general epilogue's operations and bits, then transposed (the output is
-/// NCHW) and stored per channel with one masked store of `P` pixels,
-/// rounded to f16 with `VCVTPS2PH` or to bf16 with the conversion's own
-/// `VCVTNE2PS2BF16` and subnormal patch, as the GEMM's stores round.
+/// The epilogue of a tile from its registers: `relu?(acc + row_bias)`
+/// ([`bias_relu`], the general epilogue's bits), then transposed (the
+/// output is NCHW) and stored per channel with one masked store of `P`
+/// pixels, rounded to f16 with `VCVTPS2PH` or to bf16 with the conversion's
+/// own `VCVTNE2PS2BF16` and subnormal patch, as the GEMM's stores round.
 ///
 /// # Safety
 /// As [`tile`]'s store; bf16 output only at `avx512_core_bf16` and up.
@@ -616,14 +616,7 @@ unsafe fn finish_tile<const P: usize, const V: usize>(acc: &[[__m512; V]; P], st
             let bias = store.row_bias.map(|r| _mm512_loadu_ps(r.add(BLOCK * v)));
             let mut rows = [_mm512_setzero_ps(); BLOCK];
             for (x, row) in rows.iter_mut().zip(acc) {
-                *x = bias.map_or(row[v], |bv| _mm512_add_ps(row[v], bv));
-                if store.relu {
-                    // epilogue::relu: x where x > 0 or NaN (not <=), else +0.
-                    *x = _mm512_maskz_mov_ps(
-                        _mm512_cmp_ps_mask::<_CMP_NLE_UQ>(*x, _mm512_setzero_ps()),
-                        *x,
-                    );
-                }
+                *x = bias_relu(row[v], bias, store.relu);
             }
             for (j, &c) in transpose16(rows).iter().enumerate() {
                 let dst = store.element(v * BLOCK + j, 0);
