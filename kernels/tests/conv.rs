@@ -156,6 +156,27 @@ fn check_f32_epilogue<T: Element, O: Element>(isa: Isa, case: &Case, epi: &Epilo
         epi,
     )
     .unwrap();
+    // The same weights stored k x m and passed as a transposed view (column
+    // stride m): the paths that read weight rows along must not assume them
+    // contiguous.
+    let stored_t: Vec<T> = (0..k * m).map(|x| weights[(x % m) * k + x / m]).collect();
+    let mut got_t = vec![O::from_f32(f32::NAN); m * n];
+    conv2d_at(
+        isa,
+        Accumulation::F32,
+        &case.shape,
+        &image,
+        MatRef::new(&stored_t, k, m, m).unwrap().t(),
+        MatMut::new(&mut got_t, m, n, n).unwrap(),
+        epi,
+    )
+    .unwrap();
+    let bits = |v: &[O]| v.iter().map(|x| x.to_f32().to_bits()).collect::<Vec<_>>();
+    assert_eq!(
+        bits(&got_t),
+        bits(&got),
+        "{isa} {case:?}: transposed weight view"
+    );
     let col = im2col(&case.shape, &image);
     let want: Vec<O> = gemm_on(isa, Accumulation::F32, &weights, &col, (m, k, n), epi);
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {

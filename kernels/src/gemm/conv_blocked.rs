@@ -51,7 +51,7 @@ use std::arch::x86_64::*;
 
 use super::avx512::{BF16, F16, F32, bias_relu, load16, tag};
 use super::driver::{Ep, SendPtr};
-use super::threads::parallel_for;
+use super::threads::{parallel_for, put_buf, take_buf};
 use super::{Element, FloatType, MatRef};
 use crate::conv::Conv2dShape;
 
@@ -374,37 +374,27 @@ pub(super) unsafe fn run<T: Element>(
     let k = units * taps;
     let bands = Bands::new(shape, out.count, threads);
     let offs = bands.offsets(shape, units);
-    // Weights in groups of 32 output channels (16 for an odd last block),
-    // each k step's weights consecutive as 32-bit lanes (f32 bits, or a
-    // bf16 pair): group `g` starts at `g * 32 * k`.
-    let bits = |i: usize, c: usize, tap: usize| w.at(i, c * taps + tap).to_f32().to_bits();
-    let mut packed = vec![0u32; m * k];
-    for (g, group) in packed.chunks_mut(2 * BLOCK * k).enumerate() {
-        let lanes = group.len() / k;
-        for (p, step) in group.chunks_exact_mut(lanes).enumerate() {
-            let (u, tap) = (p / taps, p % taps);
-            for (j, x) in step.iter_mut().enumerate() {
-                let i = g * 2 * BLOCK + j;
-                *x = match product {
-                    Product::Fma => bits(i, u, tap),
-                    // T is bf16: its bits are the top half of the f32's.
-                    Product::Bf16Dot => {
-                        (bits(i, 2 * u, tap) >> 16) | (bits(i, 2 * u + 1, tap) & 0xFFFF_0000)
-                    }
-                };
-            }
+    let mut packed = take_buf(&PACKED_WEIGHTS, m * k);
+    let dst = &mut packed[..m * k];
+    // SAFETY: m is a multiple of 16 (eligible); the tag is T's; avx512_core
+    // is the caller's contract.
+    unsafe {
+        match tag(T::DTYPE) {
+            F32 => pack_weights::<F32, T>(w, product, taps, dst),
+            BF16 => pack_weights::<BF16, T>(w, product, taps, dst),
+            _ => pack_weights::<F16, T>(w, product, taps, dst),
         }
     }
     let image_len = shape.in_channels * shape.in_size[0] * shape.in_size[1];
     let copy_len = bands.len(units);
-    let (packed, offs, bands) = (&packed[..], &offs[..], &bands);
+    let (weights_packed, offs, bands) = (&packed[..m * k], &offs[..], &bands);
     parallel_for(threads, out.count * bands.count, copy_len, |item, copy| {
         let (n, band) = (item / bands.count, item % bands.count);
         let image = &images[n * image_stride..][..image_len];
         bands.fill(shape, product, band, image, copy);
         let oy0 = band * bands.rows;
         let rows = bands.rows.min(oh - oy0);
-        for (g, weights) in packed.chunks(2 * BLOCK * k).enumerate() {
+        for (g, weights) in weights_packed.chunks(2 * BLOCK * k).enumerate() {
             for oy in oy0..oy0 + rows {
                 let lanes = weights.len() / k;
                 let oc0 = g * 2 * BLOCK;
@@ -439,6 +429,122 @@ pub(super) unsafe fn run<T: Element>(
             }
         }
     });
+    put_buf(&PACKED_WEIGHTS, packed);
+}
+
+/// Steps [`pack_weights`] gathers lane by lane at a time (16 rows of them
+/// on the stack) where weight rows are not read as vectors.
+const PACK_STEPS: usize = 256;
+
+thread_local! {
+    /// The calling thread's packed weights, kept between calls: a fresh
+    /// buffer per call page-faulted and zeroed 9 MiB for 512 channels, 3x3.
+    static PACKED_WEIGHTS: std::cell::Cell<Vec<u32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Packs the `m x k` weights `w` (k in the im2col order, `taps` per
+/// channel) for the tiles: groups of 32 output channels (16 for an odd
+/// last block), group `g` at `g * 32 * k`, each k step's weights
+/// consecutive as 32-bit lanes, the f32 bits or, for
+/// [`Product::Bf16Dot`] (`T` bf16), the pair of channels `2u`, `2u + 1`
+/// at the step's tap (`x[2u]` in the low half). Each 16 output channels'
+/// lanes are read along their rows and turned into steps by 16 x 16
+/// transposes: element by element, packing 512 x 4608 weights took as
+/// long as the tiles of a 7 x 7 image.
+///
+/// # Safety
+/// `packed` holds `m * k` lanes, `m` a multiple of 16; `BT` is T's tag;
+/// the CPU supports AVX-512 F/BW/VL.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn pack_weights<const BT: u8, T: Element>(
+    w: &MatRef<T>,
+    product: Product,
+    taps: usize,
+    packed: &mut [u32],
+) {
+    let k = w.cols / product.channels_per_lane();
+    let mut lanes_by_row = [[0u32; PACK_STEPS]; BLOCK];
+    for (g, group) in packed.chunks_mut(2 * BLOCK * k).enumerate() {
+        let lanes = group.len() / k;
+        // Row r of `rows` holds channel g * 32 + jb + r's lanes for steps
+        // q0..q0 + n.
+        let mut store = |jb: usize, q0: usize, n: usize, rows: [__m512; BLOCK]| {
+            for (q, c) in transpose16(rows).iter().take(n).enumerate() {
+                let at = (q0 + q) * lanes + jb;
+                let dst = &mut group[at..at + BLOCK];
+                // SAFETY: dst holds 16 lanes.
+                unsafe { _mm512_storeu_ps(dst.as_mut_ptr().cast(), *c) };
+            }
+        };
+        for jb in (0..lanes).step_by(BLOCK) {
+            let i0 = g * 2 * BLOCK + jb;
+            if product == Product::Fma && w.cs == 1 {
+                for q0 in (0..k).step_by(BLOCK) {
+                    let n = BLOCK.min(k - q0);
+                    let mask = u16::MAX >> (BLOCK - n);
+                    let mut rows = [_mm512_setzero_ps(); BLOCK];
+                    for (r, x) in rows.iter_mut().enumerate() {
+                        // SAFETY: row i0 + r holds k elements from its start, so
+                        // the n masked lanes from q0 are readable.
+                        *x = unsafe {
+                            load16::<BT>(w.data.as_ptr().add((i0 + r) * w.rs + q0).cast(), mask)
+                        };
+                    }
+                    store(jb, q0, n, rows);
+                }
+                continue;
+            }
+            for p0 in (0..k).step_by(PACK_STEPS) {
+                let steps = PACK_STEPS.min(k - p0);
+                gather_lanes(w, product, taps, i0, p0, steps, &mut lanes_by_row);
+                for q0 in (0..steps).step_by(BLOCK) {
+                    let mut rows = [_mm512_setzero_ps(); BLOCK];
+                    for (x, lane_row) in rows.iter_mut().zip(&lanes_by_row) {
+                        // SAFETY: q0 + 16 <= PACK_STEPS (a multiple of 16); lanes past
+                        // `steps` are stale and never stored.
+                        *x = unsafe { _mm512_loadu_ps(lane_row.as_ptr().add(q0).cast()) };
+                    }
+                    store(jb, p0 + q0, BLOCK.min(steps - q0), rows);
+                }
+            }
+        }
+    }
+}
+
+/// The lanes of output channels `i0..i0 + 16` for steps `p0..p0 + steps`
+/// one by one, as [`pack_weights`] lays them out: step by step across the
+/// 16 rows, whose loads are then independent (row by row, each waited for
+/// the previous line).
+#[inline(always)]
+fn gather_lanes<T: Element>(
+    w: &MatRef<T>,
+    product: Product,
+    taps: usize,
+    i0: usize,
+    p0: usize,
+    steps: usize,
+    out: &mut [[u32; PACK_STEPS]; BLOCK],
+) {
+    let bits = |i: usize, kk: usize| w.at(i, kk).to_f32().to_bits();
+    let (mut u, mut tap) = (p0 / taps, p0 % taps);
+    for q in 0..steps {
+        for (r, lane_row) in out.iter_mut().enumerate() {
+            lane_row[q] = match product {
+                Product::Fma => bits(i0 + r, p0 + q),
+                // T is bf16, whose bits are the top half of the f32's: lane
+                // (u, tap) is channel 2u's weight at the tap in the low half
+                // and channel 2u + 1's (taps further along) in the high half.
+                Product::Bf16Dot => {
+                    let at = 2 * u * taps + tap;
+                    (bits(i0 + r, at) >> 16) | (bits(i0 + r, at + taps) & 0xFFFF_0000)
+                }
+            };
+        }
+        tap += 1;
+        if tap == taps {
+            (u, tap) = (u + 1, 0);
+        }
+    }
 }
 
 /// Where a tile's results go: output channel `j` of the tile, pixel `p`, is
