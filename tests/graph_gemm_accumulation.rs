@@ -111,6 +111,39 @@ fn conv_follows_the_mode() {
     check_flush(&g, &Tensor::from_f32(&[1, 2, 3, 3], xv).unwrap(), "conv");
 }
 
+/// A grouped 3x3 Conv with 32 channels per group, which the kernel runs on
+/// its channel-blocked tiles with weights compile packs once per group
+/// (`PackedConvWeights`): the mode still decides the instruction, and each
+/// group reads its own packed weights (the HUGE tap sits on a different
+/// input channel in each).
+#[test]
+fn blocked_grouped_conv_follows_the_mode() {
+    let (groups, per_group, out_channels) = (2, 32, 32);
+    let in_channels = groups * per_group;
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", &fixed(&[1, in_channels, 4, 5]), DType::F32);
+    let mut w = vec![0.0f32; out_channels * per_group * 9];
+    for o in 0..out_channels {
+        // Group 0 multiplies its channel 3, group 1 its channel 7, at the
+        // centre tap.
+        let c = if o < out_channels / groups { 3 } else { 7 };
+        w[(o * per_group + c) * 9 + 4] = HUGE;
+    }
+    let w = Tensor::from_f32(&[out_channels, per_group, 3, 3], w).unwrap();
+    let attrs = ConvAttrs {
+        pads: vec![1, 1, 1, 1],
+        group: groups,
+        ..Default::default()
+    };
+    let y = g.conv("y", x, &w, None, attrs).unwrap();
+    g.output(y);
+    let g = g.finish().unwrap();
+    let mut xv = vec![0.0f32; in_channels * 20];
+    xv[3 * 20..4 * 20].fill(TINY);
+    xv[(per_group + 7) * 20..(per_group + 8) * 20].fill(TINY);
+    check_flush(&g, &Tensor::from_f32(&[1, in_channels, 4, 5], xv).unwrap(), "blocked conv");
+}
+
 /// A Conv bias that cancels a large product keeps its small remainder: the
 /// bias joins the f32 accumulator instead of being rounded to the node's
 /// dtype first (1000.25 is 1000 in bf16 and in f16).

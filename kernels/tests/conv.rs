@@ -9,7 +9,9 @@ mod gemm_common;
 
 use gemm_common::Lcg;
 use half::bf16;
-use mixprec_kernels::conv::{Conv2dShape, ConvError, conv2d, conv2d_at, conv2d_batch_at};
+use mixprec_kernels::conv::{
+    Conv2dShape, ConvError, ConvWeights, PackedConvWeights, conv2d, conv2d_at, conv2d_batch_at,
+};
 use mixprec_kernels::gemm::{
     self, Accumulation, Activation, Epilogue, GemmError, MatMut, MatRef, set_num_threads,
 };
@@ -755,7 +757,44 @@ fn check_batch<T: Element>(c: &Case, accumulation: Accumulation, isa: Isa) {
         &epi,
     )
     .unwrap();
+    // Weights packed once give the same bits; for these channel counts the
+    // blocked tiles take them from avx512_core up.
+    let packed = PackedConvWeights::pack(isa, accumulation, c.shape.kernel, wv).unwrap();
+    let lanes_per_block = if accumulation == Accumulation::Bf16Dot {
+        32
+    } else {
+        16
+    };
+    let blocked = isa >= Isa::Avx512Core
+        && c.shape.in_channels.is_multiple_of(lanes_per_block)
+        && m.is_multiple_of(16)
+        && (accumulation == Accumulation::F32 || isa >= Isa::Avx512CoreBf16);
+    assert_eq!(
+        packed.is_blocked(),
+        cfg!(target_arch = "x86_64") && blocked,
+        "{c:?}"
+    );
+    let mut got_packed = vec![SENTINEL; got.len()];
+    conv2d_batch_at(
+        isa,
+        accumulation,
+        &c.shape,
+        count,
+        &images,
+        image_stride,
+        ConvWeights::packed(wv, &packed).unwrap(),
+        &mut got_packed,
+        out_stride,
+        &epi,
+    )
+    .unwrap();
     set_num_threads(0);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(
+        bits(&got_packed),
+        bits(&got),
+        "{isa} {accumulation:?} {c:?}: packed weights"
+    );
     for i in 0..count {
         let mut want = vec![0.0f32; m * n];
         conv2d_at(
@@ -859,5 +898,75 @@ fn batch_extents_are_typed_errors() {
             &Epilogue::default(),
         ),
         Ok(())
+    );
+}
+
+#[test]
+fn packed_weights_that_do_not_fit_are_typed_errors() {
+    let c = case(16, [5, 5], [3, 3], [1, 1], [1, 1], [1, 1], 0, 16, 3).unwrap();
+    let (image, weights) = c.data::<f32>();
+    let (m, k, n) = (c.out_channels, c.k(), c.positions());
+    let wv = MatRef::new(&weights, m, k, k).unwrap();
+    let isa = active_isa();
+    assert_eq!(
+        PackedConvWeights::pack(isa, Accumulation::F32, [2, 5], wv).unwrap_err(),
+        ConvError::KernelTaps { cols: k, taps: 10 }
+    );
+    assert!(matches!(
+        PackedConvWeights::pack(isa, Accumulation::F32, [0, 3], wv),
+        Err(ConvError::KernelTaps { .. })
+    ));
+    let packed = PackedConvWeights::pack(isa, Accumulation::F32, [3, 3], wv).unwrap();
+    let narrower = MatRef::new(&weights, m - 1, k, k).unwrap();
+    assert_eq!(
+        ConvWeights::packed(narrower, &packed).unwrap_err(),
+        ConvError::PackedMismatch {
+            what: "weight dimensions"
+        }
+    );
+    let halves: Vec<bf16> = weights.iter().map(|&x| bf16::from_f32(x)).collect();
+    let hv = MatRef::new(&halves, m, k, k).unwrap();
+    assert_eq!(
+        ConvWeights::packed(hv, &packed).unwrap_err(),
+        ConvError::PackedMismatch {
+            what: "element type"
+        }
+    );
+    let run = |shape: &Conv2dShape, accumulation: Accumulation, packed: &PackedConvWeights| {
+        let mut out = vec![0.0f32; m * n];
+        conv2d_batch_at(
+            isa,
+            accumulation,
+            shape,
+            1,
+            &image,
+            image.len(),
+            ConvWeights::packed(wv, packed).unwrap(),
+            &mut out,
+            m * n,
+            &Epilogue::default(),
+        )
+        .map(|()| out)
+    };
+    let plain = conv_f32(&c, &image, &weights);
+    assert_eq!(run(&c.shape, Accumulation::F32, &packed), Ok(plain));
+    // The same k as a 1x9 kernel: packed for 3x3, so refused.
+    let wide = Conv2dShape {
+        kernel: [1, 9],
+        dilation: [1, 1],
+        pad_begin: [0, 4],
+        ..c.shape
+    };
+    assert_eq!(
+        run(&wide, Accumulation::F32, &packed),
+        Err(ConvError::PackedMismatch { what: "kernel" })
+    );
+    let packed16 = PackedConvWeights::pack(isa, Accumulation::F16Blocked, [3, 3], wv).unwrap();
+    assert!(!packed16.is_blocked());
+    assert_eq!(
+        run(&c.shape, Accumulation::F32, &packed16),
+        Err(ConvError::PackedMismatch {
+            what: "accumulation"
+        })
     );
 }

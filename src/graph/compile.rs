@@ -13,7 +13,7 @@ use super::error::{GraphError, Result};
 use super::graph::{Dim, Graph, Node, ValueId, shape_string};
 use super::ops::exec::{Pool, execute, output_metas};
 use super::ops::infer::infer;
-use super::ops::linalg::{Prepared, pack, row_bias};
+use super::ops::linalg::{Prepared, pack, pack_conv, row_bias};
 use super::ops::{Binary, Meta, Op, Unary};
 use super::plan::PrecisionPlan;
 use super::profile::{Profile, ProfileEntry};
@@ -367,6 +367,7 @@ impl Graph {
                     let dtype = b.slot_dtype[ins[0]];
                     Some(prepare_gemm(
                         &node.op,
+                        &node.name,
                         &ins,
                         &uncast_ins,
                         &b.consts,
@@ -680,7 +681,7 @@ enum Fold {
 }
 
 /// The compile-time work of a Gemm, MatMul or Conv node: its accumulation,
-/// a constant B packed for it, a constant bias kept in f32.
+/// a constant B (or Conv weights) packed for it, a constant bias kept in f32.
 ///
 /// The bias joins the f32 accumulator in the GEMM epilogue, so it is taken
 /// before the cast to the node's dtype (`uncast_ins`): a large bias that
@@ -688,6 +689,7 @@ enum Fold {
 /// otherwise lose the small difference that carries the signal.
 fn prepare_gemm(
     op: &Op,
+    node: &str,
     ins: &[usize],
     uncast_ins: &[usize],
     consts: &[Option<Arc<Tensor>>],
@@ -710,6 +712,10 @@ fn prepare_gemm(
         Op::Conv(_) => (None, konst(2, uncast_ins).map(Tensor::to_f32_vec)),
         _ => unreachable!("only GEMM-family ops are prepared"),
     };
+    let conv_weights = match (op, konst(1, ins)) {
+        (Op::Conv(attrs), Some(w)) => pack_conv(node, w, attrs.group.max(1), accumulation)?,
+        _ => Vec::new(),
+    };
     Ok(Prepared {
         packed,
         bias,
@@ -717,6 +723,7 @@ fn prepare_gemm(
         activation: Activation::Identity,
         scale: 1.0,
         operand_perms: [None, None],
+        conv_weights,
     })
 }
 

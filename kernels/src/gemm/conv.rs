@@ -381,7 +381,36 @@ impl Layout {
     }
 }
 
+/// The channel-blocked tiles' layout of the `m x k` weights `w` (`taps`
+/// per input channel) for `accumulation` at `isa`, or `None` where those
+/// tiles never read these weights: below `avx512_core` (`avx512_core_bf16`
+/// and T bf16 for [`Accumulation::Bf16Dot`]), or channel counts they do not
+/// take.
+pub(crate) fn pack_blocked_weights<T: Element>(
+    isa: Isa,
+    accumulation: Accumulation,
+    taps: usize,
+    w: &MatRef<T>,
+) -> Option<Vec<u32>> {
+    let product = match accumulation {
+        Accumulation::F32 if isa >= Isa::Avx512Core => Product::Fma,
+        Accumulation::Bf16Dot if isa >= Isa::Avx512CoreBf16 && T::DTYPE == FloatType::Bf16 => {
+            Product::Bf16Dot
+        }
+        _ => return None,
+    };
+    let in_channels = w.cols / taps;
+    if !isa.is_available() || !conv_blocked::packable(in_channels, w.rows, product) {
+        return None;
+    }
+    // SAFETY: packable; T is bf16 for Bf16Dot and the level (at least
+    // avx512_core) is available, all just checked.
+    Some(unsafe { conv_blocked::pack(w, product, taps) })
+}
+
 /// A batch through one convolution: output `n` = `epilogue(w * im2col(image n))`.
+/// `packed`, when given, is [`pack_blocked_weights`] of `w` for
+/// `accumulation` at this level.
 ///
 /// # Safety
 /// The shapes were validated (each image holds `in_channels x in_size` at
@@ -396,6 +425,7 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
     shape: &Conv2dShape,
     batch: Batch<'_, T, O>,
     w: MatRef<T>,
+    packed: Option<&[u32]>,
     epi: &Epilogue,
 ) {
     let (images, image_stride) = (batch.images, batch.image_stride);
@@ -434,7 +464,19 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
         };
         // SAFETY: the caller's contract (avx512_core, and avx512_core_bf16
         // with T bf16 for Bf16Dot), eligibility just checked, `out` is O's type.
-        unsafe { conv_blocked::run(shape, product, images, image_stride, &w, &ep, out, threads) };
+        unsafe {
+            conv_blocked::run(
+                shape,
+                product,
+                images,
+                image_stride,
+                &w,
+                packed,
+                &ep,
+                out,
+                threads,
+            )
+        };
         return;
     }
     if accumulation == Accumulation::Bf16Dot {

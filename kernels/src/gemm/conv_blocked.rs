@@ -101,11 +101,42 @@ pub(super) fn eligible(
 ) -> bool {
     (out != FloatType::Bf16 || product == Product::Bf16Dot)
         && shape.stride == [1, 1]
-        && shape
-            .in_channels
-            .is_multiple_of(BLOCK * product.channels_per_lane())
-        && m.is_multiple_of(BLOCK)
+        && packable(shape.in_channels, m, product)
         && ep.row_bias_relu().is_some()
+}
+
+/// Whether weights of `m` output and `in_channels` input channels fit the
+/// tiles (the weights' part of [`eligible`]).
+pub(super) fn packable(in_channels: usize, m: usize, product: Product) -> bool {
+    in_channels.is_multiple_of(BLOCK * product.channels_per_lane()) && m.is_multiple_of(BLOCK)
+}
+
+/// The `m x k` weights `w` packed for [`run`] (`taps` per input channel),
+/// for callers that keep them across calls.
+///
+/// # Safety
+/// [`packable`] holds; T is bf16 for [`Product::Bf16Dot`]; the CPU supports
+/// `avx512_core`.
+pub(super) unsafe fn pack<T: Element>(w: &MatRef<T>, product: Product, taps: usize) -> Vec<u32> {
+    let mut lanes = vec![0u32; w.rows * w.cols / product.channels_per_lane()];
+    // SAFETY: forwarded from the caller's contract.
+    unsafe { pack_into(w, product, taps, &mut lanes) };
+    lanes
+}
+
+/// [`pack_weights`] for T's tag.
+///
+/// # Safety
+/// As [`pack`]; `lanes` holds `m * k / channels_per_lane` lanes.
+unsafe fn pack_into<T: Element>(w: &MatRef<T>, product: Product, taps: usize, lanes: &mut [u32]) {
+    // SAFETY: forwarded; the tag is T's.
+    unsafe {
+        match tag(T::DTYPE) {
+            F32 => pack_weights::<F32, T>(w, product, taps, lanes),
+            BF16 => pack_weights::<BF16, T>(w, product, taps, lanes),
+            _ => pack_weights::<F16, T>(w, product, taps, lanes),
+        }
+    }
 }
 
 /// A batch's output: image `n`'s channel `i` row starts at element
@@ -351,6 +382,8 @@ fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
 /// the thread's workspace and computes every output channel of it, so the
 /// copy is read from L2 by all channel groups.
 ///
+/// `prepacked`, when given, is [`pack`] of `w` for `product`.
+///
 /// # Safety
 /// As [`super::conv::run`]; in addition [`eligible`] holds, `out.out` is
 /// the output's element type and the CPU supports `avx512_core`.
@@ -361,6 +394,7 @@ pub(super) unsafe fn run<T: Element>(
     images: &[T],
     image_stride: usize,
     w: &MatRef<T>,
+    prepacked: Option<&[u32]>,
     ep: &Ep,
     out: Output,
     threads: usize,
@@ -374,20 +408,21 @@ pub(super) unsafe fn run<T: Element>(
     let k = units * taps;
     let bands = Bands::new(shape, out.count, threads);
     let offs = bands.offsets(shape, units);
-    let mut packed = take_buf(&PACKED_WEIGHTS, m * k);
-    let dst = &mut packed[..m * k];
-    // SAFETY: m is a multiple of 16 (eligible); the tag is T's; avx512_core
-    // is the caller's contract.
-    unsafe {
-        match tag(T::DTYPE) {
-            F32 => pack_weights::<F32, T>(w, product, taps, dst),
-            BF16 => pack_weights::<BF16, T>(w, product, taps, dst),
-            _ => pack_weights::<F16, T>(w, product, taps, dst),
+    debug_assert!(prepacked.is_none_or(|lanes| lanes.len() == m * k));
+    let mut packed = Vec::new();
+    let weights_packed = match prepacked {
+        Some(lanes) => lanes,
+        None => {
+            packed = take_buf(&PACKED_WEIGHTS, m * k);
+            // SAFETY: eligible, so packable; T is bf16 for Bf16Dot and the CPU
+            // supports avx512_core (the caller's contract).
+            unsafe { pack_into(w, product, taps, &mut packed[..m * k]) };
+            &packed[..m * k]
         }
-    }
+    };
     let image_len = shape.in_channels * shape.in_size[0] * shape.in_size[1];
     let copy_len = bands.len(units);
-    let (weights_packed, offs, bands) = (&packed[..m * k], &offs[..], &bands);
+    let (offs, bands) = (&offs[..], &bands);
     parallel_for(threads, out.count * bands.count, copy_len, |item, copy| {
         let (n, band) = (item / bands.count, item % bands.count);
         let image = &images[n * image_stride..][..image_len];
@@ -429,7 +464,9 @@ pub(super) unsafe fn run<T: Element>(
             }
         }
     });
-    put_buf(&PACKED_WEIGHTS, packed);
+    if prepacked.is_none() {
+        put_buf(&PACKED_WEIGHTS, packed);
+    }
 }
 
 /// Steps [`pack_weights`] gathers lane by lane at a time (16 rows of them
