@@ -141,7 +141,11 @@ fn blocked_grouped_conv_follows_the_mode() {
     let mut xv = vec![0.0f32; in_channels * 20];
     xv[3 * 20..4 * 20].fill(TINY);
     xv[(per_group + 7) * 20..(per_group + 8) * 20].fill(TINY);
-    check_flush(&g, &Tensor::from_f32(&[1, in_channels, 4, 5], xv).unwrap(), "blocked conv");
+    check_flush(
+        &g,
+        &Tensor::from_f32(&[1, in_channels, 4, 5], xv).unwrap(),
+        "blocked conv",
+    );
 }
 
 /// A Conv bias that cancels a large product keeps its small remainder: the
