@@ -21,7 +21,12 @@
 //!
 //! # Paths
 //! * A 1x1 kernel with stride 1, no padding and out size = in size: the
-//!   image is B as it is (a plain GEMM), at every level.
+//!   image is B as it is (a plain GEMM), at every level, unless the
+//!   channel-blocked tiles below take it, from 128 input channels: one
+//!   thread, 1x512x7x7 -> 2048 1.35-1.39 -> 1.14 ms, 1x2048x7x7 -> 512
+//!   1.34 -> 1.23, 1x256x14x14 -> 1024 1.12-1.13 -> 1.01. With 64 input
+//!   channels a tile's store is spread over too few k steps: 1x64x56x56 ->
+//!   256 went 1.09-1.11 -> 1.17 ms (a batch of 8: 11.5 -> 10.3).
 //! * `avx512_core` and up, [`Accumulation::F32`], f32 or f16 output, stride
 //!   1, input and output channels multiples of 16 and an epilogue of at most
 //!   `row_bias` and ReLU: a direct convolution over an f32 copy of the image
@@ -62,6 +67,10 @@ use std::fmt;
 use crate::element::Element;
 use crate::gemm::{self, Accumulation, Epilogue, GemmError, MatMut, MatRef};
 use crate::isa::{Isa, active_isa};
+
+/// Input channels from which a pointwise convolution takes the
+/// channel-blocked tiles rather than the plain GEMM (module docs: Paths).
+const POINTWISE_BLOCKED_MIN_K: usize = 128;
 
 /// The geometry of one 2-D convolution of one image and one group.
 ///
@@ -580,7 +589,7 @@ fn convolve<T: Element, O: Element>(
     let first = MatMut::new(&mut batch.out[..], m, positions, batch.ldc)?;
     gemm::check_shapes((m, k), (k, positions), &first, epilogue)?;
     #[cfg(target_arch = "x86_64")]
-    if k > 0 && m > 0 && positions > 0 && !shape.is_pointwise() {
+    if k > 0 && m > 0 && positions > 0 {
         let isa = isa.require().map_err(GemmError::from)?;
         gemm::check_accumulation::<T>(accumulation)?;
         let direct = match accumulation {
@@ -591,6 +600,13 @@ fn convolve<T: Element, O: Element>(
             }
             Accumulation::F16Blocked => false,
         };
+        // A pointwise convolution is a plain GEMM on the image unless the
+        // blocked tiles take it with at least POINTWISE_BLOCKED_MIN_K input
+        // channels (module docs: Paths).
+        let direct = direct
+            && (!shape.is_pointwise()
+                || shape.in_channels >= POINTWISE_BLOCKED_MIN_K
+                    && gemm::conv::takes_blocked_tiles::<O>(isa, accumulation, shape, m, epilogue));
         if direct {
             let run = gemm::conv::Batch {
                 images: batch.images,

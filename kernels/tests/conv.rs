@@ -515,6 +515,9 @@ fn big_cases() -> Vec<Case> {
         case(70, [22, 23], [3, 3], [1, 1], [1, 1], [1, 1], 0, 130, 1).unwrap(),
         case(9, [31, 29], [5, 3], [2, 3], [2, 1], [3, 0], 1, 33, 2).unwrap(),
         case(64, [17, 15], [1, 1], [1, 1], [1, 1], [0, 0], 0, 20, 3).unwrap(),
+        // Pointwise with 128 input channels: the blocked tiles, not the
+        // plain GEMM on the image, from avx512_core up.
+        case(128, [17, 15], [1, 1], [1, 1], [1, 1], [0, 0], 0, 48, 7).unwrap(),
         case(3, [64, 64], [7, 7], [2, 2], [1, 1], [3, 3], 0, 16, 4).unwrap(),
         // Channel-blocked, copied in three bands of output rows.
         case(64, [72, 70], [3, 3], [1, 1], [1, 1], [1, 1], 0, 48, 6).unwrap(),

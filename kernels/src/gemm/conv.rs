@@ -408,6 +408,29 @@ pub(crate) fn pack_blocked_weights<T: Element>(
     Some(unsafe { conv_blocked::pack(w, product, taps) })
 }
 
+/// How the channel-blocked tiles multiply for `accumulation` (any but
+/// Bf16Dot runs f32 FMAs; the callers reach them with F32 or Bf16Dot only).
+fn product(accumulation: Accumulation) -> Product {
+    match accumulation {
+        Accumulation::Bf16Dot => Product::Bf16Dot,
+        _ => Product::Fma,
+    }
+}
+
+/// Whether [`run`] takes the channel-blocked tiles for `m` output channels
+/// of this shape with this epilogue and output type, at an `isa` of
+/// `avx512_core` or higher (`avx512_core_bf16` for Bf16Dot).
+pub(crate) fn takes_blocked_tiles<O: Element>(
+    isa: Isa,
+    accumulation: Accumulation,
+    shape: &Conv2dShape,
+    m: usize,
+    epi: &Epilogue,
+) -> bool {
+    let ep = Ep::new(isa, 1.0, 0.0, epi);
+    conv_blocked::eligible(shape, m, &ep, O::DTYPE, product(accumulation))
+}
+
 /// A batch through one convolution: output `n` = `epilogue(w * im2col(image n))`.
 /// `packed`, when given, is [`pack_blocked_weights`] of `w` for
 /// `accumulation` at this level.
@@ -450,10 +473,7 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
     let cin = shape.in_channels;
     let ep = Ep::new(isa, 1.0, 0.0, epi);
     let image = |i: usize| &images[i * image_stride..][..cin * h * wd];
-    let product = match accumulation {
-        Accumulation::Bf16Dot => Product::Bf16Dot,
-        _ => Product::Fma,
-    };
+    let product = product(accumulation);
     if conv_blocked::eligible(shape, m, &ep, O::DTYPE, product) {
         let out = conv_blocked::Output {
             c: SendPtr(out.c.get().cast()),
