@@ -144,9 +144,8 @@ def build_transformer(rng, path):
     return {"x": rng.standard_normal((b, s, d)).astype(np.float32)}
 
 
-def build_conv(rng, path):
+def build_conv(rng, path, b=8, c=64, hw=56, name="convnet"):
     """Conv 3x3 64->64 (pad 1) + Relu, three times, on 8x64x56x56."""
-    b, c, hw = 8, 64, 56
     nodes, inits = [], []
     cur = "x"
     for i in range(3):
@@ -165,7 +164,7 @@ def build_conv(rng, path):
         cur = out
     g = helper.make_graph(
         nodes,
-        "convnet",
+        name,
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [b, c, hw, hw])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [b, c, hw, hw])],
         inits,
@@ -174,7 +173,18 @@ def build_conv(rng, path):
     return {"x": rng.standard_normal((b, c, hw, hw)).astype(np.float32)}
 
 
-MODELS = {"mlp": build_mlp, "transformer": build_transformer, "conv": build_conv}
+def build_convdeep(rng, path):
+    """build_conv's stack at a ResNet's last stage, batch 1: 512 channels
+    on 7x7, where the weights (9.4 MB per conv) outweigh the image."""
+    return build_conv(rng, path, b=1, c=512, hw=7, name="convdeep")
+
+
+MODELS = {
+    "mlp": build_mlp,
+    "transformer": build_transformer,
+    "conv": build_conv,
+    "convdeep": build_convdeep,
+}
 
 
 def ort_session(path, threads):
@@ -256,7 +266,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mixprec", default=os.environ.get("MIXPREC_BIN", "/work/target-ort/release/mixprec"),
                     help="path to a release mixprec binary (env MIXPREC_BIN)")
-    ap.add_argument("--models", default="mlp,transformer,conv", help="comma list of " + ",".join(MODELS))
+    ap.add_argument("--models", default=",".join(MODELS), help="comma list of " + ",".join(MODELS))
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--runs", type=int, default=30, help="ORT timed runs per repeat (median)")
     ap.add_argument("--warmup", type=int, default=5)

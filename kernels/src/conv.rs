@@ -363,19 +363,20 @@ impl<'a, T> From<MatRef<'a, T>> for ConvWeights<'a, T> {
     }
 }
 
-/// What a (non-pointwise) convolution runs at `isa` (for `mixprec info`).
+/// What a convolution runs at `isa` (for `mixprec info`); 1x1 ones below
+/// 128 input channels are a plain GEMM on the image.
 pub const fn implementation(isa: Isa) -> &'static str {
     match isa {
         Isa::Scalar => "scalar im2col + GEMM",
         Isa::Avx2 => "avx2 im2col + GEMM",
         Isa::Avx512Core => {
-            "avx512: stride-1 convs with channels in multiples of 16 as 32-channel x 14-pixel \
-             FMA tiles over an f32 NCHW16c copy; others an implicit GEMM of 14x32 tiles \
+            "avx512: stride-1 convs with channels in multiples of 16 (1x1 from 128 input \
+             channels) as 32-channel x 14-pixel FMA tiles over an f32 NCHW16c copy; others an implicit GEMM of 14x32 tiles \
              reading stride-1 'same' f32 images in place (padding masked), else a padded copy"
         }
         Isa::Avx512CoreBf16 | Isa::Avx512CoreFp16 => {
-            "avx512: stride-1 convs with channels in multiples of 16 as 32-channel x 14-pixel \
-             FMA tiles over an f32 NCHW16c copy; others an implicit GEMM of 14x32 tiles \
+            "avx512: stride-1 convs with channels in multiples of 16 (1x1 from 128 input \
+             channels) as 32-channel x 14-pixel FMA tiles over an f32 NCHW16c copy; others an implicit GEMM of 14x32 tiles \
              reading stride-1 'same' f32 images in place (padding masked), else a padded copy; \
              Bf16Dot: vdpbf16ps tiles over blocked channel pairs (stride 1, channels in \
              multiples of 32), else 14x32 tiles over a channel-pair copy"
