@@ -9,6 +9,7 @@ use super::error::OnnxError;
 use super::ir::{Attr, IGraph, INode, is_int};
 use super::proto::data_type;
 use super::tensor::{HostData, HostTensor};
+use crate::graph::ops::shape::strides;
 
 /// Largest tensor the folder materializes; bigger results stay run-time nodes.
 const MAX_FOLD_ELEMS: usize = 1 << 24;
@@ -49,15 +50,6 @@ pub(crate) fn fold(g: &mut IGraph) -> Result<usize, OnnxError> {
     }
     g.nodes = keep;
     Ok(folded)
-}
-
-/// Row-major strides.
-fn strides(shape: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; shape.len()];
-    for i in (0..shape.len().saturating_sub(1)).rev() {
-        s[i] = s[i + 1] * shape[i + 1];
-    }
-    s
 }
 
 /// Numpy broadcast of several shapes.
