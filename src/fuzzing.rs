@@ -821,7 +821,8 @@ fn bf16dot_case<T: Element, O: Element>(
 /// to 5 x 5, strides and dilations up to 3, pads up to 4, extra end padding,
 /// 1-39 output channels, batches of 1-3 with gaps between images and between
 /// outputs) in f32, bf16 and f16, through `conv2d_batch_at` at every
-/// available level with 1 and 2 threads: with f32 accumulation the result
+/// available level with 1 and 2 threads (the latter with the weights
+/// packed once, `PackedConvWeights`): with f32 accumulation the result
 /// must equal the GEMM on an im2col built here from the definition, bit for
 /// bit; with `Bf16Dot` (bf16, where available) the GEMM on that im2col with
 /// k in (channel pair, ki, kj, parity) order; the gaps must stay untouched.
@@ -835,7 +836,7 @@ pub fn conv_differential(data: &[u8]) {
 }
 
 fn conv_case<T: Element>(b: &mut Bytes) {
-    use mixprec_kernels::conv::{Conv2dShape, conv2d_batch_at};
+    use mixprec_kernels::conv::{Conv2dShape, ConvWeights, PackedConvWeights, conv2d_batch_at};
     let mut pick = |n: u8| (b.u8() % n) as usize;
     // One case in four takes the channel-blocked path (stride 1, channels
     // in multiples of 16) on avx512_core and up.
@@ -913,8 +914,15 @@ fn conv_case<T: Element>(b: &mut Bytes) {
         col
     };
     const SENTINEL: f32 = -7.25;
+    // Two-thread runs take the weights packed once (`PackedConvWeights`).
     let run = |isa: Isa, acc: Accumulation, threads: usize| {
         let mut got = vec![SENTINEL; (count - 1) * out_stride + cout * n];
+        let packed = PackedConvWeights::pack(isa, acc, kernel, wv).expect("whole taps");
+        let weights = if threads > 1 {
+            ConvWeights::packed(wv, &packed).expect("packed from wv")
+        } else {
+            wv.into()
+        };
         gemm::set_num_threads(threads);
         let r = conv2d_batch_at(
             isa,
@@ -923,7 +931,7 @@ fn conv_case<T: Element>(b: &mut Bytes) {
             count,
             &images,
             image_stride,
-            wv,
+            weights,
             &mut got,
             out_stride,
             &Epilogue::default(),
