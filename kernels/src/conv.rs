@@ -64,7 +64,7 @@
 
 use std::fmt;
 
-use crate::element::Element;
+use crate::element::{Element, FloatType};
 use crate::gemm::{self, Accumulation, Epilogue, GemmError, MatMut, MatRef};
 use crate::isa::{Isa, active_isa};
 
@@ -125,7 +125,7 @@ impl Conv2dShape {
     }
 }
 
-/// Errors of [`conv2d`] and [`conv2d_at`].
+/// Errors of the convolutions and of [`PackedConvWeights`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConvError {
     /// A kernel size, stride or dilation is zero.
@@ -252,6 +252,7 @@ impl From<GemmError> for ConvError {
 /// repacking them. For 512 input and output channels, 3x3, that repacking
 /// is 2.4 M lanes per call: 1x512x7x7 takes 2.06 ms prepacked and 2.8-3.0
 /// without on one Zen 4 thread.
+///
 /// Packing keeps nothing where those tiles never read these weights (below
 /// `avx512_core`, or channel counts they do not take): the calls then run
 /// as without it. Results are the same bits either way.
@@ -260,7 +261,7 @@ pub struct PackedConvWeights {
     lanes: Option<Vec<u32>>,
     rows: usize,
     cols: usize,
-    dtype: crate::element::FloatType,
+    dtype: FloatType,
     kernel: [usize; 2],
     accumulation: Accumulation,
 }
@@ -371,13 +372,15 @@ pub const fn implementation(isa: Isa) -> &'static str {
         Isa::Avx2 => "avx2 im2col + GEMM",
         Isa::Avx512Core => {
             "avx512: stride-1 convs with channels in multiples of 16 (1x1 from 128 input \
-             channels) as 32-channel x 14-pixel FMA tiles over an f32 NCHW16c copy; others an implicit GEMM of 14x32 tiles \
-             reading stride-1 'same' f32 images in place (padding masked), else a padded copy"
+             channels) as 32-channel x 14-pixel FMA tiles over an f32 NCHW16c copy; others \
+             an implicit GEMM of 14x32 tiles reading stride-1 'same' f32 images in place \
+             (padding masked), else a padded copy"
         }
         Isa::Avx512CoreBf16 | Isa::Avx512CoreFp16 => {
             "avx512: stride-1 convs with channels in multiples of 16 (1x1 from 128 input \
-             channels) as 32-channel x 14-pixel FMA tiles over an f32 NCHW16c copy; others an implicit GEMM of 14x32 tiles \
-             reading stride-1 'same' f32 images in place (padding masked), else a padded copy; \
+             channels) as 32-channel x 14-pixel FMA tiles over an f32 NCHW16c copy; others \
+             an implicit GEMM of 14x32 tiles reading stride-1 'same' f32 images in place \
+             (padding masked), else a padded copy; \
              Bf16Dot: vdpbf16ps tiles over blocked channel pairs (stride 1, channels in \
              multiples of 32), else 14x32 tiles over a channel-pair copy"
         }
