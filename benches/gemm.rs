@@ -329,24 +329,28 @@ fn bf16dot(c: &mut Criterion) {
     set_num_threads(0);
 }
 
-/// 3x3 "same" convolutions of 56x56 images, one thread: f32 at every level
-/// (avx512 levels run the channel-blocked tiles for 64 channels), 60
-/// channels (not a multiple of 16: the implicit GEMM reading the image in
-/// place), bf16 with `Bf16Dot` for 64 channels (blocked channel pairs) and
-/// 48 (not a multiple of 32: the implicit GEMM over a channel-pair copy),
-/// and a batch of 8 at one and two threads. `-- conv` runs just these.
+/// 3x3 "same" convolutions, one thread unless named: 56x56 images in f32
+/// at every level (avx512 levels run the channel-blocked tiles for 64
+/// channels), 60 channels (not a multiple of 16: the implicit GEMM reading
+/// the image in place), bf16 with `Bf16Dot` for 64 channels (blocked
+/// channel pairs) and 48 (not a multiple of 32: the implicit GEMM over a
+/// channel-pair copy), a batch of 8 at one and two threads; and a ResNet
+/// last-stage layer (1x512x7x7, 9.4 MB of f32 weights) with its weights
+/// packed per call and once (`PackedConvWeights`, as compile does). `--
+/// conv` runs just these.
 fn convolution(c: &mut Criterion) {
-    use mixprec_kernels::conv::{Conv2dShape, conv2d_batch_at};
+    use mixprec_kernels::conv::{Conv2dShape, ConvWeights, PackedConvWeights, conv2d_batch_at};
     use mixprec_kernels::{Isa, active_isa};
-    let shape = |ch: usize| Conv2dShape {
+    let shape = |ch: usize, hw: usize| Conv2dShape {
         in_channels: ch,
-        in_size: [56, 56],
+        in_size: [hw, hw],
         kernel: [3, 3],
         stride: [1, 1],
         dilation: [1, 1],
         pad_begin: [1, 1],
-        out_size: [56, 56],
+        out_size: [hw, hw],
     };
+    #[allow(clippy::too_many_arguments)]
     fn run<T: Element>(
         g: &mut BenchmarkGroup<WallTime>,
         id: String,
@@ -354,13 +358,28 @@ fn convolution(c: &mut Criterion) {
         acc: Accumulation,
         shape: Conv2dShape,
         count: usize,
+        prepacked: bool,
     ) {
         let ch = shape.in_channels;
-        let (k, n) = (ch * 9, 56 * 56);
+        let [h, w] = shape.in_size;
+        let (k, n) = (ch * 9, h * w);
         let images = data::<T>(count * ch * n, 1);
         let weights = data::<T>(ch * k, 2);
+        let wv = MatRef::new(&weights, ch, k, k).unwrap();
+        let packed = match PackedConvWeights::pack(isa, acc, shape.kernel, wv) {
+            Ok(p) => p,
+            Err(e) => {
+                println!("{id}: skipped ({e})");
+                return;
+            }
+        };
         let mut out = vec![0.0f32; count * ch * n];
         let mut call = || {
+            let weights = if prepacked {
+                ConvWeights::packed(wv, &packed).unwrap()
+            } else {
+                wv.into()
+            };
             conv2d_batch_at(
                 isa,
                 acc,
@@ -368,7 +387,7 @@ fn convolution(c: &mut Criterion) {
                 count,
                 black_box(&images),
                 ch * n,
-                MatRef::new(&weights, ch, k, k).unwrap(),
+                weights,
                 &mut out,
                 ch * n,
                 &Epilogue::default(),
@@ -379,47 +398,71 @@ fn convolution(c: &mut Criterion) {
             return;
         }
         g.throughput(Throughput::Elements((2 * ch * k * n * count) as u64));
-        g.bench_function(BenchmarkId::new(id, format!("{count}x{ch}x56x56")), |bch| {
-            bch.iter(|| call().unwrap())
-        });
+        g.bench_function(
+            BenchmarkId::new(id, format!("{count}x{ch}x{h}x{w}")),
+            |bch| bch.iter(|| call().unwrap()),
+        );
     }
     // Throughput is set per entry (channels and batch differ).
     let mut g = group(c, "conv3x3-56x56", 1);
     set_num_threads(1);
     for isa in Isa::available() {
-        run::<f32>(
-            &mut g,
-            format!("f32/{isa}/t1"),
-            isa,
-            Accumulation::F32,
-            shape(64),
-            1,
-        );
+        let id = format!("f32/{isa}/t1");
+        run::<f32>(&mut g, id, isa, Accumulation::F32, shape(64, 56), 1, false);
     }
     let isa = active_isa();
-    run::<f32>(
-        &mut g,
-        format!("f32/{isa}/t1"),
-        isa,
-        Accumulation::F32,
-        shape(60),
-        1,
-    );
+    let id = format!("f32/{isa}/t1");
+    run::<f32>(&mut g, id, isa, Accumulation::F32, shape(60, 56), 1, false);
     for ch in [64, 48] {
         let id = format!("bf16-bf16dot/{isa}/t1");
-        run::<bf16>(&mut g, id, isa, Accumulation::Bf16Dot, shape(ch), 1);
+        run::<bf16>(
+            &mut g,
+            id,
+            isa,
+            Accumulation::Bf16Dot,
+            shape(ch, 56),
+            1,
+            false,
+        );
     }
     for t in [1, 2] {
         set_num_threads(t);
-        run::<f32>(
-            &mut g,
-            format!("f32/{isa}/t{t}"),
-            isa,
-            Accumulation::F32,
-            shape(64),
-            8,
-        );
+        let id = format!("f32/{isa}/t{t}");
+        run::<f32>(&mut g, id, isa, Accumulation::F32, shape(64, 56), 8, false);
     }
+    g.finish();
+    let mut g = group(c, "conv3x3-7x7x512", 1);
+    for t in [1, 2] {
+        set_num_threads(t);
+        for prepacked in [false, true] {
+            let how = if prepacked {
+                "prepacked"
+            } else {
+                "packed-per-call"
+            };
+            let id = format!("f32-{how}/{isa}/t{t}");
+            run::<f32>(
+                &mut g,
+                id,
+                isa,
+                Accumulation::F32,
+                shape(512, 7),
+                1,
+                prepacked,
+            );
+        }
+    }
+    set_num_threads(1);
+    let id = format!("bf16-bf16dot-prepacked/{isa}/t1");
+    run::<bf16>(
+        &mut g,
+        id,
+        isa,
+        Accumulation::Bf16Dot,
+        shape(512, 7),
+        1,
+        true,
+    );
     g.finish();
     set_num_threads(0);
 }
