@@ -745,21 +745,25 @@ fn check_batch<T: Element>(c: &Case, accumulation: Accumulation, isa: Isa) {
         ..Default::default()
     };
     const SENTINEL: f32 = -12345.0;
-    let mut got = vec![SENTINEL; (count - 1) * out_stride + m * n];
+    let batch = |weights: ConvWeights<'_, T>| {
+        let mut got = vec![SENTINEL; (count - 1) * out_stride + m * n];
+        conv2d_batch_at(
+            isa,
+            accumulation,
+            &c.shape,
+            count,
+            &images,
+            image_stride,
+            weights,
+            &mut got,
+            out_stride,
+            &epi,
+        )
+        .unwrap();
+        got
+    };
     set_num_threads(3);
-    conv2d_batch_at(
-        isa,
-        accumulation,
-        &c.shape,
-        count,
-        &images,
-        image_stride,
-        wv,
-        &mut got,
-        out_stride,
-        &epi,
-    )
-    .unwrap();
+    let got = batch(wv.into());
     // Weights packed once give the same bits; for these channel counts the
     // blocked tiles take them from avx512_core up.
     let packed = PackedConvWeights::pack(isa, accumulation, c.shape.kernel, wv).unwrap();
@@ -777,20 +781,7 @@ fn check_batch<T: Element>(c: &Case, accumulation: Accumulation, isa: Isa) {
         cfg!(target_arch = "x86_64") && blocked,
         "{c:?}"
     );
-    let mut got_packed = vec![SENTINEL; got.len()];
-    conv2d_batch_at(
-        isa,
-        accumulation,
-        &c.shape,
-        count,
-        &images,
-        image_stride,
-        ConvWeights::packed(wv, &packed).unwrap(),
-        &mut got_packed,
-        out_stride,
-        &epi,
-    )
-    .unwrap();
+    let got_packed = batch(ConvWeights::packed(wv, &packed).unwrap());
     set_num_threads(0);
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(
