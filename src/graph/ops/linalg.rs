@@ -117,6 +117,16 @@ pub(crate) fn pack(b: &Tensor, trans: bool, accumulation: Accumulation) -> Resul
     })
 }
 
+/// `[kh, kw]` of Conv weights shaped `[out, in / group, kh, kw]`, or
+/// `[out, in / group, kw]` for a 1-D convolution (a height of 1).
+fn conv_kernel(ws: &[usize]) -> [usize; 2] {
+    if ws.len() == 3 {
+        [1, ws[2]]
+    } else {
+        [ws[2], ws[3]]
+    }
+}
+
 /// A Conv's constant weights `w` (`[out, in / group, kh, kw]`, or
 /// `[out, in / group, kw]` for 1-D) packed per group for `accumulation` on
 /// the active level, so that runs do not repack them (2.4 M lanes per
@@ -134,11 +144,7 @@ pub(crate) fn pack_conv(
         accumulation: Accumulation,
     ) -> Result<Vec<PackedConvWeights>> {
         let ws = w.shape();
-        let kernel = if ws.len() == 3 {
-            [1, ws[2]]
-        } else {
-            [ws[2], ws[3]]
-        };
+        let kernel = conv_kernel(ws);
         let rows = ws[0] / group;
         let k = ws[1] * kernel[0] * kernel[1];
         let data = w.as_slice::<T>()?;
@@ -474,11 +480,7 @@ fn conv_typed<T: Element + TensorElement>(
         (xs[0], xs[1], xs[2], xs[3])
     };
     let ws = w.shape();
-    let (mo, cg, kh, kw) = if ws.len() == 3 {
-        (ws[0], ws[1], 1, ws[2])
-    } else {
-        (ws[0], ws[1], ws[2], ws[3])
-    };
+    let (mo, cg, [kh, kw]) = (ws[0], ws[1], conv_kernel(ws));
     let group = attrs.group.max(1);
     let spatial: Vec<Option<usize>> = xs[2..].iter().map(|&d| Some(d)).collect();
     let g = geometry(
