@@ -179,11 +179,66 @@ def build_convdeep(rng, path):
     return build_conv(rng, path, b=1, c=512, hw=7, name="convdeep")
 
 
+def build_resnet(rng, path):
+    """ResNet-18 at batch 1 on 224x224, as torch.onnx exports it in eval mode
+    (BatchNorm folded into the convs' weights and biases): a 7x7 stride-2
+    stem, MaxPool, eight BasicBlocks (stride-2 3x3 convs and 1x1 stride-2
+    shortcuts where the width doubles, residual Add + Relu), global average
+    pool and a 1000-way Gemm. The strided and 3-channel convs, the pooling
+    and the residual adds are what the other conv models lack."""
+    nodes, inits = [], []
+
+    def conv(x, name, cin, cout, k, stride, relu):
+        inits.extend([
+            _init(f"{name}.w", _w(rng, (cout, cin, k, k), cin * k * k)),
+            _init(f"{name}.b", _w(rng, (cout,), 1) * 0.1),
+        ])
+        p = k // 2
+        nodes.append(helper.make_node(
+            "Conv", [x, f"{name}.w", f"{name}.b"], [name], name=name,
+            kernel_shape=[k, k], strides=[stride, stride], pads=[p, p, p, p],
+        ))
+        if not relu:
+            return name
+        nodes.append(helper.make_node("Relu", [name], [f"{name}.relu"], name=f"{name}.relu"))
+        return f"{name}.relu"
+
+    x = conv("x", "stem", 3, 64, 7, 2, True)
+    nodes.append(helper.make_node(
+        "MaxPool", [x], ["pool"], name="pool", kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]
+    ))
+    x, cin = "pool", 64
+    for stage, cout in enumerate([64, 128, 256, 512]):
+        for block in range(2):
+            stride = 2 if stage > 0 and block == 0 else 1
+            name = f"layer{stage + 1}.{block}"
+            h = conv(x, f"{name}.conv1", cin, cout, 3, stride, True)
+            h = conv(h, f"{name}.conv2", cout, cout, 3, 1, False)
+            short = conv(x, f"{name}.down", cin, cout, 1, stride, False) if stride != 1 else x
+            nodes.append(helper.make_node("Add", [h, short], [f"{name}.add"], name=f"{name}.add"))
+            nodes.append(helper.make_node("Relu", [f"{name}.add"], [f"{name}.out"], name=f"{name}.out"))
+            x, cin = f"{name}.out", cout
+    nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"))
+    nodes.append(helper.make_node("Flatten", ["gap"], ["flat"], name="flat", axis=1))
+    inits.extend([_init("fc.w", _w(rng, (1000, 512), 512)), _init("fc.b", _w(rng, (1000,), 1) * 0.1)])
+    nodes.append(helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["y"], name="fc", transB=1))
+    g = helper.make_graph(
+        nodes,
+        "resnet18",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 224, 224])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1000])],
+        inits,
+    )
+    _save(g, path)
+    return {"x": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)}
+
+
 MODELS = {
     "mlp": build_mlp,
     "transformer": build_transformer,
     "conv": build_conv,
     "convdeep": build_convdeep,
+    "resnet": build_resnet,
 }
 
 
