@@ -1,12 +1,115 @@
 //! MaxPool and AveragePool (1-D and 2-D), computed in f32.
+//!
+//! # Numerics
+//! Each output is a left fold over its window's taps in row-major order
+//! (kernel row, then kernel column), taps in the padding skipped, in f32;
+//! the result is rounded once to the output type. Max keeps the first of
+//! equal values (so `-0` before `+0` gives `-0`) and the last NaN, so a NaN
+//! anywhere in the window comes out; average sums in that order and divides
+//! by the count of taps inside the image (or, with `count_include_pad`,
+//! inside the explicitly padded image).
+//!
+//! # Speed
+//! The fold runs along output rows: for one window tap, every output of a
+//! row reads the input at a fixed offset in steps of the stride, so a plane
+//! is first split into one array per column phase (column `x` goes to phase
+//! `x % stride`), and each tap is then a contiguous, vectorised pass over
+//! the row. Planes run in parallel. ResNet-18's 3x3 stride-2 MaxPool on
+//! 64 x 112 x 112 at one thread: 3.67 ms walking each window, 0.47 ms this
+//! way (SSE2 vectors: the graph crate is built for the baseline CPU;
+//! onnxruntime takes 0.11 ms on its channel-blocked layout).
+
+use mixprec_kernels::FloatSlice;
 
 use super::PoolAttrs;
 use super::infer::geometry;
+use super::par::for_units;
 use crate::graph::error::Result;
-use crate::graph::tensor::{Tensor, TensorView, f32_to_float};
+use crate::graph::tensor::{Tensor, TensorView, convert_float, float_to_f32, sub, sub_mut};
 
-/// `MaxPool` / `AveragePool`: widens the input to f32, computes each window,
-/// rounds each output once.
+/// A 2-D pooling window over one plane (1-D pools are 1 row high).
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    /// Input rows and columns.
+    h: usize,
+    w: usize,
+    /// Output rows and columns.
+    oh: usize,
+    ow: usize,
+    kernel: [usize; 2],
+    strides: [usize; 2],
+    dilations: [usize; 2],
+    pad_begin: [usize; 2],
+    /// Explicit end pads (AveragePool's `count_include_pad` window bound).
+    pad_end: [usize; 2],
+}
+
+/// One axis of a [`Window`].
+#[derive(Clone, Copy, Debug)]
+struct Axis {
+    len: usize,
+    outs: usize,
+    stride: usize,
+    dilation: usize,
+    pad: usize,
+}
+
+impl Axis {
+    /// Where kernel tap `k` reads for outputs `0..outs`: the outputs whose
+    /// tap lands inside `0..len` form one range, `first..first + count`, and
+    /// output `j` reads input `j * stride + offset`. None when no output's
+    /// tap lands inside.
+    fn tap(&self, k: usize) -> Option<(usize, usize, isize)> {
+        let offset = (k * self.dilation) as isize - self.pad as isize;
+        let s = self.stride as isize;
+        // First j with j * s + offset >= 0.
+        let first = if offset >= 0 {
+            0
+        } else {
+            (-offset + s - 1) / s
+        } as usize;
+        // One past the last j with j * s + offset <= len - 1.
+        let last_in = self.len as isize - 1 - offset;
+        if last_in < 0 {
+            return None;
+        }
+        let end = ((last_in / s) as usize + 1).min(self.outs);
+        (first < end).then_some((first, end - first, offset))
+    }
+}
+
+impl Window {
+    fn axis(&self, a: usize) -> Axis {
+        Axis {
+            len: [self.h, self.w][a],
+            outs: [self.oh, self.ow][a],
+            stride: self.strides[a],
+            dilation: self.dilations[a],
+            pad: self.pad_begin[a],
+        }
+    }
+
+    /// How many taps of each output along axis `a` land inside the input
+    /// (`valid`) and inside the explicitly padded input (`padded`; a tap in
+    /// the begin padding counts, as it lies below the end bound).
+    fn counts(&self, a: usize) -> (Vec<usize>, Vec<usize>) {
+        let axis = self.axis(a);
+        let (mut valid, mut padded) = (vec![0; axis.outs], vec![0; axis.outs]);
+        let bound = (axis.len + self.pad_end[a]) as isize;
+        for k in 0..self.kernel[a] {
+            if let Some((first, count, _)) = axis.tap(k) {
+                valid[first..first + count].iter_mut().for_each(|v| *v += 1);
+            }
+            for (j, p) in padded.iter_mut().enumerate() {
+                let at = (j * axis.stride + k * axis.dilation) as isize - axis.pad as isize;
+                *p += usize::from(at < bound);
+            }
+        }
+        (valid, padded)
+    }
+}
+
+/// `MaxPool` / `AveragePool` (see the module docs for the numerics).
 pub(crate) fn pool(
     node: &str,
     p: &PoolAttrs,
@@ -15,10 +118,10 @@ pub(crate) fn pool(
     out: &mut Tensor,
 ) -> Result<()> {
     let xs = x.shape();
-    let (nc, h, w) = if xs.len() == 3 {
-        (xs[0] * xs[1], 1, xs[2])
+    let (h, w) = if xs.len() == 3 {
+        (1, xs[2])
     } else {
-        (xs[0] * xs[1], xs[2], xs[3])
+        (xs[2], xs[3])
     };
     let spatial: Vec<Option<usize>> = xs[2..].iter().map(|&d| Some(d)).collect();
     let dil: &[usize] = if max { &p.dilations } else { &[] };
@@ -32,68 +135,376 @@ pub(crate) fn pool(
         p.auto_pad,
         p.ceil_mode,
     )?;
+    // 1-D pools are one row of a 2-D one.
     let two = |v: &[usize], d: usize| {
         if v.len() == 1 {
-            (d, v[0])
+            [d, v[0]]
         } else {
-            (v[0], v[1])
+            [v[0], v[1]]
         }
     };
-    let (kh, kw) = two(&g.kernel, 1);
-    let (sh, sw) = two(&g.strides, 1);
-    let (dh, dw) = two(&g.dilations, 1);
-    let (ph, pw) = two(&g.pad_begin, 0);
     let outs: Vec<usize> = g.out.iter().map(|o| o.expect("concrete")).collect();
-    let (oh, ow) = two(&outs, 1);
-    // Explicit end pads bound the window for count_include_pad.
     let n_sp = xs.len() - 2;
     let pads_end: Vec<usize> = if p.pads.len() == 2 * n_sp {
         p.pads[n_sp..].to_vec()
     } else {
         vec![0; n_sp]
     };
-    let (peh, pew) = two(&pads_end, 0);
-    let xv = x.to_f32_vec();
-    let mut y = vec![0f32; nc * oh * ow];
-    for c in 0..nc {
-        let xc = &xv[c * h * w..(c + 1) * h * w];
-        for i in 0..oh {
-            for j in 0..ow {
-                let mut acc = if max { f32::NEG_INFINITY } else { 0.0 };
-                let mut cnt = 0usize;
-                let mut padded_cnt = 0usize;
-                for ki in 0..kh {
-                    let ih = (i * sh + ki * dh) as isize - ph as isize;
-                    for kj in 0..kw {
-                        let iw = (j * sw + kj * dw) as isize - pw as isize;
-                        let inside_padded = ih < (h + peh) as isize && iw < (w + pew) as isize;
-                        if inside_padded {
-                            padded_cnt += 1;
-                        }
-                        if ih < 0 || iw < 0 || ih as usize >= h || iw as usize >= w {
-                            continue;
-                        }
-                        let v = xc[ih as usize * w + iw as usize];
-                        if max {
-                            if v > acc || v.is_nan() {
-                                acc = v;
-                            }
-                        } else {
-                            acc += v;
-                        }
-                        cnt += 1;
+    let [oh, ow] = two(&outs, 1);
+    let win = Window {
+        h,
+        w,
+        oh,
+        ow,
+        kernel: two(&g.kernel, 1),
+        strides: two(&g.strides, 1),
+        dilations: two(&g.dilations, 1),
+        pad_begin: two(&g.pad_begin, 0),
+        pad_end: two(&pads_end, 0),
+    };
+    let divisors: Option<(Vec<usize>, Vec<usize>)> = (!max).then(|| {
+        let ((rv, rp), (cv, cp)) = (win.counts(0), win.counts(1));
+        if p.count_include_pad {
+            (rp, cp)
+        } else {
+            (rv, cv)
+        }
+    });
+    let taps = win.column_taps();
+    let x = x.as_float_slice().expect("float");
+    let y = out.as_float_slice_mut().expect("float");
+    let work = oh * ow * win.kernel[0] * win.kernel[1];
+    for_units(y, oh * ow, work, |range, mut y| {
+        let mut widened = Vec::new();
+        let mut phases = Vec::new();
+        let mut acc = vec![0f32; ow];
+        for (local, c) in range.enumerate() {
+            let plane = match sub(x, c * h * w, (c + 1) * h * w) {
+                FloatSlice::F32(s) => s,
+                other => {
+                    widened.resize(h * w, 0.0);
+                    float_to_f32(other, &mut widened);
+                    &widened[..]
+                }
+            };
+            let rows = PhaseRows::split(plane, &win, &mut phases);
+            for i in 0..oh {
+                pool_row(&win, &taps, &rows, i, max, &mut acc);
+                if let Some((rows_n, cols_n)) = &divisors {
+                    for (a, &cols) in acc.iter_mut().zip(cols_n) {
+                        *a /= (rows_n[i] * cols) as f32;
                     }
                 }
-                y[(c * oh + i) * ow + j] = if max {
-                    acc
-                } else if p.count_include_pad {
-                    acc / padded_cnt as f32
-                } else {
-                    acc / cnt as f32
-                };
+                let at = (local * oh + i) * ow;
+                convert_float(FloatSlice::F32(&acc), sub_mut(&mut y, at, at + ow));
+            }
+        }
+    });
+    Ok(())
+}
+
+/// A plane's input rows split by column phase: phase `q` of row `r` holds
+/// columns `q, q + stride, ...` (the plane itself when the stride is 1).
+struct PhaseRows<'a> {
+    data: &'a [f32],
+    /// Elements per phase row.
+    len: usize,
+    /// Rows per phase.
+    rows: usize,
+}
+
+impl<'a> PhaseRows<'a> {
+    fn split(plane: &'a [f32], win: &Window, buf: &'a mut Vec<f32>) -> PhaseRows<'a> {
+        let s = win.strides[1];
+        if s == 1 {
+            return PhaseRows {
+                data: plane,
+                len: win.w,
+                rows: win.h,
+            };
+        }
+        let len = win.w.div_ceil(s);
+        buf.resize(s * win.h * len, 0.0);
+        let phase = win.h * len;
+        for (r, row) in plane.chunks_exact(win.w).enumerate() {
+            if s == 2 {
+                // The common stride, as a pair split the compiler vectorises.
+                let (even, odd) = buf[r * len..].split_at_mut(phase);
+                let (even, odd) = (&mut even[..len], &mut odd[..len]);
+                let pairs = row.chunks_exact(2);
+                if let [last] = pairs.remainder() {
+                    even[len - 1] = *last;
+                }
+                for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
+                    *e = pair[0];
+                    *o = pair[1];
+                }
+                continue;
+            }
+            for q in 0..s.min(win.w) {
+                let dst = &mut buf[q * phase + r * len..][..len];
+                for (d, &v) in dst.iter_mut().zip(row[q..].iter().step_by(s)) {
+                    *d = v;
+                }
+            }
+        }
+        PhaseRows {
+            data: &buf[..],
+            len,
+            rows: win.h,
+        }
+    }
+
+    /// Phase `q` of input row `r`.
+    fn row(&self, q: usize, r: usize) -> &[f32] {
+        &self.data[(q * self.rows + r) * self.len..][..self.len]
+    }
+}
+
+/// Where one kernel column reads along an output row: outputs
+/// `first..first + count` read phase `phase` from index `start` on (the
+/// other outputs' tap lies in the padding).
+#[derive(Clone, Copy, Debug)]
+struct ColumnTap {
+    first: usize,
+    count: usize,
+    phase: usize,
+    start: usize,
+}
+
+impl Window {
+    /// The kernel columns whose tap lands inside the input for some output,
+    /// in kernel order.
+    fn column_taps(&self) -> Vec<ColumnTap> {
+        let axis = self.axis(1);
+        let s = axis.stride as isize;
+        (0..self.kernel[1])
+            .filter_map(|kj| axis.tap(kj))
+            .map(|(first, count, offset)| ColumnTap {
+                first,
+                count,
+                // Output j reads column j * s + offset: phase offset mod s,
+                // index j + floor(offset / s) in that phase.
+                phase: offset.rem_euclid(s) as usize,
+                start: (first as isize + offset.div_euclid(s)) as usize,
+            })
+            .collect()
+    }
+}
+
+/// Output row `i` of a plane into `acc` (sums before the division, for
+/// average), folding the taps in row-major order.
+fn pool_row(
+    win: &Window,
+    taps: &[ColumnTap],
+    rows: &PhaseRows<'_>,
+    i: usize,
+    max: bool,
+    acc: &mut [f32],
+) {
+    acc.fill(if max { f32::NEG_INFINITY } else { 0.0 });
+    let ax_h = win.axis(0);
+    for ki in 0..win.kernel[0] {
+        let ih = (i * ax_h.stride + ki * ax_h.dilation) as isize - ax_h.pad as isize;
+        if ih < 0 || ih >= win.h as isize {
+            continue;
+        }
+        for t in taps {
+            let src = &rows.row(t.phase, ih as usize)[t.start..t.start + t.count];
+            let dst = &mut acc[t.first..t.first + t.count];
+            if max {
+                for (a, &v) in dst.iter_mut().zip(src) {
+                    // `v > a ? v : a` is x86's MAXPS (a NaN `a` stays); a NaN
+                    // `v` replaces it.
+                    let m = if v > *a { v } else { *a };
+                    *a = if v.is_nan() { v } else { m };
+                }
+            } else {
+                for (a, &v) in dst.iter_mut().zip(src) {
+                    *a += v;
+                }
             }
         }
     }
-    f32_to_float(&y, out.as_float_slice_mut().expect("float"));
-    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::graph::tensor::f32_to_float;
+    use mixprec_kernels::FloatType;
+
+    /// The definition: every output's window walked tap by tap.
+    fn reference(p: &PoolAttrs, max: bool, shape: &[usize], xv: &[f32]) -> Option<Vec<f32>> {
+        let (nc, h, w) = if shape.len() == 3 {
+            (shape[0] * shape[1], 1, shape[2])
+        } else {
+            (shape[0] * shape[1], shape[2], shape[3])
+        };
+        let spatial: Vec<Option<usize>> = shape[2..].iter().map(|&d| Some(d)).collect();
+        let dil: &[usize] = if max { &p.dilations } else { &[] };
+        let g = geometry(
+            "ref",
+            &spatial,
+            &p.kernel_shape,
+            &p.strides,
+            &p.pads,
+            dil,
+            p.auto_pad,
+            p.ceil_mode,
+        )
+        .ok()?;
+        let two = |v: &[usize], d: usize| {
+            if v.len() == 1 {
+                (d, v[0])
+            } else {
+                (v[0], v[1])
+            }
+        };
+        let (kh, kw) = two(&g.kernel, 1);
+        let (sh, sw) = two(&g.strides, 1);
+        let (dh, dw) = two(&g.dilations, 1);
+        let (ph, pw) = two(&g.pad_begin, 0);
+        let outs: Vec<usize> = g.out.iter().map(|o| o.unwrap()).collect();
+        let (oh, ow) = two(&outs, 1);
+        let n_sp = shape.len() - 2;
+        let pads_end = if p.pads.len() == 2 * n_sp {
+            p.pads[n_sp..].to_vec()
+        } else {
+            vec![0; n_sp]
+        };
+        let (peh, pew) = two(&pads_end, 0);
+        let mut y = vec![0f32; nc * oh * ow];
+        for c in 0..nc {
+            let xc = &xv[c * h * w..(c + 1) * h * w];
+            for i in 0..oh {
+                for j in 0..ow {
+                    let mut acc = if max { f32::NEG_INFINITY } else { 0.0 };
+                    let (mut cnt, mut padded_cnt) = (0usize, 0usize);
+                    for ki in 0..kh {
+                        let ih = (i * sh + ki * dh) as isize - ph as isize;
+                        for kj in 0..kw {
+                            let iw = (j * sw + kj * dw) as isize - pw as isize;
+                            if ih < (h + peh) as isize && iw < (w + pew) as isize {
+                                padded_cnt += 1;
+                            }
+                            if ih < 0 || iw < 0 || ih as usize >= h || iw as usize >= w {
+                                continue;
+                            }
+                            let v = xc[ih as usize * w + iw as usize];
+                            if max {
+                                if v > acc || v.is_nan() {
+                                    acc = v;
+                                }
+                            } else {
+                                acc += v;
+                            }
+                            cnt += 1;
+                        }
+                    }
+                    y[(c * oh + i) * ow + j] = if max {
+                        acc
+                    } else if p.count_include_pad {
+                        acc / padded_cnt as f32
+                    } else {
+                        acc / cnt as f32
+                    };
+                }
+            }
+        }
+        Some(y)
+    }
+
+    /// Values that tell the folds apart: NaNs of two payloads and signs,
+    /// signed zeros, infinities, ties.
+    fn value() -> impl Strategy<Value = f32> {
+        prop_oneof![
+            4 => -4.0f32..4.0,
+            1 => Just(f32::from_bits(0x7fc0_0001)),
+            1 => Just(f32::from_bits(0xffc0_0002)),
+            1 => Just(0.0f32),
+            1 => Just(-0.0f32),
+            1 => Just(f32::INFINITY),
+            1 => Just(f32::NEG_INFINITY),
+            1 => Just(1.5f32),
+        ]
+    }
+
+    prop_compose! {
+        fn case()(
+            two_d in any::<bool>(),
+            planes in 1usize..4,
+            h in 1usize..10,
+            w in 1usize..14,
+            kernel in (1usize..5, 1usize..5),
+            strides in (1usize..4, 1usize..4),
+            dilations in (1usize..3, 1usize..3),
+            pads in (0usize..4, 0usize..4, 0usize..4, 0usize..4),
+            ceil_mode in any::<bool>(),
+            count_include_pad in any::<bool>(),
+            max in any::<bool>(),
+            dtype in prop_oneof![Just(FloatType::F32), Just(FloatType::Bf16), Just(FloatType::F16)],
+        )(
+            values in proptest::collection::vec(value(), planes * h * w),
+            two_d in Just(two_d), planes in Just(planes), h in Just(h), w in Just(w),
+            kernel in Just(kernel), strides in Just(strides), dilations in Just(dilations),
+            pads in Just(pads), ceil_mode in Just(ceil_mode),
+            count_include_pad in Just(count_include_pad), max in Just(max), dtype in Just(dtype),
+        ) -> (Vec<usize>, PoolAttrs, bool, FloatType, Vec<f32>) {
+            let (shape, p) = if two_d {
+                let pk = |p: usize, k: usize| p.min(k - 1);
+                (vec![1, planes, h, w], PoolAttrs {
+                    kernel_shape: vec![kernel.0, kernel.1],
+                    strides: vec![strides.0, strides.1],
+                    pads: vec![pk(pads.0, kernel.0), pk(pads.1, kernel.1), pk(pads.2, kernel.0), pk(pads.3, kernel.1)],
+                    dilations: vec![dilations.0, dilations.1],
+                    ceil_mode,
+                    count_include_pad,
+                    ..Default::default()
+                })
+            } else {
+                (vec![1, planes, w], PoolAttrs {
+                    kernel_shape: vec![kernel.1],
+                    strides: vec![strides.1],
+                    pads: vec![pads.1.min(kernel.1 - 1), pads.3.min(kernel.1 - 1)],
+                    dilations: vec![dilations.1],
+                    ceil_mode,
+                    count_include_pad,
+                    ..Default::default()
+                })
+            };
+            let n = shape.iter().product();
+            (shape, p, max, dtype, values[..n].to_vec())
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// The row-wise, phase-split pool gives the definition's bits, NaN
+        /// payloads and zero signs included, in every float type.
+        #[test]
+        fn pool_matches_definition((shape, p, max, dtype, values) in case()) {
+            let x = Tensor::from_f32(&shape, &values).unwrap().to_float_type(dtype).unwrap();
+            let Some(want) = reference(&p, max, &shape, &x.to_f32_vec()) else {
+                return Ok(());
+            };
+            let mut want_t = Tensor::zeros(dtype.into(), &[want.len()]);
+            f32_to_float(&want, want_t.as_float_slice_mut().unwrap());
+            let mut out = Tensor::zeros(dtype.into(), &[want.len()]);
+            pool("pool", &p, max, &x.view(), &mut out).unwrap();
+            // Max moves values (selects), so its NaNs keep their payloads;
+            // a sum's NaN payload is unspecified in Rust, so average compares
+            // NaN-ness only.
+            let bits = |t: &Tensor| {
+                t.to_f32_vec()
+                    .iter()
+                    .map(|v| if v.is_nan() && !max { u32::MAX } else { v.to_bits() })
+                    .collect::<Vec<_>>()
+            };
+            prop_assert_eq!(bits(&out), bits(&want_t), "{:?} max={} {:?}", shape, max, p);
+        }
+    }
 }
