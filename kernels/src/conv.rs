@@ -27,17 +27,20 @@
 //!   1.34 -> 1.23, 1x256x14x14 -> 1024 1.12-1.13 -> 1.01. With 64 input
 //!   channels a tile's store is spread over too few k steps: 1x64x56x56 ->
 //!   256 went 1.09-1.11 -> 1.17 ms (a batch of 8: 11.5 -> 10.3).
-//! * `avx512_core` and up, [`Accumulation::F32`], f32 or f16 output, stride
-//!   1, input and output channels multiples of 16 and an epilogue of at most
+//! * `avx512_core` and up, [`Accumulation::F32`], f32 or f16 output,
+//!   input and output channels multiples of 16 and an epilogue of at most
 //!   `row_bias` and ReLU: a direct convolution over an f32 copy of the image
-//!   in 16-channel blocks (NCHW16c), weights as vectors and image
+//!   in 16-channel blocks (NCHW16c; with a stride, each copy row's columns
+//!   split by stride phase), weights as vectors and image
 //!   values as broadcasts, the accumulators in registers over all of k in
 //!   im2col order (the GEMM's FMA chain), NCHW output through 16 x 16
 //!   transposes (see `gemm/conv_blocked.rs`). 8x64x56x56 3x3 on one Zen 4
 //!   core: 16.7 ms in f32 and 16.6 in f16, where the implicit GEMM below
-//!   takes 17.9 and 18.6.
+//!   takes 17.9 and 18.6; ResNet-18's stride-2 convs at batch 1 (3x3 and
+//!   1x1 shortcut): 1x256x14x14 -> 512 3x3 2.14 -> 1.22 ms (prepacked
+//!   weights), 1x64x56x56 -> 128 1x1 0.35 -> 0.17.
 //! * The same with [`Accumulation::Bf16Dot`] (`avx512_core_bf16` and up),
-//!   input channels a multiple of 32, f32, f16 or bf16 output: the copy's
+//!   input channels a multiple of 32, f32, f16 or bf16 output, any stride: the copy's
 //!   lanes are bf16 channel pairs and the tiles run `VDPBF16PS`, in the
 //!   Bf16Dot GEMM's k-pair order (below). 8x64x56x56 3x3: 8.8 ms (209
 //!   GFLOP/s), where the implicit GEMM takes 10.1.
@@ -371,17 +374,17 @@ pub const fn implementation(isa: Isa) -> &'static str {
         Isa::Scalar => "scalar im2col + GEMM",
         Isa::Avx2 => "avx2 im2col + GEMM",
         Isa::Avx512Core => {
-            "avx512: stride-1 convs with channels in multiples of 16 (1x1 from 128 input \
+            "avx512: convs with channels in multiples of 16 (stride-1 1x1 from 128 input \
              channels) as 32-channel x 14-pixel FMA tiles over an f32 NCHW16c copy; others \
              an implicit GEMM of 14x32 tiles reading stride-1 'same' f32 images in place \
              (padding masked), else a padded copy"
         }
         Isa::Avx512CoreBf16 | Isa::Avx512CoreFp16 => {
-            "avx512: stride-1 convs with channels in multiples of 16 (1x1 from 128 input \
+            "avx512: convs with channels in multiples of 16 (stride-1 1x1 from 128 input \
              channels) as 32-channel x 14-pixel FMA tiles over an f32 NCHW16c copy; others \
              an implicit GEMM of 14x32 tiles reading stride-1 'same' f32 images in place \
              (padding masked), else a padded copy; \
-             Bf16Dot: vdpbf16ps tiles over blocked channel pairs (stride 1, channels in \
+             Bf16Dot: vdpbf16ps tiles over blocked channel pairs (channels in \
              multiples of 32), else 14x32 tiles over a channel-pair copy"
         }
     }

@@ -521,6 +521,10 @@ fn big_cases() -> Vec<Case> {
         case(3, [64, 64], [7, 7], [2, 2], [1, 1], [3, 3], 0, 16, 4).unwrap(),
         // Channel-blocked, copied in three bands of output rows.
         case(64, [72, 70], [3, 3], [1, 1], [1, 1], [1, 1], 0, 48, 6).unwrap(),
+        // Channel-blocked and strided (ResNet's downsampling 3x3 and 1x1
+        // shortcut), over several bands and KC blocks.
+        case(64, [57, 57], [3, 3], [2, 2], [1, 1], [1, 1], 0, 48, 8).unwrap(),
+        case(128, [29, 30], [1, 1], [2, 2], [1, 1], [0, 0], 0, 32, 9).unwrap(),
     ]
 }
 
@@ -696,6 +700,8 @@ fn arb_blocked_case() -> impl Strategy<Value = Case> {
             [1usize..3, 1usize..3],
             [0usize..4, 0usize..4],
             0usize..3,
+            // Strided copies split their columns by phase.
+            prop_oneof![Just([1usize, 1]), [1usize..4, 1usize..4]],
         ),
         (
             prop_oneof![Just(16usize), Just(32), Just(48)],
@@ -705,12 +711,12 @@ fn arb_blocked_case() -> impl Strategy<Value = Case> {
     )
         .prop_filter_map(
             "kernel larger than the padded image",
-            |((cin, h, w), (kernel, dilation, pad, extra), (cout, seed, non_finite))| {
+            |((cin, h, w), (kernel, dilation, pad, extra, stride), (cout, seed, non_finite))| {
                 let mut c = case(
                     cin,
                     [h, w],
                     kernel,
-                    [1, 1],
+                    stride,
                     dilation,
                     pad,
                     extra,

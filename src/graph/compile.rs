@@ -712,12 +712,8 @@ fn prepare_gemm(
         Op::Conv(_) => (None, konst(2, uncast_ins).map(Tensor::to_f32_vec)),
         _ => unreachable!("only GEMM-family ops are prepared"),
     };
-    // The blocked tiles take stride-1 convolutions only: a strided one's
-    // packed copy would never be read.
     let conv_weights = match (op, konst(1, ins)) {
-        (Op::Conv(attrs), Some(w)) if attrs.strides.iter().all(|&s| s == 1) => {
-            pack_conv(node, w, attrs.group.max(1), accumulation)?
-        }
+        (Op::Conv(attrs), Some(w)) => pack_conv(node, w, attrs.group.max(1), accumulation)?,
         _ => Vec::new(),
     };
     Ok(Prepared {

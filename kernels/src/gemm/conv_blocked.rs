@@ -8,7 +8,11 @@
 //!
 //! A band of output rows of one image is copied into a zero-padded buffer
 //! laid out (block of 16 channels, padded row, padded column, channel in
-//! the block), so the 16 channels of one pixel are one cache line. A tile
+//! the block), so the 16 channels of one pixel are one cache line. With a
+//! stride, each copy row holds its column phases side by side (padded
+//! column `x` in phase `x % stride_w`, as the implicit GEMM's copy does), so
+//! a tile's pixels are consecutive at every tap, and the rows and phases no
+//! tap reads are not copied (a 1x1 stride-2 kernel reads a quarter). A tile
 //! is [`PIXELS`] consecutive output pixels of one row by 32 (or 16) output
 //! channels: per k step (input channel, kernel row, kernel column) it loads
 //! the 32 weights of that step as two vectors and broadcasts each pixel's
@@ -89,7 +93,7 @@ impl Product {
 
 /// Whether [`run`] computes this convolution with `product` (the caller
 /// checks the level, `avx512_core_bf16` for [`Product::Bf16Dot`], and the
-/// accumulation): stride 1, input channels a multiple of 16 (32 for
+/// accumulation): input channels a multiple of 16 (32 for
 /// pairs), output channels a multiple of 16, an output of f32 or f16 (or bf16 for
 /// [`Product::Bf16Dot`]), and an epilogue of at most a row bias and ReLU.
 pub(super) fn eligible(
@@ -100,7 +104,6 @@ pub(super) fn eligible(
     product: Product,
 ) -> bool {
     (out != FloatType::Bf16 || product == Product::Bf16Dot)
-        && shape.stride == [1, 1]
         && packable(shape.in_channels, m, product)
         && ep.row_bias_relu().is_some()
 }
@@ -155,12 +158,55 @@ struct Bands {
     rows: usize,
     /// Bands per image.
     count: usize,
-    /// Padded pixels per copy row: `out_w + (kw - 1) * dw`.
+    /// Padded columns the taps read: `(out_w - 1) * sw + (kw - 1) * dw + 1`.
+    padded_width: usize,
+    /// Where a copy row keeps each padded column.
+    phases: Phases,
+    /// Pixels per copy row: `sw` phases of `phases.len`.
     width: usize,
-    /// Copy rows below a band's output rows that its taps reach.
+    /// Copy rows below a band's last output row's first tap that its taps
+    /// reach: `(kh - 1) * dh`.
     reach: usize,
     /// Lanes (f32 or channel pairs) from one block of the copy to the next.
     block_stride: usize,
+}
+
+/// Where a copy row keeps padded column `x`: the row holds the stride's
+/// column phases side by side, phase `x % stride` at index `x / stride`,
+/// so a tile's pixels (consecutive outputs, `stride` columns apart) are
+/// consecutive at every tap, as in the implicit GEMM's phase copy. With
+/// stride 1 this is the padded row itself.
+#[derive(Clone, Copy, Debug)]
+struct Phases {
+    stride: usize,
+    /// Pixels per phase.
+    len: usize,
+    /// Bit `q` set: some tap reads phase `q` (phases from 64 on count as
+    /// read). A 1x1 stride-2 kernel reads only phase 0.
+    read: u64,
+}
+
+impl Phases {
+    fn new(shape: &Conv2dShape, padded_width: usize) -> Phases {
+        let stride = shape.stride[1];
+        let read = (0..shape.kernel[1])
+            .map(|kj| kj * shape.dilation[1] % stride)
+            .fold(0u64, |m, q| m | 1u64.checked_shl(q as u32).unwrap_or(0));
+        Phases {
+            stride,
+            len: padded_width.div_ceil(stride),
+            read: if stride > 64 { u64::MAX } else { read },
+        }
+    }
+
+    /// The copy pixel of padded column `x`.
+    fn pixel(self, x: usize) -> usize {
+        x % self.stride * self.len + x / self.stride
+    }
+
+    fn is_read(self, phase: usize) -> bool {
+        phase >= 64 || self.read >> phase & 1 == 1
+    }
 }
 
 impl Bands {
@@ -171,20 +217,30 @@ impl Bands {
     /// 4.40-4.48 vs 4.51-4.58 at two).
     fn new(shape: &Conv2dShape, images: usize, threads: usize) -> Self {
         let [oh, ow] = shape.out_size;
-        let width = ow + (shape.kernel[1] - 1) * shape.dilation[1];
+        let [sh, sw] = shape.stride;
+        let padded_width = (ow - 1) * sw + (shape.kernel[1] - 1) * shape.dilation[1] + 1;
+        let phases = Phases::new(shape, padded_width);
+        let width = sw * phases.len;
         let reach = (shape.kernel[0] - 1) * shape.dilation[0];
         let row_bytes = shape.in_channels * width * 4;
-        let by_size = ((oh + reach) * row_bytes).div_ceil(BAND_BYTES);
+        let by_size = (Self::copy_rows(oh, sh, reach) * row_bytes).div_ceil(BAND_BYTES);
         // Enough items for every thread when the batch is small.
         let by_threads = threads.div_ceil(images);
         let rows = oh.div_ceil(by_size.max(by_threads).clamp(1, oh));
         Bands {
             rows,
             count: oh.div_ceil(rows),
+            padded_width,
+            phases,
             width,
             reach,
-            block_stride: (rows + reach) * width * BLOCK,
+            block_stride: Self::copy_rows(rows, sh, reach) * width * BLOCK,
         }
+    }
+
+    /// Padded input rows that `rows` output rows read.
+    fn copy_rows(rows: usize, stride: usize, reach: usize) -> usize {
+        (rows - 1) * stride + reach + 1
     }
 
     /// Lanes (f32 or pairs) of one band's copy of `units` channels or
@@ -202,7 +258,7 @@ impl Bands {
         for u in 0..units {
             for ki in 0..kh {
                 for kj in 0..kw {
-                    let pixel = ki * dh * self.width + kj * dw;
+                    let pixel = ki * dh * self.width + self.phases.pixel(kj * dw);
                     offs.push(u / BLOCK * self.block_stride + pixel * BLOCK + u % BLOCK);
                 }
             }
@@ -211,7 +267,9 @@ impl Bands {
     }
 
     /// Copies band `band` of `image` (NCHW) into `copy`: copy row `r` is
-    /// padded input row `band * rows + r`, zeros outside the image.
+    /// padded input row `band * rows * sh + r`, zeros outside the image.
+    /// Rows and column phases no tap reads are skipped (a 1x1 stride-2
+    /// kernel reads every other row and column).
     fn fill<T: Element>(
         &self,
         shape: &Conv2dShape,
@@ -223,37 +281,52 @@ impl Bands {
         let per_block = BLOCK * product.channels_per_lane();
         let [h, w] = shape.in_size;
         let [ph, pw] = shape.pad_begin;
+        let [sh, dh] = [shape.stride[0], shape.dilation[0]];
         let oy0 = band * self.rows;
-        let rows = self.rows.min(shape.out_size[0] - oy0) + self.reach;
+        let out_rows = self.rows.min(shape.out_size[0] - oy0);
+        let rows = Self::copy_rows(out_rows, sh, self.reach);
+        // Whether some output row of the band reads copy row r.
+        let read = |r: usize| {
+            (0..shape.kernel[0]).any(|ki| {
+                r >= ki * dh && (r - ki * dh).is_multiple_of(sh) && (r - ki * dh) / sh < out_rows
+            })
+        };
         // Padded columns that hold image columns.
-        let lo = pw.min(self.width);
-        let hi = (pw + w).min(self.width);
+        let lo = pw.min(self.padded_width);
+        let hi = (pw + w).min(self.padded_width);
         let row_len = self.width * BLOCK;
+        let phases = self.phases;
         for (cb, block) in copy
             .chunks_exact_mut(self.block_stride)
             .take(shape.in_channels / per_block)
             .enumerate()
         {
             for (r, dst) in block.chunks_exact_mut(row_len).take(rows).enumerate() {
-                let iy = (oy0 + r).wrapping_sub(ph);
+                if !read(r) {
+                    continue;
+                }
+                let iy = (oy0 * sh + r).wrapping_sub(ph);
                 if iy >= h || lo == hi {
                     dst.fill(0.0);
                     continue;
                 }
-                dst[..lo * BLOCK].fill(0.0);
-                dst[hi * BLOCK..].fill(0.0);
+                for x in (0..lo).chain(hi..self.padded_width) {
+                    dst[phases.pixel(x) * BLOCK..][..BLOCK].fill(0.0);
+                }
                 let plane = cb * per_block * h * w + iy * w;
-                let (src, dst) = (&image[plane..], &mut dst[lo * BLOCK..]);
+                let (src, n) = (&image[plane..], hi - lo);
+                let to = Pixels { first: lo, phases };
                 // SAFETY: the block's channels of row iy hold w >= hi - lo values
-                // each; the copy row holds `hi` pixels of 16 lanes; the CPU
-                // supports avx512_core (avx512_core_bf16 with pairs: T is then
-                // bf16), the caller of `run`.
+                // each; the copy row holds the phase pixels of padded columns
+                // lo..hi < padded_width, 16 lanes each; the CPU supports
+                // avx512_core (avx512_core_bf16 with pairs: T is then bf16),
+                // the caller of `run`.
                 unsafe {
                     match (product, tag(T::DTYPE)) {
-                        (Product::Bf16Dot, _) => gather_pairs(src, h * w, hi - lo, dst),
-                        (Product::Fma, F32) => gather_pixels::<F32, T>(src, h * w, hi - lo, dst),
-                        (Product::Fma, BF16) => gather_pixels::<BF16, T>(src, h * w, hi - lo, dst),
-                        (Product::Fma, _) => gather_pixels::<F16, T>(src, h * w, hi - lo, dst),
+                        (Product::Bf16Dot, _) => gather_pairs(src, h * w, n, dst, to),
+                        (Product::Fma, F32) => gather_pixels::<F32, T>(src, h * w, n, dst, to),
+                        (Product::Fma, BF16) => gather_pixels::<BF16, T>(src, h * w, n, dst, to),
+                        (Product::Fma, _) => gather_pixels::<F16, T>(src, h * w, n, dst, to),
                     }
                 }
             }
@@ -261,22 +334,52 @@ impl Bands {
     }
 }
 
+/// Where a gather puts its pixels in a copy row: pixel `j` is padded
+/// column `first + j`.
+#[derive(Clone, Copy)]
+struct Pixels {
+    first: usize,
+    phases: Phases,
+}
+
+impl Pixels {
+    /// Calls `put(j, copy pixel)` for pixels `x0..x0 + n` in a read phase,
+    /// stepping the phase and index instead of dividing per pixel.
+    #[inline(always)]
+    fn each(self, x0: usize, n: usize, mut put: impl FnMut(usize, usize)) {
+        let ph = self.phases;
+        let x = self.first + x0;
+        let (mut q, mut t) = (x % ph.stride, x / ph.stride);
+        for j in 0..n {
+            if ph.is_read(q) {
+                put(j, q * ph.len + t);
+            }
+            q += 1;
+            if q == ph.stride {
+                (q, t) = (0, t + 1);
+            }
+        }
+    }
+}
+
 /// Copies `pixels` consecutive pixels of 16 channels (channel `l` at
-/// `src[l * channel_stride..]`, of type `BT`) into `dst` as f32, 16
-/// channels per pixel, through 16 x 16 transposes in registers.
+/// `src[l * channel_stride..]`, of type `BT`) into the copy row `dst` as
+/// f32, 16 channels per pixel, at the pixels `to` gives, through 16 x 16
+/// transposes in registers.
 ///
 /// # Safety
 /// `src[l * channel_stride + x]` exists for `l < 16`, `x < pixels`;
-/// `dst` holds `16 * pixels`; `BT` is T's tag; the CPU supports
-/// AVX-512 F/BW/VL.
+/// `dst` holds 16 lanes at every pixel `to` gives; `BT` is T's tag; the CPU
+/// supports AVX-512 F/BW/VL.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn gather_pixels<const BT: u8, T>(
     src: &[T],
     channel_stride: usize,
     pixels: usize,
     dst: &mut [f32],
+    to: Pixels,
 ) {
-    debug_assert!(src.len() > 15 * channel_stride + pixels - 1 && dst.len() >= BLOCK * pixels);
+    debug_assert!(src.len() > 15 * channel_stride + pixels - 1);
     for x0 in (0..pixels).step_by(BLOCK) {
         let n = BLOCK.min(pixels - x0);
         let lanes = u16::MAX >> (BLOCK - n);
@@ -286,10 +389,11 @@ unsafe fn gather_pixels<const BT: u8, T>(
             *r = unsafe { load16::<BT>(src.as_ptr().add(l * channel_stride + x0).cast(), lanes) };
         }
         let cols = transpose16(rows);
-        for (j, c) in cols.iter().take(n).enumerate() {
-            // SAFETY: pixel x0 + j < pixels, so its 16 f32 lie in dst.
-            unsafe { _mm512_storeu_ps(dst.as_mut_ptr().add((x0 + j) * BLOCK), *c) };
-        }
+        to.each(x0, n, |j, at| {
+            // SAFETY: pixel `at` of the copy row holds 16 lanes (the caller's
+            // contract).
+            unsafe { _mm512_storeu_ps(dst[at * BLOCK..][..BLOCK].as_mut_ptr(), cols[j]) };
+        });
     }
 }
 
@@ -300,10 +404,17 @@ unsafe fn gather_pixels<const BT: u8, T>(
 ///
 /// # Safety
 /// `src[l * channel_stride + x]` exists for `l < 32`, `x < pixels`; `dst`
-/// holds `16 * pixels`; `T` is bf16; the CPU supports AVX-512 F/BW/VL.
+/// holds 16 lanes at every pixel `to` gives; `T` is bf16; the CPU supports
+/// AVX-512 F/BW/VL.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn gather_pairs<T>(src: &[T], channel_stride: usize, pixels: usize, dst: &mut [f32]) {
-    debug_assert!(src.len() > 31 * channel_stride + pixels - 1 && dst.len() >= BLOCK * pixels);
+unsafe fn gather_pairs<T>(
+    src: &[T],
+    channel_stride: usize,
+    pixels: usize,
+    dst: &mut [f32],
+    to: Pixels,
+) {
+    debug_assert!(src.len() > 31 * channel_stride + pixels - 1);
     let src = src.as_ptr().cast::<u16>();
     for x0 in (0..pixels).step_by(BLOCK) {
         let n = BLOCK.min(pixels - x0);
@@ -328,10 +439,11 @@ unsafe fn gather_pairs<T>(src: &[T], channel_stride: usize, pixels: usize, dst: 
             *r = _mm512_castsi512_ps(pair);
         }
         let cols = transpose16(rows);
-        for (j, c) in cols.iter().take(n).enumerate() {
-            // SAFETY: pixel x0 + j < pixels, so its 16 lanes lie in dst.
-            unsafe { _mm512_storeu_ps(dst.as_mut_ptr().add((x0 + j) * BLOCK), *c) };
-        }
+        to.each(x0, n, |j, at| {
+            // SAFETY: pixel `at` of the copy row holds 16 lanes (the caller's
+            // contract).
+            unsafe { _mm512_storeu_ps(dst[at * BLOCK..][..BLOCK].as_mut_ptr(), cols[j]) };
+        });
     }
 }
 
@@ -402,6 +514,7 @@ pub(super) unsafe fn run<T: Element>(
     let (row_bias, relu) = ep.row_bias_relu().expect("eligible");
     let m = w.rows;
     let [oh, ow] = shape.out_size;
+    let sh = shape.stride[0];
     let taps = shape.kernel[0] * shape.kernel[1];
     let units = shape.in_channels / product.channels_per_lane();
     // k steps: channels (f32) or channel pairs (Bf16Dot) times taps.
@@ -467,10 +580,11 @@ pub(super) unsafe fn run<T: Element>(
                 };
                 for ox in (0..ow).step_by(PIXELS) {
                     let pixels = PIXELS.min(ow - ox);
-                    let b = copy[((oy - oy0) * bands.width + ox) * BLOCK..].as_ptr();
-                    // SAFETY: the copy holds `rows + reach` rows of `width` pixels per
+                    let b = copy[((oy - oy0) * sh * bands.width + ox) * BLOCK..].as_ptr();
+                    // SAFETY: the copy holds `copy_rows` rows of `width` pixels per
                     // channel block, so every tap of the tile's pixels (offs[p] + the
-                    // pixel's offset) lies in it; `weights` holds k steps of `lanes`;
+                    // pixel's offset: row (oy - oy0) * sh + ki * dh, phase pixel
+                    // ox + q + kj * dw / sw < phases.len) lies in it; `weights` holds k steps of `lanes`;
                     // the output rows oc0..oc0+lanes, columns oy*ow+ox.. +pixels, lie
                     // in image n's output; avx512_core is the caller's contract.
                     unsafe {
