@@ -20,6 +20,7 @@ pub mod gemm;
 pub mod isa;
 pub mod norm;
 pub mod peak;
+pub mod pool;
 
 pub use element::{Element, FloatSlice, FloatSliceMut, FloatType};
 pub use isa::{Isa, IsaError, active_isa, detected_isa};

@@ -531,6 +531,68 @@ simd! {
     }
 }
 
+/// [`fold_windows`]' loop with the fold `$f` of accumulator `$a` and tap
+/// value `$v`: per output vector, every tap in order with the accumulator in
+/// a register, then one store.
+macro_rules! windows_loop {
+    ($src:expr, $taps:expr, $row_stride:expr, $out:expr, $width:expr, $init:expr,
+     |$a:ident, $v:ident| $f:expr) => {{
+        let (src, taps, width) = ($src, $taps, $width);
+        for (i, row) in $out.chunks_exact_mut(width).enumerate() {
+            let base = src.as_ptr().wrapping_add(i * $row_stride);
+            let mut j = 0;
+            while j < width {
+                let n = LANES.min(width - j);
+                let mut $a = splat($init);
+                for &t in taps {
+                    let p = base.wrapping_add(t + j);
+                    // SAFETY: `crate::pool::fold_windows` checked that every tap's
+                    // row of `width` values lies in `src`; lanes n.. are not read.
+                    let $v = unsafe {
+                        if n == LANES {
+                            load(p)
+                        } else {
+                            load_part(std::slice::from_raw_parts(p, n))
+                        }
+                    };
+                    $a = $f;
+                }
+                if n == LANES {
+                    // SAFETY: j + LANES <= width, the row's length.
+                    unsafe { store(row.as_mut_ptr().add(j), $a) };
+                } else {
+                    store_part(&mut row[j..], $a);
+                }
+                j += LANES;
+            }
+        }
+    }};
+}
+
+simd! {
+    /// Pooling's window fold (`crate::pool::fold_windows`). `max_raw(v, a)`
+    /// is `v > a ? v : a` (a NaN `a` stays); a NaN `v` replaces it.
+    pub(crate) fn fold_windows(
+        fold: crate::pool::PoolFold,
+        src: &[f32],
+        taps: &[usize],
+        row_stride: usize,
+        out: &mut [f32],
+        width: usize,
+    ) {
+        match fold {
+            crate::pool::PoolFold::Max => {
+                windows_loop!(src, taps, row_stride, out, width, f32::NEG_INFINITY, |a, v| {
+                    select(isnan(v), v, max_raw(v, a))
+                })
+            }
+            crate::pool::PoolFold::Sum => {
+                windows_loop!(src, taps, row_stride, out, width, 0.0, |a, v| add(a, v))
+            }
+        }
+    }
+}
+
 fn add_f32(a: f32, b: f32) -> f32 {
     a + b
 }

@@ -230,6 +230,9 @@ fn check_len(what: &str, got: usize, want: usize) {
 /// Calls `$f::<I, O>(args...)` in the backend chosen by `$isa`, with `I` and
 /// `O` taken from the slices' dtypes.
 macro_rules! backend_call {
+    ($isa:expr, $f:ident ($($arg:expr),*)) => {
+        backend_call!($isa, $f::<>($($arg),*))
+    };
     ($isa:expr, $f:ident :: <$($t:ty),*> ($($arg:expr),*)) => {{
         match $isa {
             Isa::Scalar => scalar::$f::<$($t),*>($($arg),*),
