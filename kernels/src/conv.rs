@@ -171,6 +171,13 @@ pub enum ConvError {
         /// Elements given.
         got: usize,
     },
+    /// A residual holds fewer elements than the batch's outputs span.
+    ResidualLength {
+        /// Elements the batch needs.
+        expected: usize,
+        /// Elements given.
+        got: usize,
+    },
     /// Weights to pack have a width that is not a whole number of kernel
     /// taps per input channel.
     KernelTaps {
@@ -220,6 +227,12 @@ impl fmt::Display for ConvError {
                 write!(
                     f,
                     "convolution output has {got} elements, the batch needs {expected}"
+                )
+            }
+            ConvError::ResidualLength { expected, got } => {
+                write!(
+                    f,
+                    "convolution residual has {got} elements, the batch needs {expected}"
                 )
             }
             ConvError::KernelTaps { cols, taps } => write!(
@@ -446,6 +459,7 @@ pub fn conv2d_at<T: Element, O: Element>(
         out: out.data,
         out_stride: 0,
         ldc,
+        residual: None,
     };
     convolve(isa, accumulation, shape, batch, weights, None, epilogue)
 }
@@ -472,10 +486,151 @@ pub fn conv2d_batch_at<'w, T: Element, O: Element>(
     out_stride: usize,
     epilogue: &Epilogue,
 ) -> Result<(), ConvError> {
+    let batch = BatchArgs {
+        count,
+        images,
+        image_stride,
+        out,
+        out_stride,
+    };
+    conv2d_batch(
+        isa,
+        accumulation,
+        shape,
+        batch,
+        weights.into(),
+        epilogue,
+        None,
+    )
+}
+
+/// [`conv2d_batch_at`] with f32 outputs and a residual connection:
+/// `out = act(conv + row_bias + residual)`, the additions rounded to f32 in
+/// that order and the epilogue's activation last, so the bits are those of
+/// the convolution without its activation followed by an elementwise add of
+/// `residual` and then the activation (a ResNet block's Conv, Add, Relu).
+/// `residual` is laid out as `out`: image `n`'s element `i` at
+/// `n * out_stride + i`. Where the channel-blocked tiles run (module docs:
+/// Paths) the sum is formed in their registers; elsewhere the convolution
+/// is stored first and the residual added in a second pass.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_batch_residual_at<'w, T: Element>(
+    isa: Isa,
+    accumulation: Accumulation,
+    shape: &Conv2dShape,
+    count: usize,
+    images: &[T],
+    image_stride: usize,
+    weights: impl Into<ConvWeights<'w, T>>,
+    out: &mut [f32],
+    out_stride: usize,
+    epilogue: &Epilogue,
+    residual: &[f32],
+) -> Result<(), ConvError> {
+    let weights = weights.into();
+    let m = weights.matrix.rows();
+    let per_out = m.saturating_mul(shape.positions().unwrap_or(usize::MAX));
+    let needed = count
+        .saturating_sub(1)
+        .saturating_mul(out_stride)
+        .saturating_add(per_out);
+    if count > 0 && residual.len() < needed {
+        return Err(ConvError::ResidualLength {
+            expected: needed,
+            got: residual.len(),
+        });
+    }
+    #[cfg(target_arch = "x86_64")]
+    let in_registers = isa
+        .require()
+        .is_ok_and(|isa| runs_blocked_tiles::<f32>(isa, accumulation, shape, m, epilogue));
+    #[cfg(not(target_arch = "x86_64"))]
+    let in_registers = false;
+    let batch = BatchArgs {
+        count,
+        images,
+        image_stride,
+        out,
+        out_stride,
+    };
+    if in_registers {
+        return conv2d_batch(
+            isa,
+            accumulation,
+            shape,
+            batch,
+            weights,
+            epilogue,
+            Some(residual),
+        );
+    }
+    let plain = Epilogue {
+        activation: gemm::Activation::Identity,
+        ..*epilogue
+    };
+    conv2d_batch(isa, accumulation, shape, batch, weights, &plain, None)?;
+    for n in 0..count {
+        let y = &mut out[n * out_stride..][..per_out];
+        for (y, &r) in y.iter_mut().zip(&residual[n * out_stride..][..per_out]) {
+            *y = gemm::activate(epilogue.activation, *y + r);
+        }
+    }
+    Ok(())
+}
+
+/// Whether a validated call at an available `isa` runs the channel-blocked
+/// tiles: the direct paths' level, and either the tiles' own conditions
+/// or, for a pointwise convolution (otherwise a plain GEMM on the image),
+/// at least [`POINTWISE_BLOCKED_MIN_K`] input channels as well.
+#[cfg(target_arch = "x86_64")]
+fn runs_blocked_tiles<O: Element>(
+    isa: Isa,
+    accumulation: Accumulation,
+    shape: &Conv2dShape,
+    m: usize,
+    epilogue: &Epilogue,
+) -> bool {
+    let level = match accumulation {
+        Accumulation::F32 => isa >= Isa::Avx512Core,
+        Accumulation::Bf16Dot => isa >= Isa::Avx512CoreBf16,
+        Accumulation::F16Blocked => false,
+    };
+    level
+        && (!shape.is_pointwise() || shape.in_channels >= POINTWISE_BLOCKED_MIN_K)
+        && gemm::conv::takes_blocked_tiles::<O>(isa, accumulation, shape, m, epilogue)
+}
+
+/// The batch arguments of [`conv2d_batch_at`].
+struct BatchArgs<'a, 'o, T, O> {
+    count: usize,
+    images: &'a [T],
+    image_stride: usize,
+    out: &'o mut [O],
+    out_stride: usize,
+}
+
+/// [`conv2d_batch_at`], and with `residual` (f32 `out`, blocked tiles) its
+/// residual form.
+fn conv2d_batch<'w, T: Element, O: Element>(
+    isa: Isa,
+    accumulation: Accumulation,
+    shape: &Conv2dShape,
+    batch: BatchArgs<'_, '_, T, O>,
+    weights: ConvWeights<'w, T>,
+    epilogue: &Epilogue,
+    residual: Option<&[f32]>,
+) -> Result<(), ConvError> {
+    let BatchArgs {
+        count,
+        images,
+        image_stride,
+        out,
+        out_stride,
+    } = batch;
     let ConvWeights {
         matrix: weights,
         packed,
-    } = weights.into();
+    } = weights;
     if let Some(p) = packed {
         if p.kernel != shape.kernel {
             return Err(ConvError::PackedMismatch { what: "kernel" });
@@ -528,6 +683,7 @@ pub fn conv2d_batch_at<'w, T: Element, O: Element>(
         out,
         out_stride,
         ldc: positions,
+        residual,
     };
     convolve(isa, accumulation, shape, batch, weights, packed, epilogue)
 }
@@ -571,6 +727,8 @@ struct Images<'a, 'o, T, O> {
     out: &'o mut [O],
     out_stride: usize,
     ldc: usize,
+    /// Laid out as `out` (f32 `out` only); only where [`runs_blocked_tiles`].
+    residual: Option<&'o [f32]>,
 }
 
 /// Runs a validated batch on the path the level and accumulation select;
@@ -608,12 +766,10 @@ fn convolve<T: Element, O: Element>(
             Accumulation::F16Blocked => false,
         };
         // A pointwise convolution is a plain GEMM on the image unless the
-        // blocked tiles take it with at least POINTWISE_BLOCKED_MIN_K input
-        // channels (module docs: Paths).
+        // blocked tiles take it (module docs: Paths).
         let direct = direct
             && (!shape.is_pointwise()
-                || shape.in_channels >= POINTWISE_BLOCKED_MIN_K
-                    && gemm::conv::takes_blocked_tiles::<O>(isa, accumulation, shape, m, epilogue));
+                || runs_blocked_tiles::<O>(isa, accumulation, shape, m, epilogue));
         if direct {
             let run = gemm::conv::Batch {
                 images: batch.images,
@@ -622,6 +778,7 @@ fn convolve<T: Element, O: Element>(
                 out: batch.out.as_mut_ptr(),
                 out_stride: batch.out_stride,
                 ldc: batch.ldc,
+                residual: batch.residual.map(<[f32]>::as_ptr),
             };
             // SAFETY: validated by the callers and above: each image and each
             // output (m rows of positions at stride ldc, out_stride apart, not
@@ -635,6 +792,10 @@ fn convolve<T: Element, O: Element>(
             return Ok(());
         }
     }
+    assert!(
+        batch.residual.is_none(),
+        "a residual needs the blocked tiles"
+    );
     for n in 0..batch.count {
         let c = MatMut::new(
             &mut batch.out[n * batch.out_stride..],

@@ -11,6 +11,7 @@ use gemm_common::Lcg;
 use half::bf16;
 use mixprec_kernels::conv::{
     Conv2dShape, ConvError, ConvWeights, PackedConvWeights, conv2d, conv2d_at, conv2d_batch_at,
+    conv2d_batch_residual_at,
 };
 use mixprec_kernels::gemm::{
     self, Accumulation, Activation, Epilogue, GemmError, MatMut, MatRef, set_num_threads,
@@ -465,6 +466,7 @@ proptest! {
         }
         check_batch::<f32>(&c, Accumulation::F32, active_isa());
         check_batch::<half::f16>(&c, Accumulation::F32, active_isa());
+        check_residual(&c);
         if bf16dot_available() {
             // 32 channels take VDPBF16PS over blocked channel pairs.
             check_bf16dot_epilogue::<f32>(&c, c.seed % 2 == 0);
@@ -545,6 +547,7 @@ fn large_convolutions_match_gemm_and_ignore_thread_count() {
             set_num_threads(0);
             out
         };
+        check_residual(&c);
         let (one, three) = (run(1), run(3));
         assert!(
             one.iter()
@@ -727,6 +730,92 @@ fn arb_blocked_case() -> impl Strategy<Value = Case> {
                 Some(c)
             },
         )
+}
+
+/// The residual form == the convolution without its ReLU, then `relu(y +
+/// r)` elementwise, bit for bit: in the blocked tiles' registers (with
+/// packed weights too) and through the second pass elsewhere, on every
+/// level, for two images with gaps between their outputs.
+fn check_residual(c: &Case) {
+    let (image, weights) = c.data::<f32>();
+    let (m, k, n) = (c.out_channels, c.k(), c.positions());
+    let (count, out_stride) = (2, m * n + 3);
+    let images: Vec<f32> = image.iter().chain(&image).copied().collect();
+    let image_len = image.len();
+    let mut rng = Lcg(c.seed ^ 0x5e5);
+    let residual: Vec<f32> = (0..count * out_stride).map(|_| rng.next()).collect();
+    let bias: Vec<f32> = (0..m).map(|_| rng.next()).collect();
+    let wv = MatRef::new(&weights, m, k, k).unwrap();
+    for isa in Isa::available() {
+        let plain = Epilogue {
+            bias: None,
+            row_bias: Some(&bias),
+            activation: Activation::Identity,
+        };
+        let mut want = vec![0.5f32; count * out_stride];
+        conv2d_batch_at(
+            isa,
+            Accumulation::F32,
+            &c.shape,
+            count,
+            &images,
+            image_len,
+            wv,
+            &mut want,
+            out_stride,
+            &plain,
+        )
+        .unwrap();
+        for img in 0..count {
+            let at = img * out_stride;
+            for (y, r) in want[at..at + m * n].iter_mut().zip(&residual[at..]) {
+                let v = *y + *r;
+                *y = if v > 0.0 || v.is_nan() { v } else { 0.0 };
+            }
+        }
+        let relu = Epilogue {
+            activation: Activation::Relu,
+            ..plain
+        };
+        let packed = PackedConvWeights::pack(isa, Accumulation::F32, c.shape.kernel, wv).unwrap();
+        for weights in [wv.into(), ConvWeights::packed(wv, &packed).unwrap()] {
+            let mut got = vec![0.5f32; count * out_stride];
+            conv2d_batch_residual_at(
+                isa,
+                Accumulation::F32,
+                &c.shape,
+                count,
+                &images,
+                image_len,
+                weights,
+                &mut got,
+                out_stride,
+                &relu,
+                &residual,
+            )
+            .unwrap();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{isa} {c:?}: residual");
+        }
+    }
+    let mut short = vec![0.0f32; count * out_stride];
+    let err = conv2d_batch_residual_at(
+        active_isa(),
+        Accumulation::F32,
+        &c.shape,
+        count,
+        &images,
+        image_len,
+        wv,
+        &mut short,
+        out_stride,
+        &Epilogue::default(),
+        &residual[..out_stride + m * n - 1],
+    );
+    assert!(
+        matches!(err, Err(ConvError::ResidualLength { .. })),
+        "{err:?}"
+    );
 }
 
 /// A batch in one call == one call per image, bit for bit, with gaps

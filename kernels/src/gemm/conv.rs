@@ -72,6 +72,10 @@ pub(crate) struct Batch<'a, T, O> {
     pub out: *mut O,
     pub out_stride: usize,
     pub ldc: usize,
+    /// Added to each f32 result after the row bias, before the ReLU, read at
+    /// the result's offset from `out`; only where the blocked tiles run
+    /// ([`takes_blocked_tiles`]) and `O` is f32.
+    pub residual: Option<*const f32>,
 }
 
 /// The padded, phase-split copy of one band and the wide output domain.
@@ -474,13 +478,19 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
     let ep = Ep::new(isa, 1.0, 0.0, epi);
     let image = |i: usize| &images[i * image_stride..][..cin * h * wd];
     let product = product(accumulation);
-    if conv_blocked::eligible(shape, m, &ep, O::DTYPE, product) {
+    let eligible = conv_blocked::eligible(shape, m, &ep, O::DTYPE, product);
+    assert!(
+        batch.residual.is_none() || (eligible && O::DTYPE == FloatType::F32),
+        "a residual needs the blocked tiles and f32 output"
+    );
+    if eligible {
         let out = conv_blocked::Output {
             c: SendPtr(out.c.get().cast()),
             out: O::DTYPE,
             count: out.count,
             stride: out.stride,
             ldc: out.ldc,
+            residual: batch.residual.map(|r| SendPtr(r.cast_mut())),
         };
         // SAFETY: the caller's contract (avx512_core, and avx512_core_bf16
         // with T bf16 for Bf16Dot), eligibility just checked, `out` is O's type.

@@ -150,6 +150,9 @@ pub(super) struct Output {
     pub count: usize,
     pub stride: usize,
     pub ldc: usize,
+    /// f32 output only: added to each result after the row bias and before
+    /// the ReLU, read at the result's own offset (a residual connection).
+    pub residual: Option<SendPtr<f32>>,
 }
 
 /// The geometry of the bands' copies.
@@ -577,6 +580,7 @@ pub(super) unsafe fn run<T: Element>(
                     ldc: out.ldc,
                     row_bias: row_bias.map(|b| b[oc0..].as_ptr()),
                     relu,
+                    residual: out.residual.map(|r| r.get().cast_const()),
                 };
                 for ox in (0..ow).step_by(PIXELS) {
                     let pixels = PIXELS.min(ow - ox);
@@ -738,6 +742,8 @@ struct TileStore {
     ldc: usize,
     row_bias: Option<*const f32>,
     relu: bool,
+    /// As [`Output::residual`], at the same element offsets as `c`.
+    residual: Option<*const f32>,
 }
 
 impl TileStore {
@@ -887,8 +893,9 @@ unsafe fn tile_kernel_dot<const P: usize, const V: usize>(
 
 /// The epilogue of a tile from its registers: `relu?(acc + row_bias)`
 /// ([`bias_relu`], the general epilogue's bits), then transposed (the
-/// output is NCHW) and stored per channel with one masked store of `P`
-/// pixels, rounded to f16 with `VCVTPS2PH` or to bf16 with the conversion's
+/// output is NCHW), with a residual `relu?((acc + row_bias) + residual)`
+/// (the residual's `P` pixels loaded per channel after the transpose), and
+/// stored per channel with one masked store of `P` pixels, rounded to f16 with `VCVTPS2PH` or to bf16 with the conversion's
 /// own `VCVTNE2PS2BF16` and subnormal patch, as the GEMM's stores round.
 ///
 /// # Safety
@@ -896,17 +903,29 @@ unsafe fn tile_kernel_dot<const P: usize, const V: usize>(
 #[inline(always)]
 unsafe fn finish_tile<const P: usize, const V: usize>(acc: &[[__m512; V]; P], store: &TileStore) {
     let lanes = u16::MAX >> (BLOCK - P);
-    // SAFETY: the store's elements are writable (the caller's contract), the
-    // caller has AVX-512 F/BW/VL, and bf16 output implies AVX512_BF16.
+    // SAFETY: the store's elements are writable and a residual's readable
+    // (the caller's contract), the caller has AVX-512 F/BW/VL, and bf16
+    // output implies AVX512_BF16.
     unsafe {
         for v in 0..V {
             let bias = store.row_bias.map(|r| _mm512_loadu_ps(r.add(BLOCK * v)));
+            // With a residual the ReLU comes after it, on the channel rows.
+            let relu_first = store.relu && store.residual.is_none();
             let mut rows = [_mm512_setzero_ps(); BLOCK];
             for (x, row) in rows.iter_mut().zip(acc) {
-                *x = bias_relu(row[v], bias, store.relu);
+                *x = bias_relu(row[v], bias, relu_first);
             }
             for (j, &c) in transpose16(rows).iter().enumerate() {
                 let dst = store.element(v * BLOCK + j, 0);
+                let c = match store.residual {
+                    Some(r) => {
+                        // The residual element sits at the output's offset.
+                        let at = r.add(store.at + (v * BLOCK + j) * store.ldc);
+                        let sum = _mm512_add_ps(c, _mm512_maskz_loadu_ps(lanes, at));
+                        bias_relu(sum, None, store.relu)
+                    }
+                    None => c,
+                };
                 let half = match store.out {
                     FloatType::F32 => {
                         _mm512_mask_storeu_ps(dst.cast(), lanes, c);

@@ -64,6 +64,7 @@ mod conv_blocked;
 #[cfg(target_arch = "x86_64")]
 mod driver;
 mod epilogue;
+pub(crate) use epilogue::activate;
 mod pack;
 mod scalar;
 mod threads;
