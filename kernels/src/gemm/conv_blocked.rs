@@ -758,6 +758,11 @@ impl TileStore {
                 // SAFETY: a prefetch has no architectural effect and cannot
                 // fault, whatever the address.
                 unsafe { _mm_prefetch::<_MM_HINT_T1>(self.element(j, p).cast::<i8>()) };
+                if let Some(r) = self.residual {
+                    let at = r.wrapping_add(self.at + j * self.ldc + p);
+                    // SAFETY: as above.
+                    unsafe { _mm_prefetch::<_MM_HINT_T1>(at.cast::<i8>()) };
+                }
             }
         }
     }
