@@ -175,3 +175,89 @@ fn gelu_and_scalar_mul_fold_only_after_f32_output() {
         assert!(r.iter().any(|&b| f32::from_bits(b) == 0.0), "{ty:?}");
     }
 }
+
+/// `y = Relu(Conv c1 + x)` (32 channels: the blocked tiles on AVX-512);
+/// `z = x2 + Conv c3` (residual first, no Relu; c3 reads a Relu'd conv);
+/// `u = Conv c4 + x3` over 3 channels (another kernel path, same fold);
+/// `v = Conv c5 + per-channel shift` (a broadcast: stays an Add); `w =
+/// Conv c6 + c6` (one value twice: stays); `t = Conv c7 + Conv c8`.
+fn residual_graph(rng: &mut Rng) -> Graph {
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", &fixed(&[2, 32, 7, 9]), DType::F32);
+    let same = ConvAttrs {
+        pads: vec![1, 1, 1, 1],
+        ..Default::default()
+    };
+    let w1 = rng.tensor(&[32, 32, 3, 3], -0.2, 0.2);
+    let b1 = rng.tensor(&[32], -1.0, 1.0);
+    let c1 = g.conv("c1", x, &w1, Some(&b1), same.clone()).unwrap();
+    let a1 = g.add("a1", c1, x).unwrap();
+    let y = g.relu("y", a1).unwrap();
+    g.output(y);
+    let w2 = rng.tensor(&[32, 32, 1, 1], -0.2, 0.2);
+    let c2 = g.conv("c2", x, &w2, None, ConvAttrs::default()).unwrap();
+    let x2 = g.relu("x2", c2).unwrap();
+    let w3 = rng.tensor(&[32, 32, 3, 3], -0.2, 0.2);
+    let c3 = g.conv("c3", x2, &w3, None, same.clone()).unwrap();
+    let z = g.add("z", x2, c3).unwrap();
+    g.output(z);
+    let x3 = g.input("x3", &fixed(&[2, 3, 7, 9]), DType::F32);
+    let w4 = rng.tensor(&[3, 3, 3, 3], -0.5, 0.5);
+    let b4 = rng.tensor(&[3], -1.0, 1.0);
+    let c4 = g.conv("c4", x3, &w4, Some(&b4), same.clone()).unwrap();
+    let u = g.add("u", c4, x3).unwrap();
+    g.output(u);
+    let w5 = rng.tensor(&[32, 32, 3, 3], -0.2, 0.2);
+    let c5 = g.conv("c5", x, &w5, None, same.clone()).unwrap();
+    let shift = g.initializer("shift", rng.tensor(&[1, 32, 1, 1], -1.0, 1.0));
+    let v = g.add("v", c5, shift).unwrap();
+    g.output(v);
+    let c6 = g.conv("c6", x, &w5, None, same.clone()).unwrap();
+    let w = g.add("w", c6, c6).unwrap();
+    g.output(w);
+    // `t = Conv c7 + Conv c8` with c7 first: the Add folds into c8, whose
+    // residual c7 is ready (ResNet's downsampling block; folding into c7
+    // would read c8 before it runs).
+    let c7 = g.conv("c7", x, &w1, None, same.clone()).unwrap();
+    let c8 = g.conv("c8", x, &w3, Some(&b1), same).unwrap();
+    let t = g.add("t", c7, c8).unwrap();
+    g.output(t);
+    g.finish().unwrap()
+}
+
+#[test]
+fn residual_adds_fold_into_f32_convs_with_the_same_bits() {
+    let mut rng = Rng::new(23);
+    let g = residual_graph(&mut rng);
+    let x = rng.tensor(&[2, 32, 7, 9], -2.0, 2.0);
+    let x3 = rng.tensor(&[2, 3, 7, 9], -2.0, 2.0);
+    let inputs = [("x", &x), ("x3", &x3)];
+    for ty in [FloatType::F32, FloatType::Bf16, FloatType::F16] {
+        let steps = |unfused: bool| {
+            let options = CompileOptions {
+                keep_all_steps: unfused,
+                ..Default::default()
+            };
+            bits_and_steps(&g, ty, &options, &inputs, &["Add", "Relu"])
+        };
+        let (fused, fused_steps) = steps(false);
+        let (unfused, unfused_steps) = steps(true);
+        assert_eq!(fused, unfused, "{ty:?}");
+        assert_eq!(
+            unfused_steps,
+            ["a1", "y", "x2", "z", "u", "v", "w", "t"],
+            "{ty:?}"
+        );
+        // In f32 the residual Adds fold, and y's Relu after a1's; a 16-bit
+        // plan rounds the Conv before the Add, so nothing folds but the
+        // Relu right after a Conv.
+        let want: &[&str] = match ty {
+            FloatType::F32 => &["v", "w"],
+            _ => &["a1", "y", "z", "u", "v", "w", "t"],
+        };
+        assert_eq!(fused_steps, want, "{ty:?}");
+        let y = &fused.iter().find(|(k, _)| k == "y").unwrap().1;
+        assert!(y.iter().any(|&b| f32::from_bits(b) > 0.0), "{ty:?}");
+        assert!(y.iter().any(|&b| f32::from_bits(b) == 0.0), "{ty:?}");
+    }
+}

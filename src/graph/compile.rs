@@ -422,6 +422,13 @@ impl Graph {
             output_slots.push((vi.name.clone(), s));
         }
         if !options.keep_all_steps {
+            fold_residual_adds_into_conv(
+                &self.nodes,
+                &mut b.steps,
+                &b.slot_dtype,
+                &b.slot_shape,
+                &output_slots,
+            );
             fuse_into_gemm_epilogue(
                 &self.nodes,
                 &mut b.steps,
@@ -582,6 +589,78 @@ fn fuse_into_gemm_epilogue(
     remove_steps(steps, &fused);
 }
 
+/// Folds an Add that sums a Conv's output with another value of the same
+/// shape into the Conv when all three are f32 (a residual connection): the
+/// Conv step reads the other value as its last input and computes
+/// `act(conv + bias + residual)`, the kernel's
+/// `conv2d_batch_residual_at`, whose bits are the Conv's then the Add's
+/// (each sum rounded to f32 in that order). Runs before
+/// [`fuse_into_gemm_epilogue`], so a Relu after the Add then folds as the
+/// Conv's activation, applied after the residual as the Relu step did. The
+/// Conv's output must be read by the Add alone and not be a graph output;
+/// the shapes must be equal as declared (so no broadcast), which the step
+/// checks again at run time.
+fn fold_residual_adds_into_conv(
+    nodes: &[Node],
+    steps: &mut Vec<Step>,
+    slot_dtype: &[DType],
+    slot_shape: &[Vec<Dim>],
+    output_slots: &[(String, usize)],
+) {
+    let (readers, producer) = readers_and_producers(steps);
+    let mut folded = vec![false; steps.len()];
+    for i in 0..steps.len() {
+        let StepKind::Node { node, .. } = &steps[i].kind else {
+            continue;
+        };
+        let ins = &steps[i].inputs;
+        if !matches!(nodes[*node].op, Op::Binary(Binary::Add)) || ins.len() != 2 {
+            continue;
+        }
+        let out = steps[i].outputs[0];
+        let f32s = |s: usize| slot_dtype[s] == DType::F32;
+        // Either operand may be the Conv's output; the first that fits is.
+        // Step indices are those before this pass removed anything: a
+        // folded Add's step stays in place until `remove_steps`.
+        let found = (0..2).find_map(|side| {
+            let (s, other) = (ins[side], ins[1 - side]);
+            let &j = producer.get(&s)?;
+            // The other value must exist when the Conv runs (in ResNet's
+            // downsampling blocks the shortcut Conv runs after the main one).
+            let ready = producer.get(&other).is_none_or(|&k| k < j);
+            let fits = ready
+                && f32s(s)
+                && f32s(other)
+                && f32s(out)
+                && slot_shape[s] == slot_shape[other]
+                && slot_shape[s] == slot_shape[out]
+                && read_once(&readers, output_slots, s)
+                && matches!(
+                    &steps[j].kind,
+                    StepKind::Node { node, prepared: Some(p), .. }
+                        if matches!(nodes[*node].op, Op::Conv(_))
+                            && p.activation == Activation::Identity
+                            && !p.residual
+                );
+            fits.then_some((j, other))
+        });
+        let Some((j, other)) = found else {
+            continue;
+        };
+        let StepKind::Node {
+            prepared: Some(p), ..
+        } = &mut steps[j].kind
+        else {
+            unreachable!("checked above")
+        };
+        p.residual = true;
+        steps[j].inputs.push(other);
+        steps[j].outputs = vec![out];
+        folded[i] = true;
+    }
+    remove_steps(steps, &folded);
+}
+
 /// Folds each Transpose read only by one MatMul (not a graph output) into
 /// that MatMul: the MatMul reads the Transpose's input and views it under
 /// the permutation (batch offsets and matrix strides), so the copy goes.
@@ -724,6 +803,7 @@ fn prepare_gemm(
         scale: 1.0,
         operand_perms: [None, None],
         conv_weights,
+        residual: false,
     })
 }
 

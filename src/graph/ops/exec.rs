@@ -80,12 +80,14 @@ pub(crate) fn execute(
     pool: &mut Pool,
     prepared: Option<&Prepared>,
 ) -> Result<Vec<Tensor>> {
+    // A folded residual is an extra last input the op itself does not have.
+    let (op_inputs, _) = Prepared::split_residual(prepared, inputs);
     let metas = match prepared {
         Some(p) if p.operand_perms.iter().any(Option::is_some) => {
-            let logical = p.logical_inputs(inputs);
+            let logical = p.logical_inputs(op_inputs);
             output_metas(op, node, &logical.iter().collect::<Vec<_>>())?
         }
-        _ => output_metas(op, node, inputs)?,
+        _ => output_metas(op, node, op_inputs)?,
     };
     let limit = max_tensor_bytes();
     for (d, s) in &metas {

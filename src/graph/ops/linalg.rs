@@ -10,6 +10,7 @@ use mixprec_kernels::{Element, FloatType, active_isa};
 use super::ConvAttrs;
 use super::infer::geometry;
 use super::par;
+use crate::graph::dtype::DType;
 use crate::graph::error::{GraphError, Result};
 use crate::graph::tensor::{Tensor, TensorElement, TensorView, numel};
 
@@ -36,6 +37,9 @@ pub(crate) struct Prepared {
     /// A Conv's constant weights packed once per group for the kernel's
     /// channel-blocked tiles ([`pack_conv`]); empty otherwise.
     pub conv_weights: Vec<PackedConvWeights>,
+    /// An f32 Conv whose last input is a residual that compile folded from a
+    /// following Add: the step computes `act(conv + bias + residual)`.
+    pub residual: bool,
 }
 
 impl Prepared {
@@ -67,6 +71,17 @@ impl Prepared {
                 },
             )
             .collect()
+    }
+
+    /// The step's inputs without a folded residual, and the residual.
+    pub(crate) fn split_residual<'i, 'a>(
+        p: Option<&Prepared>,
+        inputs: &'i [&'i TensorView<'a>],
+    ) -> (&'i [&'i TensorView<'a>], Option<&'i TensorView<'a>>) {
+        match (p.is_some_and(|p| p.residual), inputs.split_last()) {
+            (true, Some((r, rest))) => (rest, Some(*r)),
+            _ => (inputs, None),
+        }
     }
 
     /// A MatMul's folded scale; 1 when compile prepared nothing.
@@ -470,6 +485,7 @@ fn conv_typed<T: Element + TensorElement>(
     ins: &[&TensorView<'_>],
     out: &mut Tensor,
     prepared: Option<&Prepared>,
+    residual: Option<&[f32]>,
 ) -> Result<()> {
     let (x, w) = (ins[0], ins[1]);
     // 1-D is 2-D with height 1.
@@ -546,18 +562,36 @@ fn conv_typed<T: Element + TensorElement>(
             row_bias: bias.as_ref().map(|b| &b[gi * mg..(gi + 1) * mg]),
             activation: Prepared::activation(prepared),
         };
-        conv::conv2d_batch_at(
-            isa,
-            acc,
-            &shape,
-            nb,
-            &xd[gi * cg * h * wd..],
-            c * h * wd,
-            weights,
-            &mut od[gi * mg * ohw..],
-            mo * ohw,
-            &epi,
-        )
+        let (images, out_at) = (&xd[gi * cg * h * wd..], gi * mg * ohw);
+        match residual {
+            // f32 only (compile folds residuals into f32 Convs): the output
+            // and the residual are the same slice type.
+            Some(r) => conv::conv2d_batch_residual_at(
+                isa,
+                acc,
+                &shape,
+                nb,
+                images,
+                c * h * wd,
+                weights,
+                bytemuck::cast_slice_mut(&mut od[out_at..]),
+                mo * ohw,
+                &epi,
+                &r[out_at..],
+            ),
+            None => conv::conv2d_batch_at(
+                isa,
+                acc,
+                &shape,
+                nb,
+                images,
+                c * h * wd,
+                weights,
+                &mut od[out_at..],
+                mo * ohw,
+                &epi,
+            ),
+        }
         .map_err(|e| conv_err(node, e))?;
     }
     Ok(())
@@ -571,9 +605,26 @@ pub(crate) fn conv(
     out: &mut Tensor,
     prepared: Option<&Prepared>,
 ) -> Result<()> {
+    let (ins, residual) = Prepared::split_residual(prepared, ins);
+    if let Some(r) = residual {
+        // Compile folds only an Add of equal shapes, all f32.
+        if r.shape() != out.shape() || out.dtype() != DType::F32 {
+            return Err(GraphError::Runtime {
+                node: node.to_string(),
+                detail: format!(
+                    "residual {:?} {:?} does not match the Conv output {:?} {:?}",
+                    r.dtype(),
+                    r.shape(),
+                    out.dtype(),
+                    out.shape()
+                ),
+            });
+        }
+        return conv_typed::<f32>(node, attrs, ins, out, prepared, Some(r.as_f32()?));
+    }
     match out.dtype().float_type().expect("float") {
-        FloatType::F32 => conv_typed::<f32>(node, attrs, ins, out, prepared),
-        FloatType::Bf16 => conv_typed::<bf16>(node, attrs, ins, out, prepared),
-        FloatType::F16 => conv_typed::<f16>(node, attrs, ins, out, prepared),
+        FloatType::F32 => conv_typed::<f32>(node, attrs, ins, out, prepared, None),
+        FloatType::Bf16 => conv_typed::<bf16>(node, attrs, ins, out, prepared, None),
+        FloatType::F16 => conv_typed::<f16>(node, attrs, ins, out, prepared, None),
     }
 }
