@@ -32,6 +32,17 @@ use crate::isa::{Isa, IsaError, active_isa};
 use crate::elementwise::{avx2, avx512};
 use crate::elementwise::{backend_call, scalar};
 
+/// What [`fold_windows`] runs at `isa` (for `mixprec info`).
+pub const fn implementation(isa: Isa) -> &'static str {
+    match isa {
+        Isa::Scalar => "scalar window folds",
+        Isa::Avx2 => "avx2 8-lane window folds, taps in a register",
+        Isa::Avx512Core | Isa::Avx512CoreBf16 | Isa::Avx512CoreFp16 => {
+            "avx512 16-lane window folds, taps in a register (avx512_core code)"
+        }
+    }
+}
+
 /// How a pooling window combines its taps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PoolFold {

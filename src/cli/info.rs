@@ -91,6 +91,10 @@ pub fn implementations(isa: Isa) -> Vec<(String, String)> {
         "norm".to_string(),
         mixprec_kernels::norm::implementation(isa).to_string(),
     ));
+    rows.push((
+        "pool".to_string(),
+        mixprec_kernels::pool::implementation(isa).to_string(),
+    ));
     rows
 }
 
@@ -111,7 +115,7 @@ mod tests {
         for c in Conversion::ALL {
             assert!(text.contains(c.implementation(active)), "{text}");
         }
-        for family in ["gemm", "conv", "dot", "elementwise", "norm"] {
+        for family in ["gemm", "conv", "dot", "elementwise", "norm", "pool"] {
             assert!(text.lines().any(|l| l.trim_start().starts_with(family)));
         }
         assert!(text.contains(mixprec_kernels::elementwise::implementation(active)));
@@ -119,6 +123,7 @@ mod tests {
         assert!(text.contains(mixprec_kernels::gemm::implementation(active)));
         assert!(text.contains(mixprec_kernels::conv::implementation(active)));
         assert!(text.contains(mixprec_kernels::dot::implementation(active)));
+        assert!(text.contains(mixprec_kernels::pool::implementation(active)));
     }
 
     #[test]
@@ -126,7 +131,7 @@ mod tests {
         for isa in Isa::ALL {
             let rows = implementations(isa);
             let get = |f: &str| rows.iter().find(|(k, _)| k == f).unwrap().1.clone();
-            let families = ["elementwise", "norm", "gemm", "conv", "dot"].map(get);
+            let families = ["elementwise", "norm", "gemm", "conv", "dot", "pool"].map(get);
             let prefix = if isa == Isa::Scalar {
                 "scalar"
             } else if isa == Isa::Avx2 {
