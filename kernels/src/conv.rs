@@ -40,8 +40,8 @@
 //!   1x1 shortcut): 1x256x14x14 -> 512 3x3 2.14 -> 1.22 ms (prepacked
 //!   weights), 1x64x56x56 -> 128 1x1 0.35 -> 0.17.
 //! * The same with [`Accumulation::Bf16Dot`] (`avx512_core_bf16` and up),
-//!   input channels a multiple of 32, f32, f16 or bf16 output, any stride: the copy's
-//!   lanes are bf16 channel pairs and the tiles run `VDPBF16PS`, in the
+//!   input channels a multiple of 32, f32, f16 or bf16 output, any stride:
+//!   the copy's lanes are bf16 channel pairs and the tiles run `VDPBF16PS`, in the
 //!   Bf16Dot GEMM's k-pair order (below). 8x64x56x56 3x3: 8.8 ms (209
 //!   GFLOP/s), where the implicit GEMM takes 10.1.
 //! * Otherwise `avx512_core` and up with [`Accumulation::F32`], `avx512_core_bf16` and
@@ -533,7 +533,8 @@ pub fn conv2d_batch_residual_at<'w, T: Element>(
 ) -> Result<(), ConvError> {
     let weights = weights.into();
     let m = weights.matrix.rows();
-    let per_out = m.saturating_mul(shape.positions().unwrap_or(usize::MAX));
+    // A geometry that overflows is left to the convolution's own checks.
+    let per_out = shape.positions().map_or(0, |p| m.saturating_mul(p));
     let needed = count
         .saturating_sub(1)
         .saturating_mul(out_stride)

@@ -167,8 +167,7 @@ struct Bands {
     phases: Phases,
     /// Pixels per copy row: `sw` phases of `phases.len`.
     width: usize,
-    /// Copy rows below a band's last output row's first tap that its taps
-    /// reach: `(kh - 1) * dh`.
+    /// Padded rows the kernel spans beyond its first: `(kh - 1) * dh`.
     reach: usize,
     /// Lanes (f32 or channel pairs) from one block of the copy to the next.
     block_stride: usize,
@@ -588,8 +587,8 @@ pub(super) unsafe fn run<T: Element>(
                     // SAFETY: the copy holds `copy_rows` rows of `width` pixels per
                     // channel block, so every tap of the tile's pixels (offs[p] + the
                     // pixel's offset: row (oy - oy0) * sh + ki * dh, phase pixel
-                    // ox + q + kj * dw / sw < phases.len) lies in it; `weights` holds k steps of `lanes`;
-                    // the output rows oc0..oc0+lanes, columns oy*ow+ox.. +pixels, lie
+                    // ox + q + kj * dw / sw < phases.len) lies in it; `weights`
+                    // holds k steps of `lanes`; the output rows oc0..oc0+lanes, columns oy*ow+ox.. +pixels, lie
                     // in image n's output; avx512_core is the caller's contract.
                     unsafe {
                         tile(
@@ -900,8 +899,9 @@ unsafe fn tile_kernel_dot<const P: usize, const V: usize>(
 /// ([`bias_relu`], the general epilogue's bits), then transposed (the
 /// output is NCHW), with a residual `relu?((acc + row_bias) + residual)`
 /// (the residual's `P` pixels loaded per channel after the transpose), and
-/// stored per channel with one masked store of `P` pixels, rounded to f16 with `VCVTPS2PH` or to bf16 with the conversion's
-/// own `VCVTNE2PS2BF16` and subnormal patch, as the GEMM's stores round.
+/// stored per channel with one masked store of `P` pixels, rounded to f16
+/// with `VCVTPS2PH` or to bf16 with the conversion's own `VCVTNE2PS2BF16`
+/// and subnormal patch, as the GEMM's stores round.
 ///
 /// # Safety
 /// As [`tile`]'s store; bf16 output only at `avx512_core_bf16` and up.

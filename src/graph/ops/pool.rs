@@ -259,7 +259,8 @@ impl Padded {
         let spans: Vec<(usize, usize, usize)> = (0..sw)
             .map(|q| {
                 let t0 = pw.saturating_sub(q).div_ceil(sw).min(len);
-                let ix0 = t0 * sw + q - pw;
+                // (t0 clamped to len: the phase holds no input column, n is 0.)
+                let ix0 = (t0 * sw + q).saturating_sub(pw);
                 let n = win.w.saturating_sub(ix0).div_ceil(sw).min(len - t0);
                 (t0, ix0, n)
             })
@@ -429,7 +430,8 @@ mod tests {
             count_include_pad in Just(count_include_pad), max in Just(max), dtype in Just(dtype),
         ) -> (Vec<usize>, PoolAttrs, bool, FloatType, Vec<f32>) {
             let (shape, p) = if two_d {
-                let pk = |p: usize, k: usize| p.min(k - 1);
+                // Pads up to the kernel and beyond (windows wholly in the padding).
+                let pk = |p: usize, _k: usize| p;
                 (vec![1, planes, h, w], PoolAttrs {
                     kernel_shape: vec![kernel.0, kernel.1],
                     strides: vec![strides.0, strides.1],
@@ -443,7 +445,7 @@ mod tests {
                 (vec![1, planes, w], PoolAttrs {
                     kernel_shape: vec![kernel.1],
                     strides: vec![strides.1],
-                    pads: vec![pads.1.min(kernel.1 - 1), pads.3.min(kernel.1 - 1)],
+                    pads: vec![pads.1, pads.3],
                     dilations: vec![dilations.1],
                     ceil_mode,
                     count_include_pad,
