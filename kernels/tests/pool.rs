@@ -3,7 +3,7 @@
 //! row widths around the vector width, and the typed bound check.
 
 use mixprec_kernels::Isa;
-use mixprec_kernels::pool::{PoolFold, fold_windows, fold_windows_at};
+use mixprec_kernels::pool::{PhaseLayout, PoolFold, fold_windows, fold_windows_at, pad_phases};
 use proptest::prelude::*;
 
 /// The definition: output `(i, j)` folds `src[t + i * row_stride + j]` over
@@ -91,4 +91,42 @@ fn a_tap_past_the_end_panics() {
     let mut out = vec![0.0f32; 4];
     // Two rows of 2 at stride 5: the tap at 4 reads src[4 + 5 + 1] = src[10].
     fold_windows(PoolFold::Max, &src, &[0, 4], 5, &mut out, 2);
+}
+
+prop_compose! {
+    fn layout_case()(
+        h in 1usize..9, w in 1usize..30, stride in 1usize..5, rows in 1usize..14,
+        phase_len in 1usize..14, pad_top in 0usize..5, pad_left in 0usize..7,
+    )(
+        src in proptest::collection::vec(value(), h * w),
+        h in Just(h), w in Just(w),
+        layout in Just(PhaseLayout { rows, stride, phase_len, pad_top, pad_left }),
+    ) -> (Vec<f32>, usize, usize, PhaseLayout) {
+        (src, h, w, layout)
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// Every cell of the layout is its padded-plane value: the input where
+    /// `(y - pad_top, x - pad_left)` lies inside it, the pad value elsewhere.
+    #[test]
+    fn phase_layout_holds_the_padded_plane((src, h, w, l) in layout_case()) {
+        let mut dst = vec![7.0f32; l.stride * l.rows * l.phase_len];
+        pad_phases(&src, h, w, &l, f32::NEG_INFINITY, &mut dst);
+        for q in 0..l.stride {
+            for y in 0..l.rows {
+                for t in 0..l.phase_len {
+                    let x = t * l.stride + q;
+                    let want = match (y.checked_sub(l.pad_top), x.checked_sub(l.pad_left)) {
+                        (Some(iy), Some(ix)) if iy < h && ix < w => src[iy * w + ix],
+                        _ => f32::NEG_INFINITY,
+                    };
+                    let got = dst[(q * l.rows + y) * l.phase_len + t];
+                    prop_assert_eq!(got.to_bits(), want.to_bits(), "q {} y {} t {} {:?}", q, y, t, l);
+                }
+            }
+        }
+    }
 }

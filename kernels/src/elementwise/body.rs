@@ -593,6 +593,65 @@ simd! {
     }
 }
 
+simd! {
+    /// Pooling's padded, stride-phase-split layout (`crate::pool::pad_phases`):
+    /// plain slice code, vectorised by the compiler at this level's width.
+    pub(crate) fn pad_phases(
+        src: &[f32],
+        h: usize,
+        w: usize,
+        layout: &crate::pool::PhaseLayout,
+        pad: f32,
+        dst: &mut [f32],
+    ) {
+        let crate::pool::PhaseLayout {
+            rows,
+            stride: sw,
+            phase_len: len,
+            pad_top,
+            pad_left,
+        } = *layout;
+        for q in 0..sw {
+            // Phase q holds padded columns t * sw + q, input column
+            // t * sw + q - pad_left: the input's are t0..t0 + n, from input
+            // column ix0 on (t0 clamped to len: none, n is 0).
+            let t0 = pad_left.saturating_sub(q).div_ceil(sw).min(len);
+            let ix0 = (t0 * sw + q).saturating_sub(pad_left);
+            let n = w.saturating_sub(ix0).div_ceil(sw).min(len - t0);
+            for y in 0..rows {
+                let seg = &mut dst[(q * rows + y) * len..][..len];
+                let row = y
+                    .checked_sub(pad_top)
+                    .filter(|&iy| iy < h && n > 0)
+                    .map(|iy| &src[iy * w + ix0..(iy + 1) * w]);
+                let Some(row) = row else {
+                    seg.fill(pad);
+                    continue;
+                };
+                seg[..t0].fill(pad);
+                seg[t0 + n..].fill(pad);
+                let out = &mut seg[t0..t0 + n];
+                if sw == 1 {
+                    out.copy_from_slice(&row[..n]);
+                } else if sw == 2 {
+                    // The common stride, as pairs the compiler vectorises.
+                    let pairs = row.chunks_exact(2);
+                    if let [last] = pairs.remainder() {
+                        out[n - 1] = *last;
+                    }
+                    for (d, pair) in out.iter_mut().zip(pairs) {
+                        *d = pair[0];
+                    }
+                } else {
+                    for (d, &v) in out.iter_mut().zip(row.iter().step_by(sw)) {
+                        *d = v;
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn add_f32(a: f32, b: f32) -> f32 {
     a + b
 }

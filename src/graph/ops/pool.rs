@@ -12,17 +12,19 @@
 //!
 //! # Speed
 //! Each plane is laid out padded (with a value the fold ignores: `-inf`,
-//! or `-0.0` for sums) and split by column stride phase, so every window tap
-//! is a fixed offset from its output, and
-//! [`mixprec_kernels::pool::fold_windows`] folds the taps per output
-//! vector in registers. Planes run in parallel. ResNet-18's 3x3 stride-2
-//! MaxPool on 64 x 112 x 112 at one Zen 4 thread, as a graph step: 3.67 ms
-//! walking each window tap by tap, 0.47 ms with compiler-vectorised (SSE2)
-//! row folds here, 0.36-0.37 ms now, of which the layout takes about half
-//! (SSE2 again); onnxruntime 0.11 ms on its channel-blocked activations.
+//! or `-0.0` for sums) and split by column stride phase
+//! ([`mixprec_kernels::pool::pad_phases`]), so every window tap is a fixed
+//! offset from its output, and [`mixprec_kernels::pool::fold_windows`]
+//! folds the taps per output vector in registers. Planes run in parallel.
+//! ResNet-18's 3x3 stride-2 MaxPool on 64 x 112 x 112 at one Zen 4 thread,
+//! as a graph step: 3.67 ms walking each window tap by tap, 0.47 ms with
+//! compiler-vectorised (SSE2) row folds here, 0.34-0.41 ms now (a one-node
+//! model: 0.32 ms with the layout built here for SSE2, 0.30 with it in the
+//! kernel crate, where a third of the time still goes); onnxruntime
+//! 0.11 ms on its channel-blocked activations.
 
 use mixprec_kernels::FloatSlice;
-use mixprec_kernels::pool::{PoolFold, fold_windows};
+use mixprec_kernels::pool::{PhaseLayout, PoolFold, fold_windows, pad_phases};
 
 use super::PoolAttrs;
 use super::infer::geometry;
@@ -252,55 +254,15 @@ impl Padded {
 
     /// Lays `plane` out in `buf`, `pad` outside the input.
     fn fill(&self, plane: &[f32], win: &Window, pad: f32, buf: &mut Vec<f32>) {
-        let (sw, len) = (win.strides[1], self.phase_len);
-        let [ph, pw] = win.pad_begin;
-        // Phase q holds padded columns t * sw + q, input column t * sw + q - pw:
-        // the input's columns are t0..t0 + n, from input column ix0 on.
-        let spans: Vec<(usize, usize, usize)> = (0..sw)
-            .map(|q| {
-                let t0 = pw.saturating_sub(q).div_ceil(sw).min(len);
-                // (t0 clamped to len: the phase holds no input column, n is 0.)
-                let ix0 = (t0 * sw + q).saturating_sub(pw);
-                let n = win.w.saturating_sub(ix0).div_ceil(sw).min(len - t0);
-                (t0, ix0, n)
-            })
-            .collect();
-        buf.resize(sw * self.rows * len, 0.0);
-        for y in 0..self.rows {
-            let row = y
-                .checked_sub(ph)
-                .filter(|&iy| iy < win.h)
-                .map(|iy| &plane[iy * win.w..][..win.w]);
-            for (q, &(t0, ix0, n)) in spans.iter().enumerate() {
-                let seg = &mut buf[(q * self.rows + y) * len..][..len];
-                let Some(row) = row else {
-                    seg.fill(pad);
-                    continue;
-                };
-                seg[..t0].fill(pad);
-                seg[t0 + n..].fill(pad);
-                if n == 0 {
-                    continue;
-                }
-                let dst = &mut seg[t0..t0 + n];
-                if sw == 1 {
-                    dst.copy_from_slice(&row[ix0..ix0 + n]);
-                } else if sw == 2 {
-                    // The common stride, as pairs the compiler vectorises.
-                    let pairs = row[ix0..].chunks_exact(2);
-                    if let [last] = pairs.remainder() {
-                        dst[n - 1] = *last;
-                    }
-                    for (d, pair) in dst.iter_mut().zip(pairs) {
-                        *d = pair[0];
-                    }
-                } else {
-                    for (d, &v) in dst.iter_mut().zip(row[ix0..].iter().step_by(sw)) {
-                        *d = v;
-                    }
-                }
-            }
-        }
+        let layout = PhaseLayout {
+            rows: self.rows,
+            stride: win.strides[1],
+            phase_len: self.phase_len,
+            pad_top: win.pad_begin[0],
+            pad_left: win.pad_begin[1],
+        };
+        buf.resize(layout.stride * layout.rows * layout.phase_len, 0.0);
+        pad_phases(plane, win.h, win.w, &layout, pad, buf);
     }
 }
 
