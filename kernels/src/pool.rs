@@ -1,13 +1,15 @@
-//! The window fold of 2-D pooling (MaxPool, AveragePool) on f32.
+//! The window fold of 2-D pooling (MaxPool, AveragePool) on f32, and the
+//! input layout it reads.
 //!
-//! The caller lays the input out so that every window tap is a plain offset:
-//! a padded copy of the plane, split by column stride phase, where output
-//! `(i, j)` at tap `t` reads `src[taps[t] + i * row_stride + j]` (the padding
-//! holds a value the fold ignores: `-inf` for max, `-0.0` for a sum). Each
-//! output vector then folds its taps in order in a register and is stored
-//! once. (Folding tap by tap over the whole output, with per-tap valid
-//! ranges, stored and reloaded the accumulators at offsets that differ by
-//! tap, which store forwarding does not serve: 0.44 ms for the pool below.)
+//! [`pad_phases`] lays the input out so that every window tap is a plain
+//! offset: a padded copy of the plane, split by column stride phase, where
+//! output `(i, j)` at tap `t` reads `src[taps[t] + i * row_stride + j]` (the
+//! padding holds a value the fold ignores: `-inf` for max, `-0.0` for a
+//! sum). [`fold_windows`] then folds each output vector's taps in order in
+//! a register and stores it once. (Folding tap by tap over the whole
+//! output, with per-tap valid ranges, stored and reloaded the accumulators
+//! at offsets that differ by tap, which store forwarding does not serve:
+//! 0.44 ms for the pool below.)
 //!
 //! # Numerics
 //! [`PoolFold::Max`]: starting from `-inf`, `acc = if x > acc || x is NaN { x }
