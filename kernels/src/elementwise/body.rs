@@ -614,10 +614,10 @@ simd! {
         for q in 0..sw {
             // Phase q holds padded columns t * sw + q, input column
             // t * sw + q - pad_left: the input's are t0..t0 + n, from input
-            // column ix0 on (t0 clamped to len: none, n is 0).
-            let t0 = pad_left.saturating_sub(q).div_ceil(sw).min(len);
+            // column ix0 on (none where n is 0).
+            let (t0, t1) = crate::conv::valid_range(q, pad_left, sw, w, len);
+            let n = t1 - t0;
             let ix0 = (t0 * sw + q).saturating_sub(pad_left);
-            let n = w.saturating_sub(ix0).div_ceil(sw).min(len - t0);
             for y in 0..rows {
                 let seg = &mut dst[(q * rows + y) * len..][..len];
                 let row = y

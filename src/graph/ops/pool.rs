@@ -49,64 +49,20 @@ struct Window {
     pad_end: [usize; 2],
 }
 
-/// One axis of a [`Window`].
-#[derive(Clone, Copy, Debug)]
-struct Axis {
-    len: usize,
-    outs: usize,
-    stride: usize,
-    dilation: usize,
-    pad: usize,
-}
-
-impl Axis {
-    /// Where kernel tap `k` reads for outputs `0..outs`: the outputs whose
-    /// tap lands inside `0..len` form one range, `first..first + count`, and
-    /// output `j` reads input `j * stride + offset`. None when no output's
-    /// tap lands inside.
-    fn tap(&self, k: usize) -> Option<(usize, usize, isize)> {
-        let offset = (k * self.dilation) as isize - self.pad as isize;
-        let s = self.stride as isize;
-        // First j with j * s + offset >= 0.
-        let first = if offset >= 0 {
-            0
-        } else {
-            (-offset + s - 1) / s
-        } as usize;
-        // One past the last j with j * s + offset <= len - 1.
-        let last_in = self.len as isize - 1 - offset;
-        if last_in < 0 {
-            return None;
-        }
-        let end = ((last_in / s) as usize + 1).min(self.outs);
-        (first < end).then_some((first, end - first, offset))
-    }
-}
-
 impl Window {
-    fn axis(&self, a: usize) -> Axis {
-        Axis {
-            len: [self.h, self.w][a],
-            outs: [self.oh, self.ow][a],
-            stride: self.strides[a],
-            dilation: self.dilations[a],
-            pad: self.pad_begin[a],
-        }
-    }
-
     /// How many taps of each output along axis `a` land inside the input
     /// (`valid`) and inside the explicitly padded input (`padded`; a tap in
     /// the begin padding counts, as it lies below the end bound).
     fn counts(&self, a: usize) -> (Vec<usize>, Vec<usize>) {
-        let axis = self.axis(a);
-        let (mut valid, mut padded) = (vec![0; axis.outs], vec![0; axis.outs]);
-        let bound = (axis.len + self.pad_end[a]) as isize;
+        let outs = [self.oh, self.ow][a];
+        let len = [self.h, self.w][a] as isize;
+        let bound = len + self.pad_end[a] as isize;
+        let (mut valid, mut padded) = (vec![0; outs], vec![0; outs]);
         for k in 0..self.kernel[a] {
-            if let Some((first, count, _)) = axis.tap(k) {
-                valid[first..first + count].iter_mut().for_each(|v| *v += 1);
-            }
-            for (j, p) in padded.iter_mut().enumerate() {
-                let at = (j * axis.stride + k * axis.dilation) as isize - axis.pad as isize;
+            for (j, (v, p)) in valid.iter_mut().zip(&mut padded).enumerate() {
+                let at = (j * self.strides[a] + k * self.dilations[a]) as isize
+                    - self.pad_begin[a] as isize;
+                *v += usize::from((0..len).contains(&at));
                 *p += usize::from(at < bound);
             }
         }
