@@ -95,8 +95,8 @@ fn a_tap_past_the_end_panics() {
 
 prop_compose! {
     fn layout_case()(
-        h in 1usize..9, w in 1usize..30, stride in 1usize..5, rows in 1usize..14,
-        phase_len in 1usize..14, pad_top in 0usize..5, pad_left in 0usize..7,
+        h in 1usize..9, w in 1usize..80, stride in 1usize..5, rows in 1usize..14,
+        phase_len in 1usize..48, pad_top in 0usize..5, pad_left in 0usize..7,
     )(
         src in proptest::collection::vec(value(), h * w),
         h in Just(h), w in Just(w),
