@@ -547,7 +547,11 @@ pub(super) unsafe fn run<T: Element>(
     // two threads: 4.0-4.2 -> 3.8-4.0 ms.
     let groups = m.div_ceil(2 * BLOCK);
     let bands_total = out.count * bands.count;
-    let parts = if threads > 1 {
+    // Bands of equal rows that the threads share evenly are not split:
+    // splitting copies each band once per part (64x56x56 3x3 at two
+    // threads, two bands of 28 rows: 1.14 -> 1.10-1.12 ms unsplit).
+    let even = bands_total.is_multiple_of(threads) && oh.is_multiple_of(bands.rows);
+    let parts = if threads > 1 && !even {
         (ITEMS_PER_THREAD * threads)
             .div_ceil(bands_total)
             .min(groups)
