@@ -18,10 +18,12 @@
 //! folds the taps per output vector in registers. Planes run in parallel.
 //! ResNet-18's 3x3 stride-2 MaxPool on 64 x 112 x 112 at one Zen 4 thread,
 //! as a graph step: 3.67 ms walking each window tap by tap, 0.47 ms with
-//! compiler-vectorised (SSE2) row folds here, 0.34-0.41 ms now (a one-node
-//! model: 0.32 ms with the layout built here for SSE2, 0.30 with it in the
-//! kernel crate, where a third of the time still goes); onnxruntime
-//! 0.11 ms on its channel-blocked activations.
+//! compiler-vectorised (SSE2) row folds here, 0.34-0.41 ms with the kernels
+//! (a one-node model: 0.32 ms with the layout built here for SSE2, 0.30
+//! with it in the kernel crate, 0.29 folding four rows at a time, 0.27
+//! folding straight into an f32 output; the layout, bound by reading the
+//! input from L3, is the largest part left); onnxruntime 0.11 ms on its
+//! channel-blocked activations.
 
 use mixprec_kernels::pool::{PhaseLayout, PoolFold, fold_windows, pad_phases};
 use mixprec_kernels::{FloatSlice, FloatSliceMut};
@@ -145,7 +147,8 @@ pub(crate) fn pool(
     for_units(y, oh * ow, work, |range, mut y| {
         let mut widened = Vec::new();
         let mut phases = Vec::new();
-        let mut acc = vec![0f32; oh * ow];
+        // Staging for outputs that are divided or narrowed after the fold.
+        let mut acc = Vec::new();
         let row_stride = win.strides[0] * layout.phase_len;
         for (local, c) in range.enumerate() {
             let plane = match sub(x, c * h * w, (c + 1) * h * w) {
@@ -170,6 +173,7 @@ pub(crate) fn pool(
                 );
                 continue;
             }
+            acc.resize(oh * ow, 0.0);
             fold_windows(fold, &phases, &taps, row_stride, &mut acc, ow);
             if let Some((rows_n, cols_n)) = &divisors {
                 for (row, &rn) in acc.chunks_exact_mut(ow).zip(rows_n) {
