@@ -57,7 +57,10 @@ struct Team {
     panic: Mutex<Option<Box<dyn Any + Send>>>,
     /// Helpers asleep, or about to check the epoch before sleeping.
     sleepers: AtomicUsize,
+    /// Held by a helper from counting itself a sleeper until it waits, and
+    /// by a caller notifying sleepers.
     park: Mutex<()>,
+    /// Where sleeping helpers wait for the next epoch.
     wake: Condvar,
 }
 
