@@ -16,7 +16,7 @@
 use std::arch::x86_64::*;
 
 use super::avx512::DirectStore;
-use super::driver::{Ep, PAR_MIN_FLOPS, SendPtr, mc_tiles};
+use super::driver::{Ep, PAR_MIN_FLOPS, SendPtr, mc_tiles, prefetch_tile_output};
 use super::pack::{Layout, NR};
 use super::threads::{parallel_for, put_buf, take_buf};
 use super::{BSource, Element, MatMut, MatRef, num_threads};
@@ -346,7 +346,8 @@ pub(super) unsafe fn run<T: Element, O: Element>(
             let kcp = KCP.min(kp - pc);
             // Tiles are stored as they finish their last k block, unless the
             // epilogue is stored per block below.
-            let store_tile = pc + kcp == kp && per_tile_store;
+            let last = pc + kcp == kp;
+            let store_tile = last && per_tile_store;
             for q in 0..ncb.div_ceil(NR) {
                 let panel = j0 / NR + q;
                 let bptr = bpack[panel * kp * NR + pc * NR..].as_ptr();
@@ -355,6 +356,10 @@ pub(super) unsafe fn run<T: Element, O: Element>(
                     let aptr = apack[t * kp * MR + pc * MR..].as_ptr();
                     let wsp = ws[tl * MR * nc + q * NR..].as_mut_ptr();
                     let rows = MR.min(m - t * MR);
+                    if last {
+                        let cols = NR.min(ncb - q * NR);
+                        prefetch_tile_output(cp.get(), ldc, (t * MR, j0 + q * NR), rows, cols);
+                    }
                     // SAFETY: the A tile holds kcp*MR pairs from pc*MR on, the B panel
                     // kcp*NR pairs from pc*NR on; the workspace tile is MR x NR at
                     // stride nc inside mc x nc and `rows <= MR`; the caller checked

@@ -712,7 +712,8 @@ fn large<T: Element, O: Element>(
             let kc = KC.min(k - pc);
             // Tiles are stored as they finish their last k block, unless the
             // epilogue is stored per block below.
-            let store_tile = pc + kc == k && per_tile_store;
+            let last = pc + kc == k;
+            let store_tile = last && per_tile_store;
             for q in 0..ncb.div_ceil(NR) {
                 let panel = (j0 / NR) + q;
                 let bptr = bpack[(panel * k * NR + pc * NR) * size..].as_ptr();
@@ -721,6 +722,10 @@ fn large<T: Element, O: Element>(
                     let rows = mr.min(m - t * mr);
                     let aptr = apack[(t * kb + pc / KC) * mr * KC..].as_ptr();
                     let wsp = ws[tl * mr * nc + q * NR..].as_mut_ptr();
+                    if last {
+                        let cols = NR.min(ncb - q * NR);
+                        prefetch_tile_output(cp.get(), ldc, (t * mr, j0 + q * NR), rows, cols);
+                    }
                     // SAFETY: the A block holds rows x kc f32 at row stride KC, the B panel
                     // kc*NR elements of type bt from pc*NR on; the workspace tile is rows
                     // x NR at stride nc.
@@ -862,6 +867,30 @@ pub(super) fn widen_into<T: Element>(isa: Isa, src: &[T], dst: &mut [f32]) {
         }
         FloatType::F16 => {
             convert::f16_to_f32_at(isa, bytemuck::cast_slice(src), dst).expect("level checked")
+        }
+    }
+}
+
+/// Asks for the output lines of a tile (`rows` rows of `cols` elements of
+/// C from `(r0, c0)`, row stride `ldc`) into L2 ahead of its last k block:
+/// between a model's runs its weights stream through the cache and evict
+/// the outputs, and the tile's stores would otherwise wait on each line's
+/// read for ownership in turn (one thread, caches flushed: 512x768x3072
+/// 23.98-24.37 -> 23.20-23.76 ms, 64x768x768 0.781-0.799 -> 0.764-0.783).
+pub(super) fn prefetch_tile_output<O>(
+    c: *mut O,
+    ldc: usize,
+    (r0, c0): (usize, usize),
+    rows: usize,
+    cols: usize,
+) {
+    use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
+    for r in r0..r0 + rows {
+        for col in [c0, c0 + cols - 1] {
+            let p = c.wrapping_add(r * ldc + col);
+            // SAFETY: a prefetch has no architectural effect and cannot
+            // fault, whatever the address.
+            unsafe { _mm_prefetch::<_MM_HINT_T1>(p.cast_const().cast()) };
         }
     }
 }
