@@ -19,9 +19,10 @@
 //! * Reproducibility: at a given level each element of C is produced by the
 //!   same instruction sequence whatever the thread count (work is split over
 //!   M/N blocks only, never over k), so results are bit-identical for any
-//!   [`set_num_threads`]. The k loop of every SIMD path is one FMA chain per
-//!   element in increasing k, so [`gemm_packed`] and [`gemm`] agree bit for
-//!   bit, except on the small-m path (m <= 16) for column-contiguous B
+//!   [`set_num_threads`] (and any [`set_thread_spin`], how long idle helper
+//!   threads wait busily for the next job). The k loop of every SIMD path
+//!   is one FMA chain per element in increasing k, so [`gemm_packed`] and
+//!   [`gemm`] agree bit for bit, except on the small-m path (m <= 16) for column-contiguous B
 //!   (`rs == 1`, e.g. `w.t()` of `[out, in]` weights), which reduces each
 //!   dot product over 16-lane (AVX-512) or 8-lane (AVX2) partial sums.
 //!   Different levels may differ in the last bits (different summation).
@@ -413,6 +414,16 @@ pub const fn implementation(isa: Isa) -> &'static str {
 /// available cores). Results do not depend on this setting.
 pub fn set_num_threads(n: usize) {
     NUM_THREADS.store(n, Ordering::Relaxed);
+}
+
+/// Sets how long the kernels' helper threads spin for the next job before
+/// they sleep (default 2 ms). Spinning keeps a model's back-to-back
+/// parallel steps from waiting on the OS to wake a thread; a process that
+/// makes a parallel call now and then and wants its other cores left alone
+/// can set zero, so helpers sleep as soon as a job ends. Results do not
+/// depend on this setting.
+pub fn set_thread_spin(spin: std::time::Duration) {
+    threads::set_spin(spin);
 }
 
 /// Runs `f(0)`, ..., `f(parts - 1)` on the GEMM threads (up to

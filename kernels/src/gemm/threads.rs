@@ -8,7 +8,7 @@
 //! with a second set of threads.
 //!
 //! Helpers spin on the team's job counter for [`SPIN`] after each job
-//! before they sleep: a model's parallel steps come microseconds apart, and
+//! (or what [`super::set_thread_spin`] set) before they sleep: a model's parallel steps come microseconds apart, and
 //! a sleeping thread woken through the OS starts its share tens of
 //! microseconds late. With a rayon pool (whose workers sleep after a few
 //! dozen yields) ResNet-18 at two threads switched contexts about 24 times
@@ -27,10 +27,19 @@ use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
-/// How long a helper spins for the next job before it sleeps. A core that
-/// spins costs other processes that long after a model's last parallel
-/// step; a sleeping helper costs each later step its wake-up.
+/// How long a helper spins for the next job before it sleeps, by default.
+/// A core that spins costs other processes that long after a model's last
+/// parallel step; a sleeping helper costs each later step its wake-up.
 const SPIN: Duration = Duration::from_millis(2);
+
+/// The spin in force, in nanoseconds ([`super::set_thread_spin`]).
+static SPIN_NANOS: AtomicU64 = AtomicU64::new(SPIN.as_nanos() as u64);
+
+/// Sets the helpers' spin (see [`super::set_thread_spin`]).
+pub(super) fn set_spin(spin: Duration) {
+    let nanos = u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX);
+    SPIN_NANOS.store(nanos, Ordering::Relaxed);
+}
 
 /// Set in [`Team::entered`] once the job's caller stops waiting for helpers
 /// that have not joined.
@@ -110,9 +119,11 @@ impl Team {
         }
     }
 
-    /// The first epoch after `seen`: spun for up to [`SPIN`], then slept for.
+    /// The first epoch after `seen`: spun for up to the spin in force, then
+    /// slept for.
     fn next_epoch(&self, seen: u64) -> u64 {
         let start = Instant::now();
+        let spin = Duration::from_nanos(SPIN_NANOS.load(Ordering::Relaxed));
         let mut spins = 0u32;
         loop {
             let e = self.epoch.load(Ordering::Acquire);
@@ -120,7 +131,7 @@ impl Team {
                 return e;
             }
             spins = spins.wrapping_add(1);
-            if spins.is_multiple_of(1024) && start.elapsed() > SPIN {
+            if spins.is_multiple_of(1024) && start.elapsed() >= spin {
                 break;
             }
             std::hint::spin_loop();
@@ -307,6 +318,23 @@ mod tests {
             });
             assert!(ran_on.into_inner().unwrap().len() > 1);
         }
+    }
+
+    /// With no spin, helpers sleep after every job and each job wakes
+    /// them: every item still runs once, and helpers still take part.
+    #[test]
+    fn without_spin_every_job_wakes_its_helpers() {
+        set_spin(Duration::ZERO);
+        for items in [1, 2, 5, 64, 200] {
+            assert!(counts(5, items).iter().all(|&c| c == 1));
+        }
+        let ran_on = Mutex::new(HashSet::new());
+        parallel_for(5, 16, 0, |_, _| {
+            ran_on.lock().unwrap().insert(std::thread::current().id());
+            std::thread::sleep(Duration::from_millis(2));
+        });
+        set_spin(SPIN);
+        assert!(ran_on.into_inner().unwrap().len() > 1);
     }
 
     /// A panic on any thread reaches the caller after the job ends, and
