@@ -217,7 +217,7 @@ impl Bands {
     /// [`BAND_BYTES`], which measured slightly faster than full-size ones
     /// (8x64x56x56 Bf16Dot: 8.83-8.89 vs 8.92-8.93 ms at one thread,
     /// 4.40-4.48 vs 4.51-4.58 at two).
-    fn new(shape: &Conv2dShape, images: usize, threads: usize) -> Self {
+    fn new(shape: &Conv2dShape, images: usize, threads: usize, weight_bytes: usize) -> Self {
         let [oh, ow] = shape.out_size;
         let [sh, sw] = shape.stride;
         let padded_width = (ow - 1) * sw + (shape.kernel[1] - 1) * shape.dilation[1] + 1;
@@ -225,9 +225,20 @@ impl Bands {
         let width = sw * phases.len;
         let reach = (shape.kernel[0] - 1) * shape.dilation[0];
         let row_bytes = shape.in_channels * width * 4;
-        let by_size = (Self::copy_rows(oh, sh, reach) * row_bytes).div_ceil(BAND_BYTES);
-        // Enough items for every thread when the batch is small.
-        let by_threads = threads.div_ceil(images);
+        let image_bytes = Self::copy_rows(oh, sh, reach) * row_bytes;
+        let by_size = image_bytes.div_ceil(BAND_BYTES);
+        // Enough items for every thread when the batch is small: more bands
+        // (each reads all the weights), or, where the weights outweigh the
+        // image sixteenfold, the output channels split into parts in `run`
+        // (each part copies the band). Batch 1 on two threads: 512x7x7 3x3
+        // 1.05-1.08 -> 1.038-1.039 ms as one band in parts; 128x28x28
+        // (weights 1.3 x the image) went 1.02 -> 1.045 that way, 256x14x14
+        // (9 x) and 256x14x14 s2 -> 512 (19 x) the same either way.
+        let by_threads = if weight_bytes > 16 * image_bytes {
+            1
+        } else {
+            threads.div_ceil(images)
+        };
         let rows = oh.div_ceil(by_size.max(by_threads).clamp(1, oh));
         Bands {
             rows,
@@ -521,7 +532,7 @@ pub(super) unsafe fn run<T: Element>(
     let units = shape.in_channels / product.channels_per_lane();
     // k steps: channels (f32) or channel pairs (Bf16Dot) times taps.
     let k = units * taps;
-    let bands = Bands::new(shape, out.count, threads);
+    let bands = Bands::new(shape, out.count, threads, 4 * m * k);
     let offs = bands.offsets(shape, units);
     debug_assert!(prepacked.is_none_or(|lanes| lanes.len() == m * k));
     let mut packed = Vec::new();
