@@ -22,9 +22,10 @@
 //!   [`set_num_threads`] (and any [`set_thread_spin`], how long idle helper
 //!   threads wait busily for the next job). The k loop of every SIMD path
 //!   is one FMA chain per element in increasing k, so [`gemm_packed`] and
-//!   [`gemm`] agree bit for bit, except on the small-m path (m <= 16) for column-contiguous B
-//!   (`rs == 1`, e.g. `w.t()` of `[out, in]` weights), which reduces each
-//!   dot product over 16-lane (AVX-512) or 8-lane (AVX2) partial sums.
+//!   [`gemm`] agree bit for bit, except on the small-m path (m <= 16) for
+//!   column-contiguous B (`rs == 1`, e.g. `w.t()` of `[out, in]` weights),
+//!   which reduces each dot product over 16-lane (AVX-512) or 8-lane (AVX2)
+//!   partial sums.
 //!   Different levels may differ in the last bits (different summation).
 //! * [`Accumulation::F16Blocked`] (native `vfmadd231ph` over short k-blocks)
 //!   needs AVX512-FP16 and is not implemented: [`gemm_at`] returns

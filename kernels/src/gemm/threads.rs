@@ -7,16 +7,16 @@
 //! ([`super::for_each_part`]) all go through here, so they never compete
 //! with a second set of threads.
 //!
-//! Helpers spin on the team's job counter for [`SPIN`] after each job
-//! (or what [`super::set_thread_spin`] set) before they sleep: a model's parallel steps come microseconds apart, and
-//! a sleeping thread woken through the OS starts its share tens of
-//! microseconds late. With a rayon pool (whose workers sleep after a few
-//! dozen yields) ResNet-18 at two threads switched contexts about 24 times
-//! per run (`mixprec bench` on it: 6491 futex calls, 2602 context
-//! switches; with this team 8 and 85); eight alternated runs, median
-//! (best): ResNet-18 18.99 (18.61) -> 18.48 (18.03) ms, the MLP 18.88
-//! (17.15) -> 17.07 (16.49), the transformer 40.12 (39.81) -> 40.83
-//! (39.29).
+//! Helpers spin on the team's job counter for [`SPIN`] after each job (or
+//! what [`super::set_thread_spin`] set) before they sleep: a model's
+//! parallel steps come microseconds apart, and a sleeping thread woken
+//! through the OS starts its share tens of microseconds late. With a rayon
+//! pool (whose workers sleep after a few dozen yields) ResNet-18 at two
+//! threads switched contexts about 24 times per run (`mixprec bench` on it:
+//! 6491 futex calls, 2602 context switches; with this team 8 and 85); eight
+//! alternated runs, median (best): ResNet-18 18.99 (18.61) -> 18.48 (18.03)
+//! ms, the MLP 18.88 (17.15) -> 17.07 (16.49), the transformer 40.12
+//! (39.81) -> 40.83 (39.29).
 //!
 //! A call that finds its team busy (a parallel call made from inside a
 //! job, or a second caller thread at the same time) runs on its own thread.
