@@ -690,14 +690,19 @@ fn bad_geometry_and_shapes_are_typed_errors() {
     }
 }
 
-/// Stride 1 with input and output channels multiples of 16: the f32 path
-/// (and Bf16Dot from 32 input channels) then convolves a channel-blocked
-/// copy (`gemm/conv_blocked.rs`) in tiles of up to 14 pixels of one output
-/// row, so widths cover whole tiles and every shorter last tile, and NaN or
-/// infinite values lie next to the padding.
+/// Output channels multiples of 16: the f32 path (and Bf16Dot from 32
+/// input channels) then convolves a channel-blocked copy
+/// (`gemm/conv_blocked.rs`), or with input channels not a multiple of 16
+/// (a 3-channel stem) a copy in channel planes, in tiles of up to 14
+/// pixels of one output row, so widths cover whole tiles and every shorter
+/// last tile, and NaN or infinite values lie next to the padding.
 fn arb_blocked_case() -> impl Strategy<Value = Case> {
     (
-        (prop_oneof![Just(16usize), Just(32)], 1usize..12, 1usize..40),
+        (
+            prop_oneof![Just(16usize), Just(32), 1usize..16, Just(24)],
+            1usize..12,
+            1usize..40,
+        ),
         (
             [1usize..5, 1usize..5],
             [1usize..3, 1usize..3],
@@ -859,18 +864,14 @@ fn check_batch<T: Element>(c: &Case, accumulation: Accumulation, isa: Isa) {
     };
     set_num_threads(3);
     let got = batch(wv.into());
-    // Weights packed once give the same bits; for these channel counts the
-    // blocked tiles take them from avx512_core up.
+    // Weights packed once give the same bits; the blocked tiles take them
+    // from avx512_core up for 16n output channels (f32: any input channels,
+    // planes where they are not 16n; Bf16Dot: 32n input channels).
     let packed = PackedConvWeights::pack(isa, accumulation, c.shape.kernel, wv).unwrap();
-    let lanes_per_block = if accumulation == Accumulation::Bf16Dot {
-        32
-    } else {
-        16
-    };
     let blocked = isa >= Isa::Avx512Core
-        && c.shape.in_channels.is_multiple_of(lanes_per_block)
         && m.is_multiple_of(16)
-        && (accumulation == Accumulation::F32 || isa >= Isa::Avx512CoreBf16);
+        && (accumulation == Accumulation::F32
+            || isa >= Isa::Avx512CoreBf16 && c.shape.in_channels.is_multiple_of(32));
     assert_eq!(
         packed.is_blocked(),
         cfg!(target_arch = "x86_64") && blocked,

@@ -22,6 +22,17 @@
 //! ([`super::conv`]), whose vectors of 32 pixels need a mask per tap at the
 //! image's borders and drop the columns past a row's end.
 //!
+//! With f32 FMAs and input channels not a multiple of 16 (a network's
+//! 3-channel stem) the copy is one zero-padded plane per channel instead
+//! ([`CopyLayout::Planar`]): the tile is the same, its pixels one lane
+//! apart instead of 16, and k runs over the channels themselves, where
+//! blocks would multiply padding channels. ResNet's 3x224x224 7x7 stride-2
+//! stem as a one-node model, one thread: 2.53 ms through the implicit GEMM,
+//! 2.38 over planes. Planes for 64 channels measured 1.4% slower than
+//! blocks (64x56x56 3x3: 2.14 vs 2.11 ms), although their copy is a plain
+//! row copy: a tile's 14 pixels span two lines per channel and row, twice
+//! the L1 lines of blocks, against the weights streaming through.
+//!
 //! # Numerics
 //! The k loop runs over the whole of k in the im2col order (channel, kernel
 //! row, kernel column) with the accumulators in registers from zero. That is
@@ -54,10 +65,11 @@
 use std::arch::x86_64::*;
 
 use super::avx512::{BF16, F16, F32, bias_relu, load16, tag};
-use super::driver::{Ep, SendPtr};
+use super::driver::{Ep, SendPtr, widen_into};
 use super::threads::{parallel_for, put_buf, take_buf};
 use super::{Element, FloatType, MatRef};
 use crate::conv::Conv2dShape;
+use crate::isa::Isa;
 
 /// Channels per block of the copy: one zmm of f32.
 const BLOCK: usize = 16;
@@ -111,7 +123,41 @@ pub(super) fn eligible(
 /// Whether weights of `m` output and `in_channels` input channels fit the
 /// tiles (the weights' part of [`eligible`]).
 pub(super) fn packable(in_channels: usize, m: usize, product: Product) -> bool {
-    in_channels.is_multiple_of(BLOCK * product.channels_per_lane()) && m.is_multiple_of(BLOCK)
+    m.is_multiple_of(BLOCK)
+        && (product == Product::Fma
+            || in_channels.is_multiple_of(BLOCK * Product::Bf16Dot.channels_per_lane()))
+}
+
+/// How a band's copy lays out the input channels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CopyLayout {
+    /// Blocks of 16 channels (or channel pairs), each laid out (padded row,
+    /// padded column, channel in the block): a pixel's 16 channels are one
+    /// cache line.
+    Blocked,
+    /// One plane per channel (padded row, padded column), for f32 FMAs on
+    /// channel counts that are not a multiple of 16 (a network's 3-channel
+    /// stem): blocks would pad the channels with zeros the tiles multiply.
+    Planar,
+}
+
+impl CopyLayout {
+    fn new(in_channels: usize, product: Product) -> CopyLayout {
+        if in_channels.is_multiple_of(BLOCK * product.channels_per_lane()) {
+            CopyLayout::Blocked
+        } else {
+            CopyLayout::Planar
+        }
+    }
+
+    /// Lanes per pixel of the copy, which is also the channels (or pairs)
+    /// per block.
+    fn lanes(self) -> usize {
+        match self {
+            CopyLayout::Blocked => BLOCK,
+            CopyLayout::Planar => 1,
+        }
+    }
 }
 
 /// The `m x k` weights `w` packed for [`run`] (`taps` per input channel),
@@ -169,7 +215,10 @@ struct Bands {
     width: usize,
     /// Padded rows the kernel spans beyond its first: `(kh - 1) * dh`.
     reach: usize,
-    /// Lanes (f32 or channel pairs) from one block of the copy to the next.
+    /// Blocks or planes.
+    layout: CopyLayout,
+    /// Lanes (f32 or channel pairs) from one block (or plane) of the copy to
+    /// the next.
     block_stride: usize,
 }
 
@@ -217,7 +266,13 @@ impl Bands {
     /// [`BAND_BYTES`], which measured slightly faster than full-size ones
     /// (8x64x56x56 Bf16Dot: 8.83-8.89 vs 8.92-8.93 ms at one thread,
     /// 4.40-4.48 vs 4.51-4.58 at two).
-    fn new(shape: &Conv2dShape, images: usize, threads: usize, weight_bytes: usize) -> Self {
+    fn new(
+        shape: &Conv2dShape,
+        layout: CopyLayout,
+        images: usize,
+        threads: usize,
+        weight_bytes: usize,
+    ) -> Self {
         let [oh, ow] = shape.out_size;
         let [sh, sw] = shape.stride;
         let padded_width = (ow - 1) * sw + (shape.kernel[1] - 1) * shape.dilation[1] + 1;
@@ -247,7 +302,8 @@ impl Bands {
             phases,
             width,
             reach,
-            block_stride: Self::copy_rows(rows, sh, reach) * width * BLOCK,
+            layout,
+            block_stride: Self::copy_rows(rows, sh, reach) * width * layout.lanes(),
         }
     }
 
@@ -259,7 +315,7 @@ impl Bands {
     /// Lanes (f32 or pairs) of one band's copy of `units` channels or
     /// channel pairs.
     fn len(&self, units: usize) -> usize {
-        units / BLOCK * self.block_stride
+        units.div_ceil(self.layout.lanes()) * self.block_stride
     }
 
     /// Where k step `(u, ki, kj)` (channel or channel pair `u`; the im2col
@@ -268,11 +324,12 @@ impl Bands {
         let [kh, kw] = shape.kernel;
         let [dh, dw] = shape.dilation;
         let mut offs = Vec::with_capacity(units * kh * kw);
+        let lanes = self.layout.lanes();
         for u in 0..units {
             for ki in 0..kh {
                 for kj in 0..kw {
                     let pixel = ki * dh * self.width + self.phases.pixel(kj * dw);
-                    offs.push(u / BLOCK * self.block_stride + pixel * BLOCK + u % BLOCK);
+                    offs.push(u / lanes * self.block_stride + pixel * lanes + u % lanes);
                 }
             }
         }
@@ -291,7 +348,8 @@ impl Bands {
         image: &[T],
         copy: &mut [f32],
     ) {
-        let per_block = BLOCK * product.channels_per_lane();
+        let lanes = self.layout.lanes();
+        let per_block = lanes * product.channels_per_lane();
         let [h, w] = shape.in_size;
         let [ph, pw] = shape.pad_begin;
         let [sh, dh] = [shape.stride[0], shape.dilation[0]];
@@ -307,7 +365,7 @@ impl Bands {
         // Padded columns that hold image columns.
         let lo = pw.min(self.padded_width);
         let hi = (pw + w).min(self.padded_width);
-        let row_len = self.width * BLOCK;
+        let row_len = self.width * lanes;
         let phases = self.phases;
         for (cb, block) in copy
             .chunks_exact_mut(self.block_stride)
@@ -324,11 +382,15 @@ impl Bands {
                     continue;
                 }
                 for x in (0..lo).chain(hi..self.padded_width) {
-                    dst[phases.pixel(x) * BLOCK..][..BLOCK].fill(0.0);
+                    dst[phases.pixel(x) * lanes..][..lanes].fill(0.0);
                 }
                 let plane = cb * per_block * h * w + iy * w;
                 let (src, n) = (&image[plane..], hi - lo);
                 let to = Pixels { first: lo, phases };
+                if self.layout == CopyLayout::Planar {
+                    gather_plane(&src[..n], dst, to);
+                    continue;
+                }
                 // SAFETY: the block's channels of row iy hold w >= hi - lo values
                 // each; the copy row holds the phase pixels of padded columns
                 // lo..hi < padded_width, 16 lanes each; the CPU supports
@@ -370,6 +432,38 @@ impl Pixels {
             q += 1;
             if q == ph.stride {
                 (q, t) = (0, t + 1);
+            }
+        }
+    }
+}
+
+/// Copies the `src.len()` consecutive pixels of one channel into its
+/// plane's copy row `dst` as f32, at the pixels `to` gives: per column
+/// phase a run of every `stride`-th value (with stride 1 the row itself).
+fn gather_plane<T: Element>(src: &[T], dst: &mut [f32], to: Pixels) {
+    let Pixels { first, phases } = to;
+    let s = phases.stride;
+    for q in (0..s.min(src.len())).filter(|&q| phases.is_read((first + q) % s)) {
+        let at = phases.pixel(first + q);
+        let run = &mut dst[at..][..(src.len() - q).div_ceil(s)];
+        let src = &src[q..];
+        match s {
+            // The level is at least avx512_core (the caller of `run`).
+            1 => widen_into(Isa::Avx512Core, src, run),
+            // As pairs, which the compiler vectorises (`step_by` stays scalar).
+            2 => {
+                let pairs = run.len().min(src.len() / 2);
+                for (d, pair) in run.iter_mut().zip(src.chunks_exact(2)) {
+                    *d = pair[0].to_f32();
+                }
+                if let Some(d) = run.get_mut(pairs) {
+                    *d = src[2 * pairs].to_f32();
+                }
+            }
+            _ => {
+                for (d, x) in run.iter_mut().zip(src.iter().step_by(s)) {
+                    *d = x.to_f32();
+                }
             }
         }
     }
@@ -532,7 +626,8 @@ pub(super) unsafe fn run<T: Element>(
     let units = shape.in_channels / product.channels_per_lane();
     // k steps: channels (f32) or channel pairs (Bf16Dot) times taps.
     let k = units * taps;
-    let bands = Bands::new(shape, out.count, threads, 4 * m * k);
+    let layout = CopyLayout::new(shape.in_channels, product);
+    let bands = Bands::new(shape, layout, out.count, threads, 4 * m * k);
     let offs = bands.offsets(shape, units);
     debug_assert!(prepacked.is_none_or(|lanes| lanes.len() == m * k));
     let mut packed = Vec::new();
@@ -598,7 +693,7 @@ pub(super) unsafe fn run<T: Element>(
                 };
                 for ox in (0..ow).step_by(PIXELS) {
                     let pixels = PIXELS.min(ow - ox);
-                    let b = copy[((oy - oy0) * sh * bands.width + ox) * BLOCK..].as_ptr();
+                    let b = copy[((oy - oy0) * sh * bands.width + ox) * layout.lanes()..].as_ptr();
                     // SAFETY: the copy holds `copy_rows` rows of `width` pixels per
                     // channel block, so every tap of the tile's pixels (offs[p] + the
                     // pixel's offset: row (oy - oy0) * sh + ki * dh, phase pixel
@@ -608,6 +703,7 @@ pub(super) unsafe fn run<T: Element>(
                     unsafe {
                         tile(
                             product,
+                            layout,
                             lanes,
                             pixels,
                             offs,
@@ -803,12 +899,15 @@ impl TileStore {
 /// # Safety
 /// `w` holds `offs.len()` k steps of `lanes` 32-bit lanes (f32, or bf16
 /// pairs for [`Product::Bf16Dot`]); for every k step `p` and
-/// pixel `q < pixels`, `b + offs[p] + q * 16` is readable; the store's
+/// pixel `q < pixels`, `b + offs[p] + q * layout.lanes()` is readable
+/// (`layout` is Blocked for [`Product::Bf16Dot`]); the store's
 /// `lanes` rows of `pixels` elements are writable and its bias holds
 /// `lanes` f32; the CPU supports AVX-512 F/BW/VL (and BF16/DQ for
 /// [`Product::Bf16Dot`]).
+#[allow(clippy::too_many_arguments)]
 unsafe fn tile(
     product: Product,
+    layout: CopyLayout,
     lanes: usize,
     pixels: usize,
     offs: &[usize],
@@ -817,29 +916,37 @@ unsafe fn tile(
     store: &TileStore,
 ) {
     macro_rules! go {
-        ($kernel:ident, $v:literal, $($n:literal)*) => {
+        ($kernel:ident, $v:literal, $s:expr) => {
+            go!(@ $kernel, $v, $s, 1 2 3 4 5 6 7 8 9 10 11 12 13 14)
+        };
+        (@ $kernel:ident, $v:literal, $s:expr, $($n:literal)*) => {
             match pixels {
                 // SAFETY: forwarded from the caller's contract.
-                $($n => unsafe { $kernel::<$n, $v>(offs, w, b, store) },)*
+                $($n => unsafe { $kernel::<$n, $v, $s>(offs, w, b, store) },)*
                 _ => unreachable!("tile of {pixels} pixels"),
             }
         };
     }
-    match (product, lanes == 2 * BLOCK) {
-        (Product::Fma, true) => go!(tile_kernel, 2, 1 2 3 4 5 6 7 8 9 10 11 12 13 14),
-        (Product::Fma, false) => go!(tile_kernel, 1, 1 2 3 4 5 6 7 8 9 10 11 12 13 14),
-        (Product::Bf16Dot, true) => go!(tile_kernel_dot, 2, 1 2 3 4 5 6 7 8 9 10 11 12 13 14),
-        (Product::Bf16Dot, false) => go!(tile_kernel_dot, 1, 1 2 3 4 5 6 7 8 9 10 11 12 13 14),
+    match (product, layout, lanes == 2 * BLOCK) {
+        (Product::Fma, CopyLayout::Blocked, true) => go!(tile_kernel, 2, BLOCK),
+        (Product::Fma, CopyLayout::Blocked, false) => go!(tile_kernel, 1, BLOCK),
+        (Product::Fma, CopyLayout::Planar, true) => go!(tile_kernel, 2, 1),
+        (Product::Fma, CopyLayout::Planar, false) => go!(tile_kernel, 1, 1),
+        (Product::Bf16Dot, CopyLayout::Blocked, true) => go!(tile_kernel_dot, 2, BLOCK),
+        (Product::Bf16Dot, CopyLayout::Blocked, false) => go!(tile_kernel_dot, 1, BLOCK),
+        (Product::Bf16Dot, CopyLayout::Planar, _) => unreachable!("pairs are always blocked"),
     }
 }
 
-/// [`tile`] for `P` pixels and `V` vectors of 16 channels, f32 FMAs.
+/// [`tile`] for `P` pixels and `V` vectors of 16 channels, f32 FMAs, the
+/// copy's pixels `S` lanes apart (its [`CopyLayout::lanes`]).
 ///
 /// # Safety
-/// As [`tile`] with `pixels = P`, `lanes = 16 * V`.
+/// As [`tile`] with `pixels = P`, `lanes = 16 * V`, pixel `q`'s value at
+/// `b + offs[p] + q * S`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn tile_kernel<const P: usize, const V: usize>(
+unsafe fn tile_kernel<const P: usize, const V: usize, const S: usize>(
     offs: &[usize],
     w: *const u32,
     b: *const f32,
@@ -858,7 +965,7 @@ unsafe fn tile_kernel<const P: usize, const V: usize>(
             }
             let bp = b.add(off);
             for (q, row) in acc.iter_mut().enumerate() {
-                let x = _mm512_set1_ps(*bp.add(q * BLOCK));
+                let x = _mm512_set1_ps(*bp.add(q * S));
                 for (a, &wx) in row.iter_mut().zip(&wv) {
                     *a = _mm512_fmadd_ps(wx, x, *a);
                 }
@@ -871,14 +978,16 @@ unsafe fn tile_kernel<const P: usize, const V: usize>(
 /// [`tile`] for `P` pixels and `V` vectors of 16 channels, `VDPBF16PS` on
 /// channel pairs: per lane the instruction of the Bf16Dot GEMM's tile with
 /// its operands' roles swapped (weights the vector, the image pair the
-/// broadcast), whose two products and sum are the same.
+/// broadcast), whose two products and sum are the same; the copy's pixels
+/// `S` lanes apart.
 ///
 /// # Safety
-/// As [`tile`] with `pixels = P`, `lanes = 16 * V`, and the CPU supports
+/// As [`tile`] with `pixels = P`, `lanes = 16 * V`, pixel `q`'s pair at
+/// `b + offs[p] + q * S`, and the CPU supports
 /// AVX-512 BF16 and DQ.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16")]
-unsafe fn tile_kernel_dot<const P: usize, const V: usize>(
+unsafe fn tile_kernel_dot<const P: usize, const V: usize, const S: usize>(
     offs: &[usize],
     w: *const u32,
     b: *const f32,
@@ -900,7 +1009,7 @@ unsafe fn tile_kernel_dot<const P: usize, const V: usize>(
             }
             let bp = b.add(off);
             for (q, row) in acc.iter_mut().enumerate() {
-                let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(*bp.add(q * BLOCK)));
+                let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(*bp.add(q * S)));
                 for (a, &wx) in row.iter_mut().zip(&wv) {
                     *a = _mm512_dpbf16_ps(*a, wx, x);
                 }
