@@ -666,6 +666,12 @@ pub(super) unsafe fn run<T: Element>(
     };
     let groups_per_part = groups.div_ceil(parts);
     let parts = groups.div_ceil(groups_per_part);
+    // Output rows of at most 7 pixels go two to a tile: a tile of one such
+    // row loads each k step's weights for 7 pixels' FMAs, and ResNet's
+    // last stage (512 channels, 7x7, 9.4 MB of weights) streamed them from
+    // L3 once per output row.
+    let two_rows = if 2 * ow <= PIXELS { 2 } else { 1 };
+    let row_lanes = sh * bands.width * layout.lanes();
     parallel_for(threads, bands_total * parts, copy_len, |item, copy| {
         let (part, item) = (item / bands_total, item % bands_total);
         let (n, band) = (item / bands.count, item % bands.count);
@@ -679,7 +685,9 @@ pub(super) unsafe fn run<T: Element>(
             .skip(part * groups_per_part)
             .take(groups_per_part);
         for (g, weights) in part_groups {
-            for oy in oy0..oy0 + rows {
+            let mut oy = oy0;
+            while oy < oy0 + rows {
+                let tile_rows = two_rows.min(oy0 + rows - oy);
                 let lanes = weights.len() / k;
                 let oc0 = g * 2 * BLOCK;
                 let store = TileStore {
@@ -692,20 +700,26 @@ pub(super) unsafe fn run<T: Element>(
                     residual: out.residual.map(|r| r.get().cast_const()),
                 };
                 for ox in (0..ow).step_by(PIXELS) {
-                    let pixels = PIXELS.min(ow - ox);
+                    let px = TilePixels {
+                        row: PIXELS.min(ow - ox),
+                        rows: tile_rows,
+                        row_lanes,
+                    };
                     let b = copy[((oy - oy0) * sh * bands.width + ox) * layout.lanes()..].as_ptr();
                     // SAFETY: the copy holds `copy_rows` rows of `width` pixels per
                     // channel block, so every tap of the tile's pixels (offs[p] + the
-                    // pixel's offset: row (oy - oy0) * sh + ki * dh, phase pixel
-                    // ox + q + kj * dw / sw < phases.len) lies in it; `weights`
-                    // holds k steps of `lanes`; the output rows oc0..oc0+lanes, columns oy*ow+ox.. +pixels, lie
-                    // in image n's output; avx512_core is the caller's contract.
+                    // pixel's offset: row (oy + r - oy0) * sh + ki * dh for its tile row
+                    // r < tile_rows, phase pixel ox + q + kj * dw / sw < phases.len) lies
+                    // in it; `weights` holds k steps of `lanes`; the output rows
+                    // oc0..oc0+lanes, columns oy*ow+ox.. + row * rows (two rows only
+                    // where ox = 0 and row = ow, so consecutive), lie in image n's
+                    // output; avx512_core is the caller's contract.
                     unsafe {
                         tile(
                             product,
                             layout,
                             lanes,
-                            pixels,
+                            px,
                             offs,
                             weights.as_ptr(),
                             b,
@@ -713,6 +727,7 @@ pub(super) unsafe fn run<T: Element>(
                         )
                     };
                 }
+                oy += tile_rows;
             }
         }
     });
@@ -893,37 +908,54 @@ impl TileStore {
     }
 }
 
+/// A tile's pixels: `rows` output rows (1, or 2 where `row <= PIXELS / 2`
+/// is the output's width) of `row` pixels each, the second row's values
+/// `row_lanes` lanes past the first's in the copy.
+#[derive(Clone, Copy)]
+struct TilePixels {
+    row: usize,
+    rows: usize,
+    row_lanes: usize,
+}
+
 /// Computes and stores one tile of `lanes` (16 or 32) output channels by
-/// `pixels` (1 to [`PIXELS`]) pixels.
+/// the pixels `px` gives (1 to [`PIXELS`]).
 ///
 /// # Safety
 /// `w` holds `offs.len()` k steps of `lanes` 32-bit lanes (f32, or bf16
 /// pairs for [`Product::Bf16Dot`]); for every k step `p` and
-/// pixel `q < pixels`, `b + offs[p] + q * layout.lanes()` is readable
-/// (`layout` is Blocked for [`Product::Bf16Dot`]); the store's
-/// `lanes` rows of `pixels` elements are writable and its bias holds
-/// `lanes` f32; the CPU supports AVX-512 F/BW/VL (and BF16/DQ for
+/// pixel `q < px.row * px.rows`, `b + offs[p] + (q % px.row) *
+/// layout.lanes() + (q / px.row) * px.row_lanes` is readable (`layout` is
+/// Blocked for [`Product::Bf16Dot`]); the store's `lanes` rows of
+/// `px.row * px.rows` elements are writable and its bias holds `lanes`
+/// f32; the CPU supports AVX-512 F/BW/VL (and BF16/DQ for
 /// [`Product::Bf16Dot`]).
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile(
     product: Product,
     layout: CopyLayout,
     lanes: usize,
-    pixels: usize,
+    px: TilePixels,
     offs: &[usize],
     w: *const u32,
     b: *const f32,
     store: &TileStore,
 ) {
+    // (pixels, pixels per row): one row of 1 to 14, or two rows of 1 to 7.
     macro_rules! go {
         ($kernel:ident, $v:literal, $s:expr) => {
-            go!(@ $kernel, $v, $s, 1 2 3 4 5 6 7 8 9 10 11 12 13 14)
+            go!(@ $kernel, $v, $s,
+                (1, 1) (2, 2) (3, 3) (4, 4) (5, 5) (6, 6) (7, 7) (8, 8) (9, 9) (10, 10)
+                (11, 11) (12, 12) (13, 13) (14, 14)
+                (2, 1) (4, 2) (6, 3) (8, 4) (10, 5) (12, 6) (14, 7))
         };
-        (@ $kernel:ident, $v:literal, $s:expr, $($n:literal)*) => {
-            match pixels {
+        (@ $kernel:ident, $v:literal, $s:expr, $(($p:literal, $r:literal))*) => {
+            match (px.row * px.rows, px.row) {
                 // SAFETY: forwarded from the caller's contract.
-                $($n => unsafe { $kernel::<$n, $v, $s>(offs, w, b, store) },)*
-                _ => unreachable!("tile of {pixels} pixels"),
+                $(($p, $r) => unsafe {
+                    $kernel::<$p, $v, $s, $r>(offs, w, b, px.row_lanes, store)
+                },)*
+                _ => unreachable!("tile of {} x {} pixels", px.rows, px.row),
             }
         };
     }
@@ -938,18 +970,20 @@ unsafe fn tile(
     }
 }
 
-/// [`tile`] for `P` pixels and `V` vectors of 16 channels, f32 FMAs, the
-/// copy's pixels `S` lanes apart (its [`CopyLayout::lanes`]).
+/// [`tile`] for `P` pixels in rows of `R` and `V` vectors of 16 channels,
+/// f32 FMAs, the copy's pixels `S` lanes apart (its
+/// [`CopyLayout::lanes`]) and its rows `row_lanes` apart.
 ///
 /// # Safety
-/// As [`tile`] with `pixels = P`, `lanes = 16 * V`, pixel `q`'s value at
-/// `b + offs[p] + q * S`.
+/// As [`tile`] with `px.row * px.rows = P`, `px.row = R`, `lanes = 16 *
+/// V`, `S = layout.lanes()`.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn tile_kernel<const P: usize, const V: usize, const S: usize>(
+unsafe fn tile_kernel<const P: usize, const V: usize, const S: usize, const R: usize>(
     offs: &[usize],
     w: *const u32,
     b: *const f32,
+    row_lanes: usize,
     store: &TileStore,
 ) {
     let mut acc = [[_mm512_setzero_ps(); V]; P];
@@ -965,7 +999,7 @@ unsafe fn tile_kernel<const P: usize, const V: usize, const S: usize>(
             }
             let bp = b.add(off);
             for (q, row) in acc.iter_mut().enumerate() {
-                let x = _mm512_set1_ps(*bp.add(q * S));
+                let x = _mm512_set1_ps(*bp.add(q % R * S + q / R * row_lanes));
                 for (a, &wx) in row.iter_mut().zip(&wv) {
                     *a = _mm512_fmadd_ps(wx, x, *a);
                 }
@@ -978,19 +1012,20 @@ unsafe fn tile_kernel<const P: usize, const V: usize, const S: usize>(
 /// [`tile`] for `P` pixels and `V` vectors of 16 channels, `VDPBF16PS` on
 /// channel pairs: per lane the instruction of the Bf16Dot GEMM's tile with
 /// its operands' roles swapped (weights the vector, the image pair the
-/// broadcast), whose two products and sum are the same; the copy's pixels
-/// `S` lanes apart.
+/// broadcast), whose two products and sum are the same; pixels in rows of
+/// `R`, the copy's pixels `S` lanes apart and its rows `row_lanes`.
 ///
 /// # Safety
-/// As [`tile`] with `pixels = P`, `lanes = 16 * V`, pixel `q`'s pair at
-/// `b + offs[p] + q * S`, and the CPU supports
+/// As [`tile`] with `px.row * px.rows = P`, `px.row = R`, `lanes = 16 *
+/// V`, `S = layout.lanes()`, and the CPU supports
 /// AVX-512 BF16 and DQ.
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16")]
-unsafe fn tile_kernel_dot<const P: usize, const V: usize, const S: usize>(
+unsafe fn tile_kernel_dot<const P: usize, const V: usize, const S: usize, const R: usize>(
     offs: &[usize],
     w: *const u32,
     b: *const f32,
+    row_lanes: usize,
     store: &TileStore,
 ) {
     let mut acc = [[_mm512_setzero_ps(); V]; P];
@@ -1009,7 +1044,8 @@ unsafe fn tile_kernel_dot<const P: usize, const V: usize, const S: usize>(
             }
             let bp = b.add(off);
             for (q, row) in acc.iter_mut().enumerate() {
-                let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(*bp.add(q * S)));
+                let x: __m512bh =
+                    std::mem::transmute(_mm512_set1_epi32(*bp.add(q % R * S + q / R * row_lanes)));
                 for (a, &wx) in row.iter_mut().zip(&wv) {
                     *a = _mm512_dpbf16_ps(*a, wx, x);
                 }
