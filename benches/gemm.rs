@@ -333,8 +333,8 @@ fn bf16dot(c: &mut Criterion) {
 /// at every level (avx512 levels run the channel-blocked tiles for 64
 /// channels), 60 channels (not a multiple of 16: the implicit GEMM reading
 /// the image in place), bf16 with `Bf16Dot` for 64 channels (blocked
-/// channel pairs) and 48 (not a multiple of 32: the implicit GEMM over a
-/// channel-pair copy), a batch of 8 at one and two threads; and a ResNet
+/// channel pairs) and 48 (not a multiple of 32: planes of channel pairs),
+/// a batch of 8 at one and two threads; and a ResNet
 /// last-stage layer (1x512x7x7, 9.4 MB of f32 weights) with its weights
 /// packed per call and once (`PackedConvWeights`, as compile does). `--
 /// conv` runs just these.

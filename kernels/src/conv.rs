@@ -28,23 +28,28 @@
 //!   channels a tile's store is spread over too few k steps: 1x64x56x56 ->
 //!   256 went 1.09-1.11 -> 1.17 ms (a batch of 8: 11.5 -> 10.3).
 //! * `avx512_core` and up, [`Accumulation::F32`], f32 or f16 output,
-//!   input and output channels multiples of 16 and an epilogue of at most
+//!   output channels a multiple of 16 and an epilogue of at most
 //!   `row_bias` and ReLU: a direct convolution over an f32 copy of the image
-//!   in 16-channel blocks (NCHW16c; with a stride, each copy row's columns
-//!   split by stride phase), weights as vectors and image
+//!   in 16-channel blocks (NCHW16c) where the input channels are a multiple
+//!   of 16, else in one plane per channel (with a stride, each copy row's
+//!   columns split by stride phase), weights as vectors and image
 //!   values as broadcasts, the accumulators in registers over all of k in
 //!   im2col order (the GEMM's FMA chain), NCHW output through 16 x 16
 //!   transposes (see `gemm/conv_blocked.rs`). 8x64x56x56 3x3 on one Zen 4
 //!   core: 16.7 ms in f32 and 16.6 in f16, where the implicit GEMM below
 //!   takes 17.9 and 18.6; ResNet-18's stride-2 convs at batch 1 (3x3 and
 //!   1x1 shortcut): 1x256x14x14 -> 512 3x3 2.14 -> 1.22 ms (prepacked
-//!   weights), 1x64x56x56 -> 128 1x1 0.35 -> 0.17.
+//!   weights), 1x64x56x56 -> 128 1x1 0.35 -> 0.17; its 3-channel 7x7
+//!   stride-2 stem over channel planes 2.38 ms, 2.53 as an implicit GEMM.
 //! * The same with [`Accumulation::Bf16Dot`] (`avx512_core_bf16` and up),
-//!   input channels a multiple of 32, f32, f16 or bf16 output, any stride:
-//!   the copy's lanes are bf16 channel pairs and the tiles run `VDPBF16PS`, in the
-//!   Bf16Dot GEMM's k-pair order (below). 8x64x56x56 3x3: 8.8 ms (209
-//!   GFLOP/s), where the implicit GEMM takes 10.1.
-//! * Otherwise `avx512_core` and up with [`Accumulation::F32`], `avx512_core_bf16` and
+//!   f32, f16 or bf16 output, any stride: the copy's lanes are bf16
+//!   channel pairs (blocks of 16 pairs where the input channels are a
+//!   multiple of 32, else one plane per pair) and the tiles run
+//!   `VDPBF16PS`, in the Bf16Dot GEMM's k-pair order (below). 8x64x56x56
+//!   3x3: 8.8 ms (209 GFLOP/s), where the implicit GEMM takes 10.1;
+//!   ResNet-18's stem in a bf16 plan 1.89 -> 1.80 ms.
+//! * Otherwise (output channels not a multiple of 16, a wider epilogue, or
+//!   bf16 output from f32 FMAs) `avx512_core` and up with [`Accumulation::F32`], `avx512_core_bf16` and
 //!   up with [`Accumulation::Bf16Dot`]: an implicit GEMM that never builds
 //!   im2col. The image is copied once into a zero-padded buffer split by
 //!   stride phase (f32, or bf16 channel pairs), and the GEMM's 14 x 32
@@ -391,18 +396,21 @@ pub const fn implementation(isa: Isa) -> &'static str {
         Isa::Scalar => "scalar im2col + GEMM",
         Isa::Avx2 => "avx2 im2col + GEMM",
         Isa::Avx512Core => {
-            "avx512: convs with channels in multiples of 16 (stride-1 1x1 from 128 input \
-             channels) as 32-channel x 14-pixel FMA tiles over an f32 NCHW16c copy; others \
-             an implicit GEMM of 14x32 tiles reading stride-1 'same' f32 images in place \
-             (padding masked), else a padded copy"
+            "avx512: convs with output channels in multiples of 16 (stride-1 1x1 from 128 \
+             input channels) as 32-channel x 14-pixel FMA tiles over an f32 NCHW16c copy \
+             (channel planes for other input channel counts); others an implicit GEMM of \
+             14x32 tiles reading stride-1 'same' f32 images in place (padding masked), else \
+             a padded copy"
         }
         Isa::Avx512CoreBf16 | Isa::Avx512CoreFp16 => {
-            "avx512: convs with channels in multiples of 16 (stride-1 1x1 from 128 input \
-             channels) as 32-channel x 14-pixel FMA tiles over an f32 NCHW16c copy; others \
-             an implicit GEMM of 14x32 tiles reading stride-1 'same' f32 images in place \
-             (padding masked), else a padded copy; \
-             Bf16Dot: vdpbf16ps tiles over blocked channel pairs (channels in \
-             multiples of 32), else 14x32 tiles over a channel-pair copy"
+            "avx512: convs with output channels in multiples of 16 (stride-1 1x1 from 128 \
+             input channels) as 32-channel x 14-pixel FMA tiles over an f32 NCHW16c copy \
+             (channel planes for other input channel counts); others an implicit GEMM of \
+             14x32 tiles reading stride-1 'same' f32 images in place (padding masked), else \
+             a padded copy; \
+             Bf16Dot: vdpbf16ps tiles over blocked channel pairs (planes of pairs where the \
+             input channels are not a multiple of 32), else 14x32 tiles over a channel-pair \
+             copy"
         }
     }
 }

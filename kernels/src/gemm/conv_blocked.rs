@@ -22,13 +22,14 @@
 //! ([`super::conv`]), whose vectors of 32 pixels need a mask per tap at the
 //! image's borders and drop the columns past a row's end.
 //!
-//! With f32 FMAs and input channels not a multiple of 16 (a network's
-//! 3-channel stem) the copy is one zero-padded plane per channel instead
-//! ([`CopyLayout::Planar`]): the tile is the same, its pixels one lane
-//! apart instead of 16, and k runs over the channels themselves, where
-//! blocks would multiply padding channels. ResNet's 3x224x224 7x7 stride-2
-//! stem as a one-node model, one thread: 2.53 ms through the implicit GEMM,
-//! 2.38 over planes. Planes for 64 channels measured 1.4% slower than
+//! With input channels not a multiple of 16 (32 for pairs; a network's
+//! 3-channel stem) the copy is one zero-padded plane per channel or
+//! channel pair instead ([`CopyLayout::Planar`]): the tile is the same,
+//! its pixels one lane apart instead of 16, and k runs over the channels
+//! themselves, where blocks would multiply padding channels. ResNet's
+//! 3x224x224 7x7 stride-2 stem as a one-node model, one thread: 2.53 ms
+//! through the implicit GEMM, 2.38 over planes (in a bf16 plan of the
+//! whole model 1.89 -> 1.80 ms over pair planes). Planes for 64 channels measured 1.4% slower than
 //! blocks (64x56x56 3x3: 2.14 vs 2.11 ms), although their copy is a plain
 //! row copy: a tile's 14 pixels span two lines per channel and row, twice
 //! the L1 lines of blocks, against the weights streaming through.
@@ -105,8 +106,8 @@ impl Product {
 
 /// Whether [`run`] computes this convolution with `product` (the caller
 /// checks the level, `avx512_core_bf16` for [`Product::Bf16Dot`], and the
-/// accumulation): input channels a multiple of 16 (32 for
-/// pairs), output channels a multiple of 16, an output of f32 or f16 (or bf16 for
+/// accumulation): output channels a multiple of 16 (any input channels:
+/// see [`CopyLayout`]), an output of f32 or f16 (or bf16 for
 /// [`Product::Bf16Dot`]), and an epilogue of at most a row bias and ReLU.
 pub(super) fn eligible(
     shape: &Conv2dShape,
@@ -122,10 +123,8 @@ pub(super) fn eligible(
 
 /// Whether weights of `m` output and `in_channels` input channels fit the
 /// tiles (the weights' part of [`eligible`]).
-pub(super) fn packable(in_channels: usize, m: usize, product: Product) -> bool {
+pub(super) fn packable(_in_channels: usize, m: usize, _product: Product) -> bool {
     m.is_multiple_of(BLOCK)
-        && (product == Product::Fma
-            || in_channels.is_multiple_of(BLOCK * Product::Bf16Dot.channels_per_lane()))
 }
 
 /// How a band's copy lays out the input channels.
@@ -135,9 +134,11 @@ enum CopyLayout {
     /// padded column, channel in the block): a pixel's 16 channels are one
     /// cache line.
     Blocked,
-    /// One plane per channel (padded row, padded column), for f32 FMAs on
-    /// channel counts that are not a multiple of 16 (a network's 3-channel
-    /// stem): blocks would pad the channels with zeros the tiles multiply.
+    /// One plane per channel or channel pair (padded row, padded column),
+    /// for channel counts that are not a multiple of 16 (32 for pairs; a
+    /// network's 3-channel stem): blocks would pad the channels with zeros
+    /// the tiles multiply. Past an odd channel count the last pair's high
+    /// half is zero.
     Planar,
 }
 
@@ -167,7 +168,7 @@ impl CopyLayout {
 /// [`packable`] holds; T is bf16 for [`Product::Bf16Dot`]; the CPU supports
 /// `avx512_core`.
 pub(super) unsafe fn pack<T: Element>(w: &MatRef<T>, product: Product, taps: usize) -> Vec<u32> {
-    let mut lanes = vec![0u32; w.rows * w.cols / product.channels_per_lane()];
+    let mut lanes = vec![0u32; w.rows * steps(w.cols / taps, product) * taps];
     // SAFETY: forwarded from the caller's contract.
     unsafe { pack_into(w, product, taps, &mut lanes) };
     lanes
@@ -369,7 +370,7 @@ impl Bands {
         let phases = self.phases;
         for (cb, block) in copy
             .chunks_exact_mut(self.block_stride)
-            .take(shape.in_channels / per_block)
+            .take(shape.in_channels.div_ceil(per_block))
             .enumerate()
         {
             for (r, dst) in block.chunks_exact_mut(row_len).take(rows).enumerate() {
@@ -387,9 +388,20 @@ impl Bands {
                 let plane = cb * per_block * h * w + iy * w;
                 let (src, n) = (&image[plane..], hi - lo);
                 let to = Pixels { first: lo, phases };
-                if self.layout == CopyLayout::Planar {
-                    gather_plane(&src[..n], dst, to);
-                    continue;
+                match (self.layout, product) {
+                    (CopyLayout::Planar, Product::Fma) => {
+                        gather_plane(&src[..n], dst, to);
+                        continue;
+                    }
+                    (CopyLayout::Planar, Product::Bf16Dot) => {
+                        // T is bf16 for pairs: its bits are the pair's halves.
+                        let even: &[u16] = bytemuck::cast_slice(&src[..n]);
+                        let odd: Option<&[u16]> = (2 * cb + 1 < shape.in_channels)
+                            .then(|| bytemuck::cast_slice(&src[h * w..][..n]));
+                        gather_pair_plane(even, odd, dst, to);
+                        continue;
+                    }
+                    (CopyLayout::Blocked, _) => {}
                 }
                 // SAFETY: the block's channels of row iy hold w >= hi - lo values
                 // each; the copy row holds the phase pixels of padded columns
@@ -464,6 +476,29 @@ fn gather_plane<T: Element>(src: &[T], dst: &mut [f32], to: Pixels) {
                 for (d, x) in run.iter_mut().zip(src.iter().step_by(s)) {
                     *d = x.to_f32();
                 }
+            }
+        }
+    }
+}
+
+/// [`gather_plane`] for a plane of bf16 channel pairs: lane `j` is `even[j]`
+/// in its low half and `odd[j]` (zero without `odd`) in its high half.
+fn gather_pair_plane(even: &[u16], odd: Option<&[u16]>, dst: &mut [f32], to: Pixels) {
+    let Pixels { first, phases } = to;
+    let s = phases.stride;
+    let n = even.len();
+    let pair = |e: u16, o: u16| f32::from_bits(u32::from(e) | u32::from(o) << 16);
+    for q in (0..s.min(n)).filter(|&q| phases.is_read((first + q) % s)) {
+        let at = phases.pixel(first + q);
+        let run = &mut dst[at..][..(n - q).div_ceil(s)];
+        let at_odd = |i: usize| odd.map_or(0, |o| o[q + i]);
+        if s == 1 {
+            for (i, d) in run.iter_mut().enumerate() {
+                *d = pair(even[i], at_odd(i));
+            }
+        } else {
+            for (t, d) in run.iter_mut().enumerate() {
+                *d = pair(even[q + t * s], at_odd(t * s));
             }
         }
     }
@@ -623,7 +658,7 @@ pub(super) unsafe fn run<T: Element>(
     let [oh, ow] = shape.out_size;
     let sh = shape.stride[0];
     let taps = shape.kernel[0] * shape.kernel[1];
-    let units = shape.in_channels / product.channels_per_lane();
+    let units = steps(shape.in_channels, product);
     // k steps: channels (f32) or channel pairs (Bf16Dot) times taps.
     let k = units * taps;
     let layout = CopyLayout::new(shape.in_channels, product);
@@ -736,6 +771,13 @@ pub(super) unsafe fn run<T: Element>(
     }
 }
 
+/// Channels (f32) or channel pairs (Bf16Dot, the last one half zero past
+/// an odd count) that `in_channels` make: a copy's units and, times the
+/// taps, the k steps.
+fn steps(in_channels: usize, product: Product) -> usize {
+    in_channels.div_ceil(product.channels_per_lane())
+}
+
 /// Work items per thread below which a convolution's groups of output
 /// channels are split into parts as well as its bands (2 and 4 measured
 /// the same in f32; 4 was 2% slower with bf16 pairs, whose copies cost more
@@ -772,7 +814,7 @@ unsafe fn pack_weights<const BT: u8, T: Element>(
     taps: usize,
     packed: &mut [u32],
 ) {
-    let k = w.cols / product.channels_per_lane();
+    let k = steps(w.cols / taps, product) * taps;
     let mut lanes_by_row = [[0u32; PACK_STEPS]; BLOCK];
     for (g, group) in packed.chunks_mut(2 * BLOCK * k).enumerate() {
         let lanes = group.len() / k;
@@ -843,10 +885,16 @@ fn gather_lanes<T: Element>(
                 Product::Fma => bits(i0 + r, p0 + q),
                 // T is bf16, whose bits are the top half of the f32's: lane
                 // (u, tap) is channel 2u's weight at the tap in the low half
-                // and channel 2u + 1's (taps further along) in the high half.
+                // and channel 2u + 1's (taps further along; zero past an odd
+                // channel count) in the high half.
                 Product::Bf16Dot => {
                     let at = 2 * u * taps + tap;
-                    (bits(i0 + r, at) >> 16) | (bits(i0 + r, at + taps) & 0xFFFF_0000)
+                    let high = if at + taps < w.cols {
+                        bits(i0 + r, at + taps) & 0xFFFF_0000
+                    } else {
+                        0
+                    };
+                    (bits(i0 + r, at) >> 16) | high
                 }
             };
         }
@@ -966,7 +1014,8 @@ unsafe fn tile(
         (Product::Fma, CopyLayout::Planar, false) => go!(tile_kernel, 1, 1),
         (Product::Bf16Dot, CopyLayout::Blocked, true) => go!(tile_kernel_dot, 2, BLOCK),
         (Product::Bf16Dot, CopyLayout::Blocked, false) => go!(tile_kernel_dot, 1, BLOCK),
-        (Product::Bf16Dot, CopyLayout::Planar, _) => unreachable!("pairs are always blocked"),
+        (Product::Bf16Dot, CopyLayout::Planar, true) => go!(tile_kernel_dot, 2, 1),
+        (Product::Bf16Dot, CopyLayout::Planar, false) => go!(tile_kernel_dot, 1, 1),
     }
 }
 
