@@ -491,14 +491,43 @@ fn gather_pair_plane(even: &[u16], odd: Option<&[u16]>, dst: &mut [f32], to: Pix
     for q in (0..s.min(n)).filter(|&q| phases.is_read((first + q) % s)) {
         let at = phases.pixel(first + q);
         let run = &mut dst[at..][..(n - q).div_ceil(s)];
-        let at_odd = |i: usize| odd.map_or(0, |o| o[q + i]);
-        if s == 1 {
-            for (i, d) in run.iter_mut().enumerate() {
-                *d = pair(even[i], at_odd(i));
+        let (even, odd) = (&even[q..], odd.map(|o| &o[q..]));
+        // Zipped slices for strides 1 and 2, which the compiler vectorises
+        // (indexing by `t * s` stays scalar); a stride-2 run's last pixel may
+        // have no pair partner.
+        match (s, odd) {
+            (1, Some(odd)) => {
+                for ((d, &e), &o) in run.iter_mut().zip(even).zip(odd) {
+                    *d = pair(e, o);
+                }
             }
-        } else {
-            for (t, d) in run.iter_mut().enumerate() {
-                *d = pair(even[q + t * s], at_odd(t * s));
+            (2, Some(odd)) => {
+                let pairs = even.chunks_exact(2).zip(odd.chunks_exact(2));
+                for (d, (e, o)) in run.iter_mut().zip(pairs) {
+                    *d = pair(e[0], o[0]);
+                }
+                if run.len() > even.len() / 2 {
+                    run[run.len() - 1] = pair(even[even.len() - 1], odd[odd.len() - 1]);
+                }
+            }
+            (_, Some(odd)) => {
+                let pairs = even.iter().step_by(s).zip(odd.iter().step_by(s));
+                for (d, (&e, &o)) in run.iter_mut().zip(pairs) {
+                    *d = pair(e, o);
+                }
+            }
+            (2, None) => {
+                for (d, e) in run.iter_mut().zip(even.chunks_exact(2)) {
+                    *d = pair(e[0], 0);
+                }
+                if run.len() > even.len() / 2 {
+                    run[run.len() - 1] = pair(even[even.len() - 1], 0);
+                }
+            }
+            (_, None) => {
+                for (d, &e) in run.iter_mut().zip(even.iter().step_by(s)) {
+                    *d = pair(e, 0);
+                }
             }
         }
     }
