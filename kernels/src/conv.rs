@@ -49,8 +49,9 @@
 //!   3x3: 8.8 ms (209 GFLOP/s), where the implicit GEMM takes 10.1;
 //!   ResNet-18's stem in a bf16 plan 1.89 -> 1.80 ms.
 //! * Otherwise (output channels not a multiple of 16, a wider epilogue, or
-//!   bf16 output from f32 FMAs) `avx512_core` and up with [`Accumulation::F32`], `avx512_core_bf16` and
-//!   up with [`Accumulation::Bf16Dot`]: an implicit GEMM that never builds
+//!   bf16 output from f32 FMAs) `avx512_core` and up with
+//!   [`Accumulation::F32`], `avx512_core_bf16` and up with
+//!   [`Accumulation::Bf16Dot`]: an implicit GEMM that never builds
 //!   im2col. The image is copied once into a zero-padded buffer split by
 //!   stride phase (f32, or bf16 channel pairs), and the GEMM's 14 x 32
 //!   micro-kernels read each k row of B straight from it (see

@@ -29,10 +29,18 @@
 //! themselves, where blocks would multiply padding channels. ResNet's
 //! 3x224x224 7x7 stride-2 stem as a one-node model, one thread: 2.53 ms
 //! through the implicit GEMM, 2.38 over planes (in a bf16 plan of the
-//! whole model 1.89 -> 1.80 ms over pair planes). Planes for 64 channels measured 1.4% slower than
-//! blocks (64x56x56 3x3: 2.14 vs 2.11 ms), although their copy is a plain
-//! row copy: a tile's 14 pixels span two lines per channel and row, twice
-//! the L1 lines of blocks, against the weights streaming through.
+//! whole model 1.89 -> 1.80 ms over pair planes; a one-node bf16 48 -> 48
+//! 3x3 at 56x56 0.78 -> 0.74). Planes for 64 channels measured 1.4% slower
+//! than blocks (64x56x56 3x3: 2.14 vs 2.11 ms), although their copy is a
+//! plain row copy: a tile's 14 pixels span two lines per channel and row,
+//! twice the L1 lines of blocks, against the weights streaming through.
+//!
+//! Output rows of at most 7 pixels go two to a tile (the second row's
+//! values one copy row, times the stride, further; NCHW keeps the two rows
+//! consecutive, so the store is unchanged): a 7-pixel tile fed 14 FMAs per
+//! pair of weight loads, and a ResNet's last stage (512 channels on 7x7,
+//! 9.4 MB of weights) streamed its weights from L3 once per output row.
+//! Three such convs, one thread: 6.75 -> 6.52 ms.
 //!
 //! # Numerics
 //! The k loop runs over the whole of k in the im2col order (channel, kernel
@@ -59,9 +67,12 @@
 //! transposing store of the NCHW output about 0.3 (0.8 before the tiles
 //! prefetched their output lines). Keeping a Conv -> Conv intermediate
 //! blocked (no copy, no transposes) measured no gain: tiles reading the
-//! whole blocked image in place ran slower than over the band copy in L2. A 14-pixel by 32-channel tile
-//! whose k loop was unrolled over the kernel taps spilled registers (63
-//! GFLOP/s): the loop walks a table of offsets instead, as the GEMM's does.
+//! whole blocked image in place ran slower than over the band copy in L2.
+//! A 14-pixel by 32-channel tile whose k loop was unrolled over the kernel
+//! taps spilled registers (63 GFLOP/s): the loop walks a table of offsets
+//! instead, as the GEMM's does. Bands of 256 or 384 KiB instead of
+//! [`BAND_BYTES`] measured the same (64x56x56 3x3, ResNet-18, the batch-8
+//! conv net).
 
 use std::arch::x86_64::*;
 
