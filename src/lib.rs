@@ -8,6 +8,7 @@
 //! * [`tune`]: the accuracy-driven mixed-precision tuner.
 //! * [`plot`]: SVG pictures of `bench` (a roofline) and `tune` results.
 #![warn(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub use mixprec_kernels as kernels;
 

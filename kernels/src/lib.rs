@@ -10,6 +10,7 @@
 //! All `unsafe` code of mixprec lives in this crate, in the per-ISA modules;
 //! every `#[target_feature]` function is reached only after detection.
 #![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod conv;
 pub mod convert;

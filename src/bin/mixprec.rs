@@ -1,4 +1,5 @@
 //! The `mixprec` command; all the work is in [`mixprec::cli`].
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 

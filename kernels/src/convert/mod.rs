@@ -130,14 +130,16 @@ macro_rules! dispatch {
         let (isa, src, dst) = ($isa, $src, $dst);
         match isa {
             Isa::Scalar => $scalar(src, dst),
-            // SAFETY (all arms below): callers pass either `active_isa()` or a
-            // level that passed `Isa::require`, so the CPU supports `isa` and
-            // every feature the called function enables.
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: callers pass either `active_isa()` or a level that passed
+            // `Isa::require`, so the CPU supports `isa` and every feature the
+            // called function enables (this arm and the two below).
             Isa::Avx2 => unsafe { $avx2(src, dst) },
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: as for Avx2.
             Isa::Avx512Core => unsafe { $avx512(src, dst) },
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: as for Avx2.
             Isa::Avx512CoreBf16 | Isa::Avx512CoreFp16 => unsafe { $native(src, dst) },
             #[cfg(not(target_arch = "x86_64"))]
             _ => unreachable!("no level above scalar is ever detected on this target"),

@@ -236,12 +236,13 @@ macro_rules! backend_call {
     ($isa:expr, $f:ident :: <$($t:ty),*> ($($arg:expr),*)) => {{
         match $isa {
             Isa::Scalar => scalar::$f::<$($t),*>($($arg),*),
-            // SAFETY (both arms): callers pass `active_isa()` or a level that
-            // passed `Isa::require`, so the CPU has every feature the called
-            // function enables.
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: callers pass `active_isa()` or a level that passed
+            // `Isa::require`, so the CPU has every feature the called
+            // function enables (this arm and the next).
             Isa::Avx2 => unsafe { avx2::$f::<$($t),*>($($arg),*) },
             #[cfg(target_arch = "x86_64")]
+            // SAFETY: as for Avx2.
             Isa::Avx512Core | Isa::Avx512CoreBf16 | Isa::Avx512CoreFp16 => unsafe {
                 avx512::$f::<$($t),*>($($arg),*)
             },

@@ -270,13 +270,15 @@ pub(super) unsafe fn axpy_rows(
 ) {
     macro_rules! go {
         ($bt:expr) => {
-            match mr {
-                // SAFETY (all arms): forwarded from the caller's contract.
-                1 => unsafe { axpy_block::<1, $bt>(k, a, b, b_rs, cols, out, ldo) },
-                2 => unsafe { axpy_block::<2, $bt>(k, a, b, b_rs, cols, out, ldo) },
-                3 => unsafe { axpy_block::<3, $bt>(k, a, b, b_rs, cols, out, ldo) },
-                4 => unsafe { axpy_block::<4, $bt>(k, a, b, b_rs, cols, out, ldo) },
-                _ => unreachable!("axpy rows {mr} > 4"),
+            // SAFETY: forwarded from the caller's contract (every arm).
+            unsafe {
+                match mr {
+                    1 => axpy_block::<1, $bt>(k, a, b, b_rs, cols, out, ldo),
+                    2 => axpy_block::<2, $bt>(k, a, b, b_rs, cols, out, ldo),
+                    3 => axpy_block::<3, $bt>(k, a, b, b_rs, cols, out, ldo),
+                    4 => axpy_block::<4, $bt>(k, a, b, b_rs, cols, out, ldo),
+                    _ => unreachable!("axpy rows {mr} > 4"),
+                }
             }
         };
     }
@@ -364,17 +366,19 @@ pub(super) unsafe fn dot_tile(
         let (w, out) = unsafe { (w.add(j * w_rs * size), out.add(j)) };
         macro_rules! go {
             ($bt:expr) => {
-                // SAFETY (all arms): forwarded from the caller's contract.
-                match (m, two) {
-                    (1, true) => unsafe { dot_block::<1, 2, $bt>(k, a, w, w_rs, out, ldo) },
-                    (2, true) => unsafe { dot_block::<2, 2, $bt>(k, a, w, w_rs, out, ldo) },
-                    (3, true) => unsafe { dot_block::<3, 2, $bt>(k, a, w, w_rs, out, ldo) },
-                    (4, true) => unsafe { dot_block::<4, 2, $bt>(k, a, w, w_rs, out, ldo) },
-                    (1, false) => unsafe { dot_block::<1, 1, $bt>(k, a, w, w_rs, out, ldo) },
-                    (2, false) => unsafe { dot_block::<2, 1, $bt>(k, a, w, w_rs, out, ldo) },
-                    (3, false) => unsafe { dot_block::<3, 1, $bt>(k, a, w, w_rs, out, ldo) },
-                    (4, false) => unsafe { dot_block::<4, 1, $bt>(k, a, w, w_rs, out, ldo) },
-                    _ => unreachable!("dot tile rows {m} > 4"),
+                // SAFETY: forwarded from the caller's contract (every arm).
+                unsafe {
+                    match (m, two) {
+                        (1, true) => dot_block::<1, 2, $bt>(k, a, w, w_rs, out, ldo),
+                        (2, true) => dot_block::<2, 2, $bt>(k, a, w, w_rs, out, ldo),
+                        (3, true) => dot_block::<3, 2, $bt>(k, a, w, w_rs, out, ldo),
+                        (4, true) => dot_block::<4, 2, $bt>(k, a, w, w_rs, out, ldo),
+                        (1, false) => dot_block::<1, 1, $bt>(k, a, w, w_rs, out, ldo),
+                        (2, false) => dot_block::<2, 1, $bt>(k, a, w, w_rs, out, ldo),
+                        (3, false) => dot_block::<3, 1, $bt>(k, a, w, w_rs, out, ldo),
+                        (4, false) => dot_block::<4, 1, $bt>(k, a, w, w_rs, out, ldo),
+                        _ => unreachable!("dot tile rows {m} > 4"),
+                    }
                 }
             };
         }

@@ -683,17 +683,19 @@ pub(super) unsafe fn dot_tile(
 ) {
     macro_rules! go {
         ($bt:expr) => {
-            // SAFETY (all arms): forwarded from the caller's contract.
-            match (m, nj) {
-                (1, 4) => unsafe { dot_block::<1, 4, $bt>(k, a, w, w_rs, out, ldo) },
-                (2, 4) => unsafe { dot_block::<2, 4, $bt>(k, a, w, w_rs, out, ldo) },
-                (3, 4) => unsafe { dot_block::<3, 4, $bt>(k, a, w, w_rs, out, ldo) },
-                (4, 4) => unsafe { dot_block::<4, 4, $bt>(k, a, w, w_rs, out, ldo) },
-                (1, _) => unsafe { dot_block::<1, 1, $bt>(k, a, w, w_rs, out, ldo) },
-                (2, _) => unsafe { dot_block::<2, 1, $bt>(k, a, w, w_rs, out, ldo) },
-                (3, _) => unsafe { dot_block::<3, 1, $bt>(k, a, w, w_rs, out, ldo) },
-                (4, _) => unsafe { dot_block::<4, 1, $bt>(k, a, w, w_rs, out, ldo) },
-                _ => unreachable!("dot tile rows {m} > 4"),
+            // SAFETY: forwarded from the caller's contract (every arm).
+            unsafe {
+                match (m, nj) {
+                    (1, 4) => dot_block::<1, 4, $bt>(k, a, w, w_rs, out, ldo),
+                    (2, 4) => dot_block::<2, 4, $bt>(k, a, w, w_rs, out, ldo),
+                    (3, 4) => dot_block::<3, 4, $bt>(k, a, w, w_rs, out, ldo),
+                    (4, 4) => dot_block::<4, 4, $bt>(k, a, w, w_rs, out, ldo),
+                    (1, _) => dot_block::<1, 1, $bt>(k, a, w, w_rs, out, ldo),
+                    (2, _) => dot_block::<2, 1, $bt>(k, a, w, w_rs, out, ldo),
+                    (3, _) => dot_block::<3, 1, $bt>(k, a, w, w_rs, out, ldo),
+                    (4, _) => dot_block::<4, 1, $bt>(k, a, w, w_rs, out, ldo),
+                    _ => unreachable!("dot tile rows {m} > 4"),
+                }
             }
         };
     }
@@ -804,13 +806,15 @@ pub(super) unsafe fn axpy_rows(
 ) {
     macro_rules! go {
         ($bt:expr) => {
-            match mr {
-                // SAFETY (all arms): forwarded from the caller's contract.
-                1 => unsafe { axpy_block::<1, $bt>(k, a, b, b_rs, cols, out, ldo) },
-                2 => unsafe { axpy_block::<2, $bt>(k, a, b, b_rs, cols, out, ldo) },
-                3 => unsafe { axpy_block::<3, $bt>(k, a, b, b_rs, cols, out, ldo) },
-                4 => unsafe { axpy_block::<4, $bt>(k, a, b, b_rs, cols, out, ldo) },
-                _ => unreachable!("axpy rows {mr} > 4"),
+            // SAFETY: forwarded from the caller's contract (every arm).
+            unsafe {
+                match mr {
+                    1 => axpy_block::<1, $bt>(k, a, b, b_rs, cols, out, ldo),
+                    2 => axpy_block::<2, $bt>(k, a, b, b_rs, cols, out, ldo),
+                    3 => axpy_block::<3, $bt>(k, a, b, b_rs, cols, out, ldo),
+                    4 => axpy_block::<4, $bt>(k, a, b, b_rs, cols, out, ldo),
+                    _ => unreachable!("axpy rows {mr} > 4"),
+                }
             }
         };
     }
