@@ -527,6 +527,11 @@ fn big_cases() -> Vec<Case> {
         // shortcut), over several bands and KC blocks.
         case(64, [57, 57], [3, 3], [2, 2], [1, 1], [1, 1], 0, 48, 8).unwrap(),
         case(128, [29, 30], [1, 1], [2, 2], [1, 1], [0, 0], 0, 32, 9).unwrap(),
+        // Read in place with an output taller than the image and a top pad
+        // that every tap reaches back over: the last rows' tiles start past
+        // the image's end and load only the row above (an unsafe review's
+        // case; their start pointer is formed with wrapping arithmetic).
+        case(1, [4, 64], [1, 1], [1, 1], [1, 1], [1, 0], 0, 8, 10).unwrap(),
     ]
 }
 

@@ -223,9 +223,11 @@ impl ConvRows for Padded {
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     unsafe fn row(self, b: *const f32, p: usize) -> [__m512; 2] {
-        // SAFETY: the caller guarantees offs[p] and the 32 f32 are readable.
+        // SAFETY: the caller guarantees offs[p] and the 32 f32 are readable
+        // (the row's start is formed with wrapping arithmetic, so `b` itself
+        // need not lie in the copy).
         unsafe {
-            let bp = b.add(*self.0.add(p));
+            let bp = b.wrapping_add(*self.0.add(p));
             [_mm512_loadu_ps(bp), _mm512_loadu_ps(bp.add(16))]
         }
     }
@@ -268,11 +270,14 @@ impl ConvRows for InPlace {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     unsafe fn row(self, b: *const f32, p: usize) -> [__m512; 2] {
         // SAFETY: the caller guarantees the tap, its masks and the 32 f32
-        // are readable.
+        // are readable. `b` is an output pixel's index in the image, which
+        // lies past the image's end when a tall top padding makes every
+        // tap's offset negative, so the row's start is formed with wrapping
+        // arithmetic (only the loaded values must be in the image).
         unsafe {
             let t = *self.taps.add(p);
             let m = self.masks.add(32 * t.tap);
-            let bp = b.offset(t.offset);
+            let bp = b.wrapping_offset(t.offset);
             // An integer AND: `_mm512_and_ps` needs AVX512DQ.
             let masked = |i: usize| {
                 let v = _mm512_castps_si512(_mm512_loadu_ps(bp.add(16 * i)));

@@ -19,7 +19,7 @@ use super::avx512::DirectStore;
 use super::driver::{Ep, PAR_MIN_FLOPS, SendPtr, mc_tiles, prefetch_tile_output};
 use super::pack::{Layout, NR};
 use super::threads::{parallel_for, put_buf, take_buf};
-use super::{BSource, Element, MatMut, MatRef, num_threads};
+use super::{BSource, Element, FloatType, MatMut, MatRef, num_threads};
 
 /// Rows of the register tile.
 pub(super) const MR: usize = 14;
@@ -130,7 +130,7 @@ unsafe fn gather_tile<const R: usize>(
         }
         let mut ap = a;
         for q in 0..kcp {
-            let bp = b.add(*offs.add(q));
+            let bp = b.wrapping_add(*offs.add(q));
             let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.cast()));
             let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(16).cast()));
             for (i, row) in acc.iter_mut().enumerate() {
@@ -199,8 +199,13 @@ thread_local! {
 }
 
 /// Packs B (`k x n`, bf16) into `ceil(n / NR)` panels of `kp x NR` pairs.
+///
+/// # Panics
+/// If T is not bf16 or `dst` is shorter than the panels (a caller's bug).
 fn pack_b<T: Element>(threads: usize, b: BSource<T>, k: usize, n: usize, dst: &mut [u32]) {
     let kp = k.div_ceil(2);
+    // The raw panel writes below rely on both.
+    assert!(T::DTYPE == FloatType::Bf16 && dst.len() >= n.div_ceil(NR) * kp * NR);
     let dp = SendPtr(dst.as_mut_ptr());
     if let BSource::View(v) = b
         && v.cs == 1
@@ -256,9 +261,14 @@ fn pack_b<T: Element>(threads: usize, b: BSource<T>, k: usize, n: usize, dst: &m
 
 /// Packs A (`m x k`, bf16) into `ceil(m / MR)` tiles of `kp x MR` pairs
 /// (rows past `m` are zero).
+///
+/// # Panics
+/// If T is not bf16 or `dst` is shorter than the tiles (a caller's bug).
 pub(super) fn pack_a<T: Element>(threads: usize, a: &MatRef<T>, dst: &mut [u32]) {
     let (m, k) = (a.rows, a.cols);
     let kp = k.div_ceil(2);
+    // The raw tile writes below rely on both.
+    assert!(T::DTYPE == FloatType::Bf16 && dst.len() >= m.div_ceil(MR) * kp * MR);
     let dp = SendPtr(dst.as_mut_ptr());
     parallel_for(threads, m.div_ceil(MR), 0, |t, _| {
         // SAFETY: tile t owns dst[t*kp*MR .. (t+1)*kp*MR], disjoint per tile.

@@ -442,10 +442,14 @@ pub(crate) fn takes_blocked_tiles<O: Element>(
 /// # Safety
 /// The shapes were validated (each image holds `in_channels x in_size` at
 /// its offset, `w` is `m x k` with `m, k > 0`, each output `m` rows of
-/// `out_h * out_w > 0` at row stride `ldc >= out_h * out_w` lies in the
-/// caller's buffer, outputs do not overlap), `isa` is available on this CPU
-/// and is `avx512_core` or higher for [`Accumulation::F32`],
-/// `avx512_core_bf16` or higher (and T bf16) for [`Accumulation::Bf16Dot`].
+/// `out_h * out_w > 0` at row stride `ldc` (at least `out_h * out_w` when
+/// `m > 1`) lies in the caller's buffer, outputs do not overlap), `isa` is
+/// available on this CPU and is `avx512_core` or higher for
+/// [`Accumulation::F32`], `avx512_core_bf16` or higher (and T bf16) for
+/// [`Accumulation::Bf16Dot`]; `packed`, when given, holds exactly the
+/// lanes [`pack_blocked_weights`] makes of `w`; a residual, when given,
+/// holds every output element's offset (as `conv2d_batch_residual_at`
+/// checks).
 pub(crate) unsafe fn run<T: Element, O: Element>(
     isa: Isa,
     accumulation: Accumulation,
@@ -687,9 +691,11 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
             // only, its pieces address the tile's output elements (`direct_pieces`);
             // the caller checked avx512_core. In place, taps holds kc entries from
             // pc on, `lanes` 32 masks per tap (`tap_masks`) set only where the input
-            // value lies in the image, `b` is the tile's first pixel of the image, and
-            // `whole` says whether every tap's 32 values lie in the image (else the
-            // edge rows load only the masked-in lanes). Copied, offs holds kc offsets
+            // value lies in the image, `b` is the tile's first pixel in the image's
+            // index space (formed with wrapping arithmetic: past the image's end
+            // when a tall top padding makes every tap reach back), and `whole` says
+            // whether every tap's 32 values lie in the image (else the edge rows
+            // load only the masked-in lanes). Copied, offs holds kc offsets
             // from pc on and `b` is the tile's wide pixel jw of the band's copy with
             // offs[p] + jw + 32 <= len, so every load is in the copy.
             unsafe {

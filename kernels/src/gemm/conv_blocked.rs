@@ -188,7 +188,8 @@ pub(super) unsafe fn pack<T: Element>(w: &MatRef<T>, product: Product, taps: usi
 /// [`pack_weights`] for T's tag.
 ///
 /// # Safety
-/// As [`pack`]; `lanes` holds `m * k / channels_per_lane` lanes.
+/// As [`pack`]; `lanes` holds exactly `m * k` lanes, k being the k steps
+/// (`steps(in_channels) * taps`).
 unsafe fn pack_into<T: Element>(w: &MatRef<T>, product: Product, taps: usize, lanes: &mut [u32]) {
     // SAFETY: forwarded; the tag is T's.
     unsafe {
@@ -839,13 +840,15 @@ thread_local! {
 /// last block), group `g` at `g * 32 * k`, each k step's weights
 /// consecutive as 32-bit lanes, the f32 bits or, for
 /// [`Product::Bf16Dot`] (`T` bf16), the pair of channels `2u`, `2u + 1`
-/// at the step's tap (`x[2u]` in the low half). Each 16 output channels'
+/// at the step's tap (`x[2u]` in the low half; the high half zero past an
+/// odd channel count). Each 16 output channels'
 /// lanes are read along their rows and turned into steps by 16 x 16
 /// transposes: element by element, packing 512 x 4608 weights took as
 /// long as the tiles of a 7 x 7 image.
 ///
 /// # Safety
-/// `packed` holds `m * k` lanes, `m` a multiple of 16; `BT` is T's tag;
+/// `packed` holds exactly `m * k` lanes (k the k steps: one group per 32
+/// output channels is read from `w`), `m` a multiple of 16; `BT` is T's tag;
 /// the CPU supports AVX-512 F/BW/VL.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn pack_weights<const BT: u8, T: Element>(
