@@ -611,7 +611,7 @@ fn runs_blocked_tiles<O: Element>(
     };
     level
         && (!shape.is_pointwise() || shape.in_channels >= POINTWISE_BLOCKED_MIN_K)
-        && gemm::conv::takes_blocked_tiles::<O>(isa, accumulation, shape, m, epilogue)
+        && gemm::conv::takes_blocked_tiles::<O>(isa, accumulation, m, epilogue)
 }
 
 /// The batch arguments of [`conv2d_batch_at`].

@@ -403,8 +403,7 @@ pub(crate) fn pack_blocked_weights<T: Element>(
         }
         _ => return None,
     };
-    let in_channels = w.cols / taps;
-    if !isa.is_available() || !conv_blocked::packable(in_channels, w.rows, product) {
+    if !isa.is_available() || !conv_blocked::packable(w.rows) {
         return None;
     }
     // SAFETY: packable; T is bf16 for Bf16Dot and the level (at least
@@ -422,17 +421,16 @@ fn product(accumulation: Accumulation) -> Product {
 }
 
 /// Whether [`run`] takes the channel-blocked tiles for `m` output channels
-/// of this shape with this epilogue and output type, at an `isa` of
-/// `avx512_core` or higher (`avx512_core_bf16` for Bf16Dot).
+/// with this epilogue and output type, at an `isa` of `avx512_core` or
+/// higher (`avx512_core_bf16` for Bf16Dot); they take any shape.
 pub(crate) fn takes_blocked_tiles<O: Element>(
     isa: Isa,
     accumulation: Accumulation,
-    shape: &Conv2dShape,
     m: usize,
     epi: &Epilogue,
 ) -> bool {
     let ep = Ep::new(isa, 1.0, 0.0, epi);
-    conv_blocked::eligible(shape, m, &ep, O::DTYPE, product(accumulation))
+    conv_blocked::eligible(m, &ep, O::DTYPE, product(accumulation))
 }
 
 /// A batch through one convolution: output `n` = `epilogue(w * im2col(image n))`.
@@ -482,7 +480,7 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
     let ep = Ep::new(isa, 1.0, 0.0, epi);
     let image = |i: usize| &images[i * image_stride..][..cin * h * wd];
     let product = product(accumulation);
-    let eligible = conv_blocked::eligible(shape, m, &ep, O::DTYPE, product);
+    let eligible = conv_blocked::eligible(m, &ep, O::DTYPE, product);
     assert!(
         batch.residual.is_none() || (eligible && O::DTYPE == FloatType::F32),
         "a residual needs the blocked tiles and f32 output"

@@ -120,21 +120,15 @@ impl Product {
 /// accumulation): output channels a multiple of 16 (any input channels:
 /// see [`CopyLayout`]), an output of f32 or f16 (or bf16 for
 /// [`Product::Bf16Dot`]), and an epilogue of at most a row bias and ReLU.
-pub(super) fn eligible(
-    shape: &Conv2dShape,
-    m: usize,
-    ep: &Ep,
-    out: FloatType,
-    product: Product,
-) -> bool {
+pub(super) fn eligible(m: usize, ep: &Ep, out: FloatType, product: Product) -> bool {
     (out != FloatType::Bf16 || product == Product::Bf16Dot)
-        && packable(shape.in_channels, m, product)
+        && packable(m)
         && ep.row_bias_relu().is_some()
 }
 
-/// Whether weights of `m` output and `in_channels` input channels fit the
-/// tiles (the weights' part of [`eligible`]).
-pub(super) fn packable(_in_channels: usize, m: usize, _product: Product) -> bool {
+/// Whether weights of `m` output channels fit the tiles (the weights' part
+/// of [`eligible`]; any input channel count does, see [`CopyLayout`]).
+pub(super) fn packable(m: usize) -> bool {
     m.is_multiple_of(BLOCK)
 }
 
