@@ -468,7 +468,8 @@ proptest! {
         check_batch::<half::f16>(&c, Accumulation::F32, active_isa());
         check_residual(&c);
         if bf16dot_available() {
-            // 32 channels take VDPBF16PS over blocked channel pairs.
+            // VDPBF16PS tiles over blocked channel pairs (32n input channels)
+            // or planes of pairs.
             check_bf16dot_epilogue::<f32>(&c, c.seed % 2 == 0);
             check_bf16dot_epilogue::<bf16>(&c, true);
             check_bf16dot_epilogue::<half::f16>(&c, false);
@@ -695,12 +696,13 @@ fn bad_geometry_and_shapes_are_typed_errors() {
     }
 }
 
-/// Output channels multiples of 16: the f32 path (and Bf16Dot from 32
-/// input channels) then convolves a channel-blocked copy
-/// (`gemm/conv_blocked.rs`), or with input channels not a multiple of 16
-/// (a 3-channel stem) a copy in channel planes, in tiles of up to 14
-/// pixels of one output row, so widths cover whole tiles and every shorter
-/// last tile, and NaN or infinite values lie next to the padding.
+/// Output channels multiples of 16: the f32 and Bf16Dot paths then
+/// convolve a channel-blocked copy (`gemm/conv_blocked.rs`; 16n input
+/// channels, 32n for Bf16Dot's pairs) or, for other counts (a 3-channel
+/// stem), a copy in channel (pair) planes, in tiles of up to 14 pixels of
+/// one output row (two rows of up to 7), so widths cover whole tiles and
+/// every shorter last tile, and NaN or infinite values lie next to the
+/// padding.
 fn arb_blocked_case() -> impl Strategy<Value = Case> {
     (
         (

@@ -1008,10 +1008,9 @@ struct TilePixels {
 ///
 /// # Safety
 /// `w` holds `offs.len()` k steps of `lanes` 32-bit lanes (f32, or bf16
-/// pairs for [`Product::Bf16Dot`]); for every k step `p` and
-/// pixel `q < px.row * px.rows`, `b + offs[p] + (q % px.row) *
-/// layout.lanes() + (q / px.row) * px.row_lanes` is readable (`layout` is
-/// Blocked for [`Product::Bf16Dot`]); the store's `lanes` rows of
+/// pairs for [`Product::Bf16Dot`]); for every k step `p` and pixel
+/// `q < px.row * px.rows`, `b + offs[p] + (q % px.row) * layout.lanes() +
+/// (q / px.row) * px.row_lanes` is readable; the store's `lanes` rows of
 /// `px.row * px.rows` elements are writable and its bias holds `lanes`
 /// f32; the CPU supports AVX-512 F/BW/VL (and BF16/DQ for
 /// [`Product::Bf16Dot`]).
