@@ -280,7 +280,7 @@ impl From<GemmError> for ConvError {
 /// without on one Zen 4 thread.
 ///
 /// Packing keeps nothing where those tiles never read these weights (below
-/// `avx512_core`, or channel counts they do not take): the calls then run
+/// `avx512_core`, or output channel counts they do not take): the calls then run
 /// as without it. Results are the same bits either way.
 #[derive(Clone)]
 pub struct PackedConvWeights {
