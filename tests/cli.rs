@@ -74,6 +74,31 @@ fn info_reports_active_level_and_each_family() {
 }
 
 #[test]
+fn threads_option_sets_the_kernels_threads_and_rejects_zero() {
+    let default = mixprec(&["info"], &[]);
+    assert!(default.status.success(), "{}", stderr(&default));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert!(
+        stdout(&default).contains(&format!("threads:        {cpus} ")),
+        "{}",
+        stdout(&default)
+    );
+    // Global: before or after the subcommand.
+    for args in [
+        &["--threads", "3", "info"][..],
+        &["info", "--threads", "3"][..],
+    ] {
+        let o = mixprec(args, &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stdout(&o).contains("threads:        3 "), "{}", stdout(&o));
+    }
+    let zero = mixprec(&["--threads", "0", "info"], &[]);
+    assert!(!zero.status.success());
+    let line = assert_one_error_line(&zero, "threads");
+    assert!(line.contains("--threads"), "{line}");
+}
+
+#[test]
 fn info_follows_the_cap() {
     let o = mixprec(&["info"], &[("MIXPREC_MAX_CPU_ISA", "SCALAR")]);
     assert!(o.status.success());

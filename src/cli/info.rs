@@ -52,6 +52,11 @@ pub fn write_info(out: &mut impl Write) -> io::Result<()> {
     }
     let available: Vec<&str> = Isa::available().map(Isa::name).collect();
     writeln!(out, "available:      {}", available.join(", "))?;
+    writeln!(
+        out,
+        "threads:        {} (--threads, else the CPUs this process may run on)",
+        mixprec_kernels::gemm::num_threads()
+    )?;
     writeln!(out, "kernels at {}:", state.active)?;
     for (family, implementation) in implementations(state.active) {
         writeln!(out, "  {family:<22} {implementation}")?;

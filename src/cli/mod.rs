@@ -25,6 +25,12 @@ use crate::safetensors_stream::ConvertError;
 #[derive(Debug, Parser)]
 #[command(name = "mixprec", version, about, long_about = None)]
 pub struct Cli {
+    /// Threads for the kernels' parallel steps (GEMM, convolutions,
+    /// elementwise parts); default: as many as the CPUs this process may
+    /// run on. Results do not depend on it.
+    #[arg(long, global = true, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
     /// The subcommand to run.
     #[command(subcommand)]
     pub command: Command,
@@ -348,6 +354,9 @@ impl From<ConvertError> for CliError {
 
 /// Runs one parsed command, writing its normal output to stdout.
 pub fn execute(cli: Cli) -> Result<(), CliError> {
+    if let Some(threads) = cli.threads {
+        mixprec_kernels::gemm::set_num_threads(threads.into());
+    }
     let mut out = std::io::stdout().lock();
     match cli.command {
         Command::Tune(args) => tune(&args),
