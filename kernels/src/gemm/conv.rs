@@ -42,7 +42,7 @@
 use super::avx512::{self, DirectStore, InPlace, InPlaceEdge, MAX_PIECES, Padded, Tap, conv_tile};
 use super::bf16dot::{self, GATHER_TILES};
 use super::conv_blocked::{self, Product};
-use super::driver::{Ep, MC_TILES, PAR_MIN_FLOPS, SendPtr, pack_a_blocks, widen_into};
+use super::driver::{Ep, MC_TILES, PAR_MIN_FLOPS, SendPtr, pack_a_blocks, widen_strided};
 use super::pack::KC;
 use super::threads::parallel_for;
 use super::{Accumulation, Element, Epilogue, FloatType, MatRef, num_threads};
@@ -660,25 +660,7 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
                 if ci + 1 < cin {
                     prefetch_row(&img[((ci + 1) * h + iy) * wd..][..wd]);
                 }
-                if sw == 1 {
-                    widen_into(isa, &src[first..first + hi - lo], &mut row[lo..hi]);
-                } else if sw == 2 {
-                    // As pairs, which the compiler vectorises (`step_by`
-                    // stays scalar): ResNet's 3x224x224 7x7 s2 stem 2.49-2.51
-                    // -> 2.43-2.46 ms.
-                    let (src, row) = (&src[first..], &mut row[lo..hi]);
-                    let pairs = row.len().min(src.len() / 2);
-                    for (d, pair) in row.iter_mut().zip(src.chunks_exact(2)) {
-                        *d = pair[0].to_f32();
-                    }
-                    if let Some(d) = row.get_mut(pairs) {
-                        *d = src[2 * pairs].to_f32();
-                    }
-                } else {
-                    for (d, s) in row[lo..hi].iter_mut().zip(src[first..].iter().step_by(sw)) {
-                        *d = s.to_f32();
-                    }
-                }
+                widen_strided(isa, &src[first..], sw, &mut row[lo..hi]);
             });
             cells.as_ptr()
         },

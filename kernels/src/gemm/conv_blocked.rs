@@ -77,7 +77,7 @@
 use std::arch::x86_64::*;
 
 use super::avx512::{BF16, F16, F32, bias_relu, load16, tag};
-use super::driver::{Ep, SendPtr, widen_into};
+use super::driver::{Ep, SendPtr, widen_strided};
 use super::threads::{parallel_for, put_buf, take_buf};
 use super::{Element, FloatType, MatRef};
 use crate::conv::Conv2dShape;
@@ -464,26 +464,8 @@ fn gather_plane<T: Element>(src: &[T], dst: &mut [f32], to: Pixels) {
     for q in (0..s.min(src.len())).filter(|&q| phases.is_read((first + q) % s)) {
         let at = phases.pixel(first + q);
         let run = &mut dst[at..][..(src.len() - q).div_ceil(s)];
-        let src = &src[q..];
-        match s {
-            // The level is at least avx512_core (the caller of `run`).
-            1 => widen_into(Isa::Avx512Core, src, run),
-            // As pairs, which the compiler vectorises (`step_by` stays scalar).
-            2 => {
-                let pairs = run.len().min(src.len() / 2);
-                for (d, pair) in run.iter_mut().zip(src.chunks_exact(2)) {
-                    *d = pair[0].to_f32();
-                }
-                if let Some(d) = run.get_mut(pairs) {
-                    *d = src[2 * pairs].to_f32();
-                }
-            }
-            _ => {
-                for (d, x) in run.iter_mut().zip(src.iter().step_by(s)) {
-                    *d = x.to_f32();
-                }
-            }
-        }
+        // The level is at least avx512_core (the caller of `run`).
+        widen_strided(Isa::Avx512Core, &src[q..], s, run);
     }
 }
 
