@@ -14,6 +14,7 @@
 
 use std::arch::x86_64::*;
 
+use super::driver::prefetch_l2;
 use super::pack::KC;
 use crate::element::FloatType;
 
@@ -442,9 +443,7 @@ impl DirectStore {
                 let first = offset + lanes.trailing_zeros() as isize;
                 let last = offset + 15 - lanes.leading_zeros() as isize;
                 for lane in [first, last] {
-                    // SAFETY: a prefetch has no architectural effect and
-                    // cannot fault, whatever the address.
-                    unsafe { _mm_prefetch::<_MM_HINT_T1>(self.at(i, lane).cast::<i8>()) };
+                    prefetch_l2(self.at(i, lane));
                 }
             }
         }

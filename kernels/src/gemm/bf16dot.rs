@@ -368,7 +368,13 @@ pub(super) unsafe fn run<T: Element, O: Element>(
                     let rows = MR.min(m - t * MR);
                     if last {
                         let cols = NR.min(ncb - q * NR);
-                        prefetch_tile_output(cp.get(), ldc, (t * MR, j0 + q * NR), rows, cols);
+                        prefetch_tile_output(
+                            cp.get().cast_const(),
+                            ldc,
+                            (t * MR, j0 + q * NR),
+                            rows,
+                            cols,
+                        );
                     }
                     // SAFETY: the A tile holds kcp*MR pairs from pc*MR on, the B panel
                     // kcp*NR pairs from pc*NR on; the workspace tile is MR x NR at

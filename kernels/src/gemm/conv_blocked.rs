@@ -77,7 +77,7 @@
 use std::arch::x86_64::*;
 
 use super::avx512::{BF16, F16, F32, bias_relu, load16, tag};
-use super::driver::{Ep, SendPtr, widen_strided};
+use super::driver::{Ep, SendPtr, prefetch_tile_output, widen_strided};
 use super::threads::{parallel_for, put_buf, take_buf};
 use super::{Element, FloatType, MatRef};
 use crate::conv::Conv2dShape;
@@ -945,17 +945,15 @@ impl TileStore {
     /// read for ownership while the store waits.
     #[inline(always)]
     fn prefetch(&self, lanes: usize, pixels: usize) {
-        for j in 0..lanes {
-            for p in [0, pixels - 1] {
-                // SAFETY: a prefetch has no architectural effect and cannot
-                // fault, whatever the address.
-                unsafe { _mm_prefetch::<_MM_HINT_T1>(self.element(j, p).cast::<i8>()) };
-                if let Some(r) = self.residual {
-                    let at = r.wrapping_add(self.at + j * self.ldc + p);
-                    // SAFETY: as above.
-                    unsafe { _mm_prefetch::<_MM_HINT_T1>(at.cast::<i8>()) };
-                }
+        let tile = (0, self.at);
+        match self.out {
+            FloatType::F32 => {
+                prefetch_tile_output(self.c.cast::<f32>(), self.ldc, tile, lanes, pixels)
             }
+            _ => prefetch_tile_output(self.c.cast::<u16>(), self.ldc, tile, lanes, pixels),
+        }
+        if let Some(r) = self.residual {
+            prefetch_tile_output(r, self.ldc, tile, lanes, pixels);
         }
     }
 
