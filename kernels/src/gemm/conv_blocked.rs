@@ -77,7 +77,7 @@
 use std::arch::x86_64::*;
 
 use super::avx512::{BF16, F16, F32, bias_relu, load16, tag};
-use super::driver::{Ep, SendPtr, prefetch_tile_output, widen_strided};
+use super::driver::{Ep, SendPtr, pair_strided, prefetch_tile_output, widen_strided};
 use super::threads::{parallel_for, put_buf, take_buf};
 use super::{Element, FloatType, MatRef};
 use crate::conv::Conv2dShape;
@@ -475,49 +475,11 @@ fn gather_pair_plane(even: &[u16], odd: Option<&[u16]>, dst: &mut [f32], to: Pix
     let Pixels { first, phases } = to;
     let s = phases.stride;
     let n = even.len();
-    let pair = |e: u16, o: u16| f32::from_bits(u32::from(e) | u32::from(o) << 16);
+    let lanes: &mut [u32] = bytemuck::cast_slice_mut(dst);
     for q in (0..s.min(n)).filter(|&q| phases.is_read((first + q) % s)) {
         let at = phases.pixel(first + q);
-        let run = &mut dst[at..][..(n - q).div_ceil(s)];
-        let (even, odd) = (&even[q..], odd.map(|o| &o[q..]));
-        // Zipped slices for strides 1 and 2, which the compiler vectorises
-        // (indexing by `t * s` stays scalar); a stride-2 run's last pixel may
-        // have no pair partner.
-        match (s, odd) {
-            (1, Some(odd)) => {
-                for ((d, &e), &o) in run.iter_mut().zip(even).zip(odd) {
-                    *d = pair(e, o);
-                }
-            }
-            (2, Some(odd)) => {
-                let pairs = even.chunks_exact(2).zip(odd.chunks_exact(2));
-                for (d, (e, o)) in run.iter_mut().zip(pairs) {
-                    *d = pair(e[0], o[0]);
-                }
-                if run.len() > even.len() / 2 {
-                    run[run.len() - 1] = pair(even[even.len() - 1], odd[odd.len() - 1]);
-                }
-            }
-            (_, Some(odd)) => {
-                let pairs = even.iter().step_by(s).zip(odd.iter().step_by(s));
-                for (d, (&e, &o)) in run.iter_mut().zip(pairs) {
-                    *d = pair(e, o);
-                }
-            }
-            (2, None) => {
-                for (d, e) in run.iter_mut().zip(even.chunks_exact(2)) {
-                    *d = pair(e[0], 0);
-                }
-                if run.len() > even.len() / 2 {
-                    run[run.len() - 1] = pair(even[even.len() - 1], 0);
-                }
-            }
-            (_, None) => {
-                for (d, &e) in run.iter_mut().zip(even.iter().step_by(s)) {
-                    *d = pair(e, 0);
-                }
-            }
-        }
+        let run = &mut lanes[at..][..(n - q).div_ceil(s)];
+        pair_strided(&even[q..], odd.map(|o| &o[q..]), s, run);
     }
 }
 
