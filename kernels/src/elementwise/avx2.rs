@@ -59,6 +59,20 @@ simd! {
     fn eq(a: V, b: V) -> M { _mm256_cmp_ps::<_CMP_EQ_OQ>(a, b) }
     fn isnan(a: V) -> M { _mm256_cmp_ps::<_CMP_UNORD_Q>(a, a) }
     fn select(m: M, a: V, b: V) -> V { _mm256_blendv_ps(b, a, m) }
+    /// Lanes where `a` or `b` is a NaN (one compare for two vectors).
+    fn unordered(a: V, b: V) -> M { _mm256_cmp_ps::<_CMP_UNORD_Q>(a, b) }
+    fn any(m: M) -> bool { _mm256_movemask_ps(m) != 0 }
+    /// The even and the odd elements of the 16 values `a` then `b`: a shuffle
+    /// within 128-bit halves, then the halves' middle quarters swapped.
+    fn deinterleave2(a: V, b: V) -> (V, V) {
+        (
+            swap_middle_quarters(_mm256_shuffle_ps::<0b10_00_10_00>(a, b)),
+            swap_middle_quarters(_mm256_shuffle_ps::<0b11_01_11_01>(a, b)),
+        )
+    }
+    fn swap_middle_quarters(v: V) -> V {
+        _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
+    }
     fn lanes_below(n: usize) -> M {
         let iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
         _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), iota))

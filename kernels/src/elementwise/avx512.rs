@@ -56,6 +56,16 @@ simd! {
     fn eq(a: V, b: V) -> M { _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(a, b) }
     fn isnan(a: V) -> M { _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(a, a) }
     fn select(m: M, a: V, b: V) -> V { _mm512_mask_blend_ps(m, b, a) }
+    /// Lanes where `a` or `b` is a NaN (one compare for two vectors).
+    fn unordered(a: V, b: V) -> M { _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(a, b) }
+    fn any(m: M) -> bool { m != 0 }
+    /// The even and the odd elements of the 32 values `a` then `b`, one
+    /// `vpermt2ps` each.
+    fn deinterleave2(a: V, b: V) -> (V, V) {
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        (_mm512_permutex2var_ps(a, even, b), _mm512_permutex2var_ps(a, odd, b))
+    }
     fn lanes_below(n: usize) -> M { ((1u32 << n) - 1) as M }
     fn to_array(v: V) -> [f32; LANES] {
         let mut out = [0.0; LANES];
@@ -158,3 +168,111 @@ simd! {
 }
 
 include!("body.rs");
+
+simd! {
+    /// Max pooling at column stride 2 with a 3-column window from padded
+    /// column 0 (`pad_left` 1) or a 2-column one (`pad_left` 0), column
+    /// dilation 1, any rows (`crate::pool::max_pool_plane`'s common case:
+    /// ResNet's and VGG's pools), all in registers: each output row's input
+    /// rows are folded column by column (aligned loads, no stores between),
+    /// then the even and odd columns are separated by `vpermt2ps` and the
+    /// window's columns folded, the left column (`pad_left` 1) by `valignd`
+    /// from the previous block. That fold order is not the row-major one,
+    /// which gives the same bits unless the plane holds a NaN or a -0 (then
+    /// equal values can differ in sign or payload): returns false, with
+    /// `out` partly written, if one is found (checked on every loaded
+    /// vector), for the caller to run the order-keeping path.
+    pub(crate) fn max_pool_stride2(
+        win: &crate::pool::PoolWindow,
+        src: &[f32],
+        out: &mut [f32],
+    ) -> bool {
+        let crate::pool::PoolWindow {
+            h,
+            w,
+            oh,
+            ow,
+            kernel: [kh, kw],
+            strides: [sh, _],
+            dilations: [dh, _],
+            pad_begin: [pad_top, pad_left],
+        } = *win;
+        assert!(
+            src.len() >= h * w && out.len() == oh * ow,
+            "mixprec max_pool_stride2: {} inputs, {} outputs for {win:?}",
+            src.len(),
+            out.len()
+        );
+        let left_column = match (kw, pad_left) {
+            (3, 1) => true,
+            (2, 0) => false,
+            _ => panic!("mixprec max_pool_stride2: not its window: {win:?}"),
+        };
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        let neg_inf = _mm512_set1_ps(f32::NEG_INFINITY);
+        // Quiet and signalling NaNs, -0 (`vfpclassps` categories 0, 7, 2).
+        const NAN_OR_NEG_ZERO: i32 = 0x01 | 0x80 | 0x04;
+        let mut seen: __mmask16 = 0;
+        let mut rows = Vec::with_capacity(kh);
+        // The lanes of the 16 input columns from `c` that lie in the row.
+        let lanes_from = |c: usize| -> __mmask16 {
+            let n = w.saturating_sub(c).min(LANES);
+            ((1u32 << n) - 1) as __mmask16
+        };
+        for (i, out_row) in out.chunks_exact_mut(ow).enumerate() {
+            rows.clear();
+            for ki in 0..kh {
+                let y = i * sh + ki * dh;
+                if y >= pad_top && y - pad_top < h {
+                    rows.push(&src[(y - pad_top) * w..][..w]);
+                }
+            }
+            // Input column 2j - 1 of output j, for the block's first output.
+            let mut prev_odd = neg_inf;
+            for (m, dst) in out_row.chunks_mut(LANES).enumerate() {
+                let c = 2 * LANES * m;
+                let (mask_a, mask_b) = (lanes_from(c), lanes_from(c + LANES));
+                let (mut a, mut b) = (neg_inf, neg_inf);
+                for row in &rows {
+                    // SAFETY: masked loads read only the lanes in the mask,
+                    // columns inside the row; the others are not accessed.
+                    let (va, vb) = unsafe {
+                        (
+                            _mm512_mask_loadu_ps(neg_inf, mask_a, row.as_ptr().wrapping_add(c)),
+                            _mm512_mask_loadu_ps(
+                                neg_inf,
+                                mask_b,
+                                row.as_ptr().wrapping_add(c + LANES),
+                            ),
+                        )
+                    };
+                    seen |= _mm512_fpclass_ps_mask::<NAN_OR_NEG_ZERO>(va)
+                        | _mm512_fpclass_ps_mask::<NAN_OR_NEG_ZERO>(vb);
+                    a = _mm512_max_ps(va, a);
+                    b = _mm512_max_ps(vb, b);
+                }
+                // Columns c + 2t and c + 2t + 1 of the block's outputs t.
+                let evens = _mm512_permutex2var_ps(a, even, b);
+                let odds = _mm512_permutex2var_ps(a, odd, b);
+                let mut acc = _mm512_max_ps(odds, evens);
+                if left_column {
+                    // Column c + 2t - 1: the odd columns one lane later.
+                    let left = _mm512_castsi512_ps(_mm512_alignr_epi32::<15>(
+                        _mm512_castps_si512(odds),
+                        _mm512_castps_si512(prev_odd),
+                    ));
+                    acc = _mm512_max_ps(left, acc);
+                    prev_odd = odds;
+                }
+                if dst.len() == LANES {
+                    // SAFETY: dst holds 16 values.
+                    unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), acc) };
+                } else {
+                    store_part(dst, acc);
+                }
+            }
+        }
+        seen == 0
+    }
+}

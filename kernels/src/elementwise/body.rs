@@ -682,6 +682,207 @@ simd! {
     }
 }
 
+/// `$dst[j]` = the max fold, in order, of `$src[t + j]` over the taps `t`
+/// of `$taps` (nonempty): by `max_raw` alone, or by pooling's exact fold
+/// where a value may be a NaN (`$exact`). A macro, so that each row's loop
+/// is straight-line code in the calling kernel.
+macro_rules! fold_max_taps {
+    ($src:expr, $taps:expr, $dst:expr, $exact:expr) => {{
+        let (src, taps, dst): (&[f32], &[usize], &mut [f32]) = ($src, $taps, $dst);
+        let last = taps.iter().copied().max().expect("a tap");
+        assert!(
+            last + dst.len().next_multiple_of(LANES) <= src.len(),
+            "mixprec max pool: tap {last} past {} values",
+            src.len()
+        );
+        if $exact {
+            fold_max_taps!(@go src, taps, dst, |v, a| select(isnan(v), v, max_raw(v, a)))
+        } else {
+            fold_max_taps!(@go src, taps, dst, |v, a| max_raw(v, a))
+        }
+    }};
+    (@go $src:ident, $taps:ident, $dst:ident, |$v:ident, $a:ident| $f:expr) => {{
+        let (&first, rest) = $taps.split_first().expect("a tap");
+        let n = $dst.len();
+        let mut j = 0;
+        while j < n {
+            // SAFETY: every tap t is at most `last`, and j < n, so
+            // t + j + LANES <= last + n rounded up to LANES <= src.len()
+            // (asserted).
+            let mut $a = unsafe { load($src.as_ptr().add(first + j)) };
+            for &t in rest {
+                // SAFETY: as above.
+                let $v = unsafe { load($src.as_ptr().add(t + j)) };
+                $a = $f;
+            }
+            if j + LANES <= n {
+                // SAFETY: j + LANES <= n = dst.len().
+                unsafe { store($dst.as_mut_ptr().add(j), $a) };
+            } else {
+                store_part(&mut $dst[j..], $a);
+            }
+            j += LANES;
+        }
+    }};
+}
+
+simd! {
+    /// The max pool of output rows `first..` of one plane
+    /// (`crate::pool::max_pool_plane`), separably: each input row the band's
+    /// windows reach is split by column phase (`split_row`) and folded over
+    /// the window's columns at every output column, then those row maxima
+    /// are folded over the window's rows. The row-major fold allows it bit
+    /// for bit (the first of equal values in the first row that holds one,
+    /// the last NaN of the last row that holds one), and -inf fills every
+    /// tap outside the plane, which the fold passes over. Rows without a NaN
+    /// fold by `max_raw` alone. `scratch` holds `SPLIT_ROWS` split rows of
+    /// `strides[1] * phase_len`, then one `folded_stride` row of maxima per
+    /// input row.
+    pub(crate) fn max_pool_band(
+        win: &crate::pool::PoolWindow,
+        phase_len: usize,
+        folded_stride: usize,
+        src: &[f32],
+        first: usize,
+        out: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        use crate::pool::SPLIT_ROWS;
+        let crate::pool::PoolWindow {
+            h,
+            w,
+            ow,
+            kernel: [kh, kw],
+            strides: [sh, sw],
+            dilations: [dh, dw],
+            pad_begin: [pad_top, pad_left],
+            ..
+        } = *win;
+        let rows = out.len() / ow;
+        // The input rows the band's windows reach, clipped to the plane.
+        let lo = (first * sh).saturating_sub(pad_top).min(h);
+        let hi = ((first + rows - 1) * sh + (kh - 1) * dh + 1)
+            .saturating_sub(pad_top)
+            .min(h)
+            .max(lo);
+        let split_len = sw * phase_len;
+        let (splits, folded) = scratch.split_at_mut(SPLIT_ROWS * split_len);
+        // Only input columns are written below: the padding stays -inf.
+        splits.fill(f32::NEG_INFINITY);
+        let col_taps: Vec<usize> = (0..kw)
+            .map(|kj| kj * dw % sw * phase_len + kj * dw / sw)
+            .collect();
+        // Rows are split SPLIT_ROWS - 1 rows ahead of their fold, so that the
+        // fold's loads do not wait on the split's stores, which they straddle
+        // (store forwarding serves only loads inside one store).
+        let mut nan = [false; SPLIT_ROWS];
+        let mut any_nan = false;
+        for step in lo..hi + SPLIT_ROWS - 1 {
+            if step < hi {
+                let slot = step % SPLIT_ROWS;
+                let dst = &mut splits[slot * split_len..][..split_len];
+                nan[slot] = split_row(&src[step * w..][..w], pad_left, sw, phase_len, dst);
+                any_nan |= nan[slot];
+            }
+            let Some(y) = (step + 1).checked_sub(SPLIT_ROWS).filter(|&y| y >= lo) else {
+                continue;
+            };
+            let slot = y % SPLIT_ROWS;
+            let split = &splits[slot * split_len..][..split_len];
+            let dst = &mut folded[(y - lo) * folded_stride..][..folded_stride];
+            fold_max_taps!(split, &col_taps, dst, nan[slot]);
+        }
+        let mut row_taps = Vec::with_capacity(kh);
+        for (r, out_row) in out.chunks_exact_mut(ow).enumerate() {
+            let top = (first + r) * sh;
+            row_taps.clear();
+            for ki in 0..kh {
+                let y = top + ki * dh;
+                if y >= pad_top && y - pad_top < h {
+                    row_taps.push((y - pad_top - lo) * folded_stride);
+                }
+            }
+            if row_taps.is_empty() {
+                out_row.fill(f32::NEG_INFINITY);
+            } else {
+                fold_max_taps!(folded, &row_taps, out_row, any_nan);
+            }
+        }
+    }
+
+    /// Writes one input row's values into `phases`, padded column `c` (input
+    /// column `c - pad_left`) at `c % sw * phase_len + c / sw`, leaving every
+    /// other cell; returns whether the row holds a NaN.
+    fn split_row(
+        row: &[f32],
+        pad_left: usize,
+        sw: usize,
+        phase_len: usize,
+        phases: &mut [f32],
+    ) -> bool {
+        let w = row.len();
+        let mut nan = false;
+        if sw == 2 {
+            // Input column k is padded column k + pad_left: the even input
+            // columns fill one phase, the odd ones the other.
+            let even_at = pad_left % 2 * phase_len + pad_left / 2;
+            let odd_at = (pad_left + 1) % 2 * phase_len + pad_left.div_ceil(2);
+            let (evens, odds) = (w.div_ceil(2), w / 2);
+            let (even_dst, odd_dst) = if even_at < odd_at {
+                let (a, b) = phases.split_at_mut(odd_at);
+                (&mut a[even_at..even_at + evens], &mut b[..odds])
+            } else {
+                let (a, b) = phases.split_at_mut(even_at);
+                (&mut b[..evens], &mut a[odd_at..odd_at + odds])
+            };
+            let mut k = 0;
+            while k + 2 * LANES <= w {
+                // SAFETY: k + 2 * LANES <= w = row.len().
+                let (a, b) = unsafe { (load(row.as_ptr().add(k)), load(row.as_ptr().add(k + LANES))) };
+                nan |= any(unordered(a, b));
+                let (even, odd) = deinterleave2(a, b);
+                // SAFETY: k / 2 + LANES <= w / 2 <= odds <= evens, the
+                // lengths of the two destinations.
+                unsafe {
+                    store(even_dst.as_mut_ptr().add(k / 2), even);
+                    store(odd_dst.as_mut_ptr().add(k / 2), odd);
+                }
+                k += 2 * LANES;
+            }
+            if k < w {
+                let (a, b) = (load_upto(row, k), load_upto(row, k + LANES));
+                nan |= any(unordered(a, b));
+                let (even, odd) = deinterleave2(a, b);
+                store_part(&mut even_dst[k / 2..], even);
+                store_part(&mut odd_dst[k / 2..], odd);
+            }
+        } else if sw == 1 {
+            let dst = &mut phases[pad_left..pad_left + w];
+            let mut k = 0;
+            while k + LANES <= w {
+                // SAFETY: k + LANES <= w, the length of `row` and `dst`.
+                let v = unsafe { load(row.as_ptr().add(k)) };
+                nan |= any(isnan(v));
+                // SAFETY: as above.
+                unsafe { store(dst.as_mut_ptr().add(k), v) };
+                k += LANES;
+            }
+            if k < w {
+                let v = load_part(&row[k..]);
+                nan |= any(isnan(v));
+                store_part(&mut dst[k..], v);
+            }
+        } else {
+            for (k, &v) in row.iter().enumerate() {
+                let c = k + pad_left;
+                phases[c % sw * phase_len + c / sw] = v;
+                nan |= v.is_nan();
+            }
+        }
+        nan
+    }
+}
+
 fn add_f32(a: f32, b: f32) -> f32 {
     a + b
 }

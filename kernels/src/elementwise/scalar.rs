@@ -88,6 +88,17 @@ fn isnan(a: V) -> M {
 fn select(m: M, a: V, b: V) -> V {
     if m { a } else { b }
 }
+/// Whether `a` or `b` is a NaN.
+fn unordered(a: V, b: V) -> M {
+    a.is_nan() || b.is_nan()
+}
+fn any(m: M) -> bool {
+    m
+}
+/// The even and the odd elements of the two values `a` then `b`.
+fn deinterleave2(a: V, b: V) -> (V, V) {
+    (a, b)
+}
 fn lanes_below(n: usize) -> M {
     n > 0
 }

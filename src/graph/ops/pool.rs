@@ -11,21 +11,22 @@
 //! inside the explicitly padded image).
 //!
 //! # Speed
-//! Each plane is laid out padded (with a value the fold ignores: `-inf`,
-//! or `-0.0` for sums) and split by column stride phase
-//! ([`mixprec_kernels::pool::pad_phases`]), so every window tap is a fixed
-//! offset from its output, and [`mixprec_kernels::pool::fold_windows`]
-//! folds the taps per output vector in registers. Planes run in parallel.
-//! ResNet-18's 3x3 stride-2 MaxPool on 64 x 112 x 112 at one Zen 4 thread,
-//! as a graph step: 3.67 ms walking each window tap by tap, 0.47 ms with
-//! compiler-vectorised (SSE2) row folds here, 0.34-0.41 ms with the kernels
-//! (a one-node model: 0.32 ms with the layout built here for SSE2, 0.30
-//! with it in the kernel crate, 0.29 folding four rows at a time, 0.27
-//! folding straight into an f32 output; the layout, bound by reading the
-//! input from L3, is the largest part left); onnxruntime 0.11 ms on its
-//! channel-blocked activations.
+//! MaxPool runs [`mixprec_kernels::pool::max_pool_plane`] on each plane
+//! (separable, or at AVX-512 for the common stride-2 windows, in
+//! registers). AveragePool lays each plane out padded with `-0.0` and split
+//! by column stride phase ([`mixprec_kernels::pool::pad_phases`]), so every
+//! window tap is a fixed offset from its output, and
+//! [`mixprec_kernels::pool::fold_windows`] folds the taps per output vector
+//! in registers. Planes run in parallel. ResNet-18's 3x3 stride-2 MaxPool
+//! on 64 x 112 x 112 at one Zen 4 thread, as a graph step: 3.67 ms walking
+//! each window tap by tap, 0.47 ms with compiler-vectorised (SSE2) row folds
+//! here, 0.34-0.41 ms with the phase-split layout and window folds (a
+//! one-node model: 0.27 ms), 0.12 ms (one-node) with `max_pool_plane`;
+//! onnxruntime 0.11-0.16 ms on its channel-blocked activations.
 
-use mixprec_kernels::pool::{PhaseLayout, PoolFold, fold_windows, pad_phases};
+use mixprec_kernels::pool::{
+    PhaseLayout, PoolFold, PoolWindow, fold_windows, max_pool_plane, pad_phases,
+};
 use mixprec_kernels::{FloatSlice, FloatSliceMut};
 
 use super::PoolAttrs;
@@ -37,16 +38,8 @@ use crate::graph::tensor::{Tensor, TensorView, convert_float, float_to_f32, sub,
 /// A 2-D pooling window over one plane (1-D pools are 1 row high).
 #[derive(Clone, Copy, Debug)]
 struct Window {
-    /// Input rows and columns.
-    h: usize,
-    w: usize,
-    /// Output rows and columns.
-    oh: usize,
-    ow: usize,
-    kernel: [usize; 2],
-    strides: [usize; 2],
-    dilations: [usize; 2],
-    pad_begin: [usize; 2],
+    /// Sizes, kernel, strides, dilations and begin pads.
+    plane: PoolWindow,
     /// Explicit end pads (AveragePool's `count_include_pad` window bound).
     pad_end: [usize; 2],
 }
@@ -56,14 +49,15 @@ impl Window {
     /// (`valid`) and inside the explicitly padded input (`padded`; a tap in
     /// the begin padding counts, as it lies below the end bound).
     fn counts(&self, a: usize) -> (Vec<usize>, Vec<usize>) {
-        let outs = [self.oh, self.ow][a];
-        let len = [self.h, self.w][a] as isize;
+        let p = &self.plane;
+        let outs = [p.oh, p.ow][a];
+        let len = [p.h, p.w][a] as isize;
         let bound = len + self.pad_end[a] as isize;
         let (mut valid, mut padded) = (vec![0; outs], vec![0; outs]);
-        for k in 0..self.kernel[a] {
+        for k in 0..p.kernel[a] {
             for (j, (v, p)) in valid.iter_mut().zip(&mut padded).enumerate() {
-                let at = (j * self.strides[a] + k * self.dilations[a]) as isize
-                    - self.pad_begin[a] as isize;
+                let at = (j * self.plane.strides[a] + k * self.plane.dilations[a]) as isize
+                    - self.plane.pad_begin[a] as isize;
                 *v += usize::from((0..len).contains(&at));
                 *p += usize::from(at < bound);
             }
@@ -115,14 +109,16 @@ pub(crate) fn pool(
     };
     let [oh, ow] = two(&outs, 1);
     let win = Window {
-        h,
-        w,
-        oh,
-        ow,
-        kernel: two(&g.kernel, 1),
-        strides: two(&g.strides, 1),
-        dilations: two(&g.dilations, 1),
-        pad_begin: two(&g.pad_begin, 0),
+        plane: PoolWindow {
+            h,
+            w,
+            oh,
+            ow,
+            kernel: two(&g.kernel, 1),
+            strides: two(&g.strides, 1),
+            dilations: two(&g.dilations, 1),
+            pad_begin: two(&g.pad_begin, 0),
+        },
         pad_end: two(&pads_end, 0),
     };
     let divisors: Option<(Vec<usize>, Vec<usize>)> = (!max).then(|| {
@@ -133,23 +129,20 @@ pub(crate) fn pool(
             (rv, cv)
         }
     });
-    let layout = Padded::new(&win);
-    let taps = layout.taps(&win);
-    // The padding's value leaves every fold as if the tap were skipped.
-    let (fold, pad) = if max {
-        (PoolFold::Max, f32::NEG_INFINITY)
-    } else {
-        (PoolFold::Sum, -0.0)
-    };
+    // AveragePool's layout: every window tap a fixed offset (see `Padded`).
+    let sum_layout = (!max).then(|| {
+        let layout = Padded::new(&win.plane);
+        let taps = layout.taps(&win.plane);
+        (layout, taps)
+    });
     let x = x.as_float_slice().expect("float");
     let y = out.as_float_slice_mut().expect("float");
-    let work = oh * ow * win.kernel[0] * win.kernel[1];
+    let work = oh * ow * win.plane.kernel[0] * win.plane.kernel[1];
     for_units(y, oh * ow, work, |range, mut y| {
         let mut widened = Vec::new();
-        let mut phases = Vec::new();
+        let mut scratch = Vec::new();
         // Staging for outputs that are divided or narrowed after the fold.
         let mut acc = Vec::new();
-        let row_stride = win.strides[0] * layout.phase_len;
         for (local, c) in range.enumerate() {
             let plane = match sub(x, c * h * w, (c + 1) * h * w) {
                 FloatSlice::F32(s) => s,
@@ -159,30 +152,34 @@ pub(crate) fn pool(
                     &widened[..]
                 }
             };
-            layout.fill(plane, &win, pad, &mut phases);
             let at = local * oh * ow;
-            if let (FloatSliceMut::F32(out), None) = (&mut y, &divisors) {
+            let staged = match &mut y {
                 // The fold's values are the output's: no staging copy.
-                fold_windows(
-                    fold,
-                    &phases,
-                    &taps,
-                    row_stride,
-                    &mut out[at..at + oh * ow],
-                    ow,
-                );
-                continue;
+                FloatSliceMut::F32(out) if max => &mut out[at..at + oh * ow],
+                _ => {
+                    acc.resize(oh * ow, 0.0);
+                    &mut acc[..]
+                }
+            };
+            match &sum_layout {
+                None => max_pool_plane(&win.plane, plane, staged, &mut scratch),
+                Some((layout, taps)) => {
+                    // -0.0 padding leaves every sum as it was.
+                    layout.fill(plane, &win.plane, -0.0, &mut scratch);
+                    let row_stride = win.plane.strides[0] * layout.phase_len;
+                    fold_windows(PoolFold::Sum, &scratch, taps, row_stride, staged, ow);
+                }
             }
-            acc.resize(oh * ow, 0.0);
-            fold_windows(fold, &phases, &taps, row_stride, &mut acc, ow);
             if let Some((rows_n, cols_n)) = &divisors {
-                for (row, &rn) in acc.chunks_exact_mut(ow).zip(rows_n) {
+                for (row, &rn) in staged.chunks_exact_mut(ow).zip(rows_n) {
                     for (a, &cn) in row.iter_mut().zip(cols_n) {
                         *a /= (rn * cn) as f32;
                     }
                 }
             }
-            convert_float(FloatSlice::F32(&acc), sub_mut(&mut y, at, at + oh * ow));
+            if !matches!((&y, max), (FloatSliceMut::F32(_), true)) {
+                convert_float(FloatSlice::F32(&acc), sub_mut(&mut y, at, at + oh * ow));
+            }
         }
     });
     Ok(())
@@ -200,7 +197,7 @@ struct Padded {
 }
 
 impl Padded {
-    fn new(win: &Window) -> Padded {
+    fn new(win: &PoolWindow) -> Padded {
         let reach = |a: usize, outs: usize| {
             (outs - 1) * win.strides[a] + (win.kernel[a] - 1) * win.dilations[a] + 1
         };
@@ -212,7 +209,7 @@ impl Padded {
 
     /// Where each window tap `(ki, kj)`, in row-major order, reads for
     /// output `(0, 0)`.
-    fn taps(&self, win: &Window) -> Vec<usize> {
+    fn taps(&self, win: &PoolWindow) -> Vec<usize> {
         let sw = win.strides[1];
         let mut taps = Vec::with_capacity(win.kernel[0] * win.kernel[1]);
         for ki in 0..win.kernel[0] {
@@ -225,7 +222,7 @@ impl Padded {
     }
 
     /// Lays `plane` out in `buf`, `pad` outside the input.
-    fn fill(&self, plane: &[f32], win: &Window, pad: f32, buf: &mut Vec<f32>) {
+    fn fill(&self, plane: &[f32], win: &PoolWindow, pad: f32, buf: &mut Vec<f32>) {
         let layout = PhaseLayout {
             rows: self.rows,
             stride: win.strides[1],
