@@ -143,7 +143,7 @@ impl Tensor {
         Tensor {
             shape: shape.to_vec(),
             dtype,
-            data: vec![Block::zeroed(); blocks_for(bytes)],
+            data: bytemuck::zeroed_vec(blocks_for(bytes)),
         }
     }
 
