@@ -7,12 +7,11 @@ Models are built here with onnx.helper (random weights, fixed seed) in a
 temporary folder; each model's eval input is written as safetensors (one
 tensor per graph input, by name) and fed to both runtimes.
 
-Threads: ORT gets intra_op_num_threads = T (inter_op 1, sequential). mixprec's
-CLI has no thread knob; its GEMM uses std's available_parallelism, which
-honours the CPU affinity mask, so the 1-thread mixprec runs go through
-`taskset -c 0` (and the 1-thread ORT runs are pinned to CPU 0 as well, so
-both sides see the same core). Only mixprec's GEMM is multi-threaded; its
-other ops run on one thread at every T.
+Threads: ORT gets intra_op_num_threads = T (inter_op 1, sequential), mixprec
+`--threads T` (its kernels' team: GEMMs, convolutions, and the elementwise,
+normalization and pooling steps that split into enough work). The 1-thread
+runs of both are also pinned to CPU 0 (`taskset -c 0`), so that both sides
+see the same core.
 """
 
 import argparse
@@ -268,7 +267,8 @@ def pinned(threads):
 
 def mixprec_bench(exe, model, data, plan, threads):
     """Returns {plan name: ms} from `mixprec bench --json` (fp32 + the plan)."""
-    cmd = pinned(threads) + [exe, "bench", "--model", model, "--data", data, "--json"]
+    cmd = pinned(threads) + [exe, "--threads", str(threads), "bench", "--model", model]
+    cmd += ["--data", data, "--json"]
     if plan:
         cmd += ["--plan", plan]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
