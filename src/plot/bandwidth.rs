@@ -21,9 +21,9 @@ pub const L2_BYTES_PER_THREAD: usize = 512 << 10;
 /// Read bandwidth of this machine at two levels of the memory hierarchy.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BandwidthCeilings {
-    /// GB/s (1e9 bytes) reading a [`DRAM_BYTES`] buffer.
+    /// GB/s (1e9 bytes) reading a 256 MiB buffer (`DRAM_BYTES`).
     pub dram_gbps: f64,
-    /// GB/s reading [`L2_BYTES_PER_THREAD`] per thread, over and over.
+    /// GB/s reading 512 KiB per thread (`L2_BYTES_PER_THREAD`), over and over.
     pub l2_gbps: f64,
     /// Threads that read together.
     pub threads: usize,
