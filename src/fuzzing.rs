@@ -3,8 +3,9 @@
 //!
 //! Every function takes arbitrary bytes and must return normally: loaders
 //! are expected to answer hostile input with typed errors. The differential
-//! ones (`convert_differential`, `gemm_differential`) panic only when a
-//! kernel result disagrees with its reference. Not a stable API.
+//! ones (`convert_differential`, `gemm_differential`, `conv_differential`,
+//! `pool_differential`) panic only when a kernel result disagrees with its
+//! reference. Not a stable API.
 
 use std::io::Cursor;
 
@@ -1045,6 +1046,107 @@ fn conv_case<T: Element>(b: &mut Bytes) {
             )
             .expect("available level");
             check(&got, &want, i, "bf16dot");
+        }
+    }
+}
+
+/// A random max pool (plane size, window, strides, dilations, padding and
+/// output size, half of them in the shape of the AVX-512 register path:
+/// column stride 2, window 3 from padded column 0 or 2 from column 0) on
+/// values without NaNs or -0 (the register path's own case) or with some
+/// (its fallback's), through every available level: each must give the
+/// definition's bits (the row-major max fold of the taps inside the plane).
+pub fn pool_differential(data: &[u8]) {
+    use mixprec_kernels::pool::{PoolWindow, max_pool_plane_at};
+    let mut b = Bytes::new(data);
+    let mut pick = |n: u8| (b.u8() % n) as usize;
+    let (h, w) = (pick(40), 1 + pick(160));
+    let common = pick(2) == 0;
+    let (kernel, pad_begin) = if common {
+        let wide = pick(2) == 0;
+        (
+            [1 + pick(4), if wide { 3 } else { 2 }],
+            [pick(3), usize::from(wide)],
+        )
+    } else {
+        ([1 + pick(5), 1 + pick(5)], [pick(5), pick(5)])
+    };
+    let strides = [1 + pick(3), if common { 2 } else { 1 + pick(3) }];
+    let dilations = [1 + pick(2), if common { 1 } else { 1 + pick(2) }];
+    // Output sizes around the ones the input gives (windows past the plane
+    // and wholly outside it included).
+    let out = |n: usize, d: usize, extra: usize| {
+        let span = dilations[d] * (kernel[d] - 1) + 1;
+        (n + pad_begin[d] + extra).saturating_sub(span) / strides[d] + 1
+    };
+    let (extra_h, extra_w) = (pick(4), pick(4));
+    let win = PoolWindow {
+        h,
+        w,
+        oh: out(h, 0, extra_h),
+        ow: out(w, 1, extra_w),
+        kernel,
+        strides,
+        dilations,
+        pad_begin,
+    };
+    let specials = pick(2) == 0;
+    let special = [
+        f32::from_bits(0x7fc0_0001),
+        f32::from_bits(0xffc0_0002),
+        f32::from_bits(0x7f80_0003),
+        -0.0,
+        0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+    ];
+    let src: Vec<f32> = (0..h * w)
+        .map(|_| {
+            let s = b.u8();
+            if specials && s < 12 {
+                special[s as usize % special.len()]
+            } else {
+                value::<f32>(&mut b)
+            }
+        })
+        .collect();
+    let mut want = Vec::with_capacity(win.oh * win.ow);
+    for i in 0..win.oh {
+        for j in 0..win.ow {
+            let mut acc = f32::NEG_INFINITY;
+            for ki in 0..kernel[0] {
+                for kj in 0..kernel[1] {
+                    let y = (i * strides[0] + ki * dilations[0]).checked_sub(pad_begin[0]);
+                    let x = (j * strides[1] + kj * dilations[1]).checked_sub(pad_begin[1]);
+                    if let (Some(y), Some(x)) = (y, x)
+                        && y < h
+                        && x < w
+                    {
+                        let v = src[y * w + x];
+                        if v > acc || v.is_nan() {
+                            acc = v;
+                        }
+                    }
+                }
+            }
+            want.push(acc);
+        }
+    }
+    let mut scratch = Vec::new();
+    for isa in Isa::available() {
+        let mut got = vec![7.0f32; win.oh * win.ow];
+        max_pool_plane_at(isa, &win, &src, &mut got, &mut scratch).expect("available level");
+        if let Some(k) = got
+            .iter()
+            .zip(&want)
+            .position(|(g, r)| g.to_bits() != r.to_bits())
+        {
+            panic!(
+                "max pool at {} differs at output {k}: {:?} vs {:?} for {win:?}",
+                isa.name(),
+                got[k],
+                want[k]
+            );
         }
     }
 }

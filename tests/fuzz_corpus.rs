@@ -60,3 +60,8 @@ fn gemm_differential() {
 fn conv_differential() {
     replay("conv_differential", mixprec::fuzzing::conv_differential);
 }
+
+#[test]
+fn pool_differential() {
+    replay("pool_differential", mixprec::fuzzing::pool_differential);
+}
