@@ -37,13 +37,18 @@
 //! # Speed
 //! ResNet-18's 3x3 stride-2 MaxPool on 64 x 112 x 112 at one Zen 4 thread
 //! (the planes one after another, kernels only): 0.26 ms as a phase-split
-//! copy of each plane then [`fold_windows`] (0.18 ms of it the copy: short
-//! rows, each read twice), 0.21 ms (`avx2` 0.21, scalar 0.43) with the
-//! separable fold (0.25 / 0.70 the other way), 0.12 ms in registers. As a
-//! one-node model, 0.272 -> 0.119 ms; onnxruntime 0.11-0.16 ms on its
-//! channel-blocked activations. On Zen 4 a 512-bit store takes two cycles
-//! (one crossing a cache line nearer four), so the register path, which
-//! stores nothing but its outputs, is what closes the gap.
+//! copy of each plane then [`fold_windows`] at `avx512_core` (0.18 ms of it
+//! the copy: short rows, each read twice), 0.12 ms in registers; at `avx2`
+//! 0.26 -> 0.20 ms with the separable fold, on scalar 0.70 -> 0.22. A 3x3
+//! stride-1 pool on the same planes: 0.37 -> 0.33 ms at `avx512_core`, 0.43
+//! -> 0.40 at `avx2`, 2.22 -> 0.41 on scalar. (The separable fold's loop
+//! over a window's taps, inside its loop over vectors, had doubled the
+//! scalar time and cost `avx2` a fifth; 2- and 3-tap windows get loops of
+//! their own.) As a one-node model, 0.272 -> 0.119 ms; onnxruntime
+//! 0.11-0.16 ms on its channel-blocked activations. On Zen 4 a 512-bit
+//! store takes two cycles (one crossing a cache line nearer four), so the
+//! register path, which stores nothing but its outputs, is what closes the
+//! gap.
 
 use crate::isa::{Isa, IsaError, active_isa};
 
@@ -137,10 +142,6 @@ pub struct PoolWindow {
 /// output rows.
 const MAX_POOL_BAND_VALUES: usize = 6 * 1024;
 
-/// Input rows `max_pool_band` holds split by column phase at once (the
-/// kernel's source is included per level, so the constant lives here).
-pub(crate) const SPLIT_ROWS: usize = 2;
-
 /// Max-pools one plane on the active level: `out[i * ow + j]` is the fold of
 /// [`PoolFold::Max`] (module docs) over the window's taps inside the plane,
 /// in row-major order, or -inf where none is. `scratch` is working memory,
@@ -150,7 +151,10 @@ pub(crate) const SPLIT_ROWS: usize = 2;
 /// maxima over the window's rows), which the row-major max fold allows bit
 /// for bit, so each input row is read once per band rather than once per
 /// window row; a stride-2 row is split into its two column phases by
-/// vector permutes.
+/// vector permutes. At `avx512_core` and above, column stride 2 with a
+/// 3-column window from padded column 0 or a 2-column one from column 0
+/// runs in registers instead, unless the plane holds a NaN or a -0 (module
+/// docs).
 ///
 /// # Panics
 /// If `src` is shorter than `h * w`, `out.len()` is not `oh * ow`, a kernel
@@ -221,11 +225,7 @@ fn run_max_pool(isa: Isa, win: &PoolWindow, src: &[f32], out: &mut [f32], scratc
         (ow - 1)
             .checked_mul(sw)?
             .checked_add((kw - 1).checked_mul(dw)?)?;
-        Some((
-            span,
-            phase_len,
-            sw.checked_mul(phase_len)?.checked_mul(SPLIT_ROWS)?,
-        ))
+        Some((span, phase_len, sw.checked_mul(phase_len)?))
     })();
     let Some((span, phase_len, phase_values)) = sizes else {
         panic!("mixprec max_pool_plane: the window's reach overflows in {win:?}")
