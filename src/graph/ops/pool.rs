@@ -49,15 +49,15 @@ impl Window {
     /// (`valid`) and inside the explicitly padded input (`padded`; a tap in
     /// the begin padding counts, as it lies below the end bound).
     fn counts(&self, a: usize) -> (Vec<usize>, Vec<usize>) {
-        let p = &self.plane;
-        let outs = [p.oh, p.ow][a];
-        let len = [p.h, p.w][a] as isize;
+        let plane = &self.plane;
+        let outs = [plane.oh, plane.ow][a];
+        let len = [plane.h, plane.w][a] as isize;
         let bound = len + self.pad_end[a] as isize;
         let (mut valid, mut padded) = (vec![0; outs], vec![0; outs]);
-        for k in 0..p.kernel[a] {
+        for k in 0..plane.kernel[a] {
             for (j, (v, p)) in valid.iter_mut().zip(&mut padded).enumerate() {
-                let at = (j * self.plane.strides[a] + k * self.plane.dilations[a]) as isize
-                    - self.plane.pad_begin[a] as isize;
+                let at = (j * plane.strides[a] + k * plane.dilations[a]) as isize
+                    - plane.pad_begin[a] as isize;
                 *v += usize::from((0..len).contains(&at));
                 *p += usize::from(at < bound);
             }
