@@ -13,6 +13,7 @@
 
 use std::arch::x86_64::*;
 
+use super::driver::{BF16, F16, F32, dispatch_axpy_rows, tag};
 use super::pack::KC;
 use crate::element::FloatType;
 
@@ -20,18 +21,6 @@ use crate::element::FloatType;
 pub(super) const MR: usize = 6;
 /// Columns handled by one small-m tile call.
 pub(super) const SMALL_COLS: usize = 64;
-
-const F32: u8 = 0;
-const BF16: u8 = 1;
-const F16: u8 = 2;
-
-fn tag(t: FloatType) -> u8 {
-    match t {
-        FloatType::F32 => F32,
-        FloatType::Bf16 => BF16,
-        FloatType::F16 => F16,
-    }
-}
 
 /// Loads `n.min(8)` elements of type `BT` at `p` (the rest zero) widened to f32.
 ///
@@ -268,25 +257,7 @@ pub(super) unsafe fn axpy_rows(
     out: *mut f32,
     ldo: usize,
 ) {
-    macro_rules! go {
-        ($bt:expr) => {
-            // SAFETY: forwarded from the caller's contract (every arm).
-            unsafe {
-                match mr {
-                    1 => axpy_block::<1, $bt>(k, a, b, b_rs, cols, out, ldo),
-                    2 => axpy_block::<2, $bt>(k, a, b, b_rs, cols, out, ldo),
-                    3 => axpy_block::<3, $bt>(k, a, b, b_rs, cols, out, ldo),
-                    4 => axpy_block::<4, $bt>(k, a, b, b_rs, cols, out, ldo),
-                    _ => unreachable!("axpy rows {mr} > 4"),
-                }
-            }
-        };
-    }
-    match tag(bt) {
-        F32 => go!(F32),
-        BF16 => go!(BF16),
-        _ => go!(F16),
-    }
+    dispatch_axpy_rows!(bt, mr, (k, a, b, b_rs, cols, out, ldo))
 }
 
 /// Sum of the 8 lanes in a fixed order: halves, then pairs, then the last two.

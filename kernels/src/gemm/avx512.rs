@@ -14,7 +14,7 @@
 
 use std::arch::x86_64::*;
 
-use super::driver::prefetch_l2;
+use super::driver::{BF16, F16, F32, dispatch_axpy_rows, prefetch_l2, tag};
 use super::pack::KC;
 use crate::element::FloatType;
 
@@ -22,20 +22,6 @@ use crate::element::FloatType;
 pub(super) const MR: usize = 14;
 /// Columns handled by one small-m tile call (four zmm).
 pub(super) const SMALL_COLS: usize = 64;
-
-/// Element-type tags for the const generic `BT`.
-pub(super) const F32: u8 = 0;
-pub(super) const BF16: u8 = 1;
-pub(super) const F16: u8 = 2;
-
-/// The `BT` tag of an element type.
-pub(super) fn tag(t: FloatType) -> u8 {
-    match t {
-        FloatType::F32 => F32,
-        FloatType::Bf16 => BF16,
-        FloatType::F16 => F16,
-    }
-}
 
 /// Lanes `0..cols - 16 * v` of vector `v`, clamped to 0..=16.
 #[inline(always)]
@@ -808,23 +794,5 @@ pub(super) unsafe fn axpy_rows(
     out: *mut f32,
     ldo: usize,
 ) {
-    macro_rules! go {
-        ($bt:expr) => {
-            // SAFETY: forwarded from the caller's contract (every arm).
-            unsafe {
-                match mr {
-                    1 => axpy_block::<1, $bt>(k, a, b, b_rs, cols, out, ldo),
-                    2 => axpy_block::<2, $bt>(k, a, b, b_rs, cols, out, ldo),
-                    3 => axpy_block::<3, $bt>(k, a, b, b_rs, cols, out, ldo),
-                    4 => axpy_block::<4, $bt>(k, a, b, b_rs, cols, out, ldo),
-                    _ => unreachable!("axpy rows {mr} > 4"),
-                }
-            }
-        };
-    }
-    match tag(bt) {
-        F32 => go!(F32),
-        BF16 => go!(BF16),
-        _ => go!(F16),
-    }
+    dispatch_axpy_rows!(bt, mr, (k, a, b, b_rs, cols, out, ldo))
 }

@@ -76,8 +76,10 @@
 
 use std::arch::x86_64::*;
 
-use super::avx512::{BF16, F16, F32, bias_relu, load16, tag};
-use super::driver::{Ep, SendPtr, pair_strided, prefetch_tile_output, widen_strided};
+use super::avx512::{bias_relu, load16};
+use super::driver::{
+    BF16, Ep, F16, F32, SendPtr, pair_strided, prefetch_tile_output, tag, widen_strided,
+};
 use super::threads::{parallel_for, put_buf, take_buf};
 use super::{Element, FloatType, MatRef};
 use crate::conv::Conv2dShape;

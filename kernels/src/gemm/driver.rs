@@ -27,6 +27,51 @@ use crate::element::{FloatSlice, FloatSliceMut, FloatType};
 use crate::elementwise::{self, UnaryOp};
 use crate::isa::Isa;
 
+/// Element-type tags for the SIMD kernels' const generic `BT` (one set for
+/// every level, so a tag means the same type in each).
+pub(super) const F32: u8 = 0;
+pub(super) const BF16: u8 = 1;
+pub(super) const F16: u8 = 2;
+
+/// The `BT` tag of an element type.
+pub(super) fn tag(t: FloatType) -> u8 {
+    match t {
+        FloatType::F32 => F32,
+        FloatType::Bf16 => BF16,
+        FloatType::F16 => F16,
+    }
+}
+
+/// The body of each level's `axpy_rows`: its `axpy_block::<MR_, BT>` (the
+/// calling module's, so each level calls its own `#[target_feature]`
+/// kernel) for `mr` rows of 1-4 and B's element type, with the caller's
+/// arguments and its safety contract forwarded.
+macro_rules! dispatch_axpy_rows {
+    ($bt:expr, $mr:expr, ($($arg:expr),*)) => {{
+        macro_rules! go {
+            ($t:expr) => {
+                // SAFETY: forwarded from the caller's contract (every arm).
+                unsafe {
+                    match $mr {
+                        1 => axpy_block::<1, $t>($($arg),*),
+                        2 => axpy_block::<2, $t>($($arg),*),
+                        3 => axpy_block::<3, $t>($($arg),*),
+                        4 => axpy_block::<4, $t>($($arg),*),
+                        mr => unreachable!("axpy rows {mr} > 4"),
+                    }
+                }
+            };
+        }
+        use $crate::gemm::driver::{BF16, F16, F32, tag};
+        match tag($bt) {
+            F32 => go!(F32),
+            BF16 => go!(BF16),
+            _ => go!(F16),
+        }
+    }};
+}
+pub(super) use dispatch_axpy_rows;
+
 /// Register tiles per M block.
 pub(super) const MC_TILES: usize = 8;
 /// Rows of A from which the large-m path widens a packed bf16/f16 B into f32
