@@ -284,7 +284,7 @@ impl From<GemmError> for ConvError {
 /// as without it. Results are the same bits either way.
 #[derive(Clone)]
 pub struct PackedConvWeights {
-    lanes: Option<Vec<u32>>,
+    lanes: Option<BlockedWeights>,
     rows: usize,
     cols: usize,
     dtype: FloatType,
@@ -296,7 +296,10 @@ impl fmt::Debug for PackedConvWeights {
     // The lanes are millions of numbers for a large layer: their count only.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PackedConvWeights")
-            .field("blocked_lanes", &self.lanes.as_ref().map(Vec::len))
+            .field(
+                "blocked_lanes",
+                &self.lanes.as_ref().map(BlockedWeights::len),
+            )
             .field("rows", &self.rows)
             .field("cols", &self.cols)
             .field("dtype", &self.dtype)
@@ -347,6 +350,21 @@ impl PackedConvWeights {
     /// nothing and take another path).
     pub fn is_blocked(&self) -> bool {
         self.lanes.is_some()
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+use gemm::conv::BlockedWeights;
+
+/// Off x86 no tiles read packed weights, so none are built.
+#[cfg(not(target_arch = "x86_64"))]
+#[derive(Clone)]
+enum BlockedWeights {}
+
+#[cfg(not(target_arch = "x86_64"))]
+impl BlockedWeights {
+    fn len(&self) -> usize {
+        match *self {}
     }
 }
 
@@ -655,7 +673,7 @@ fn conv2d_batch<'w, T: Element, O: Element>(
             });
         }
     }
-    let packed = packed.and_then(|p| p.lanes.as_deref());
+    let packed = packed.and_then(|p| p.lanes.as_ref());
     let (_, positions, image_len) = validate(shape, &weights)?;
     if count == 0 {
         return Ok(());
@@ -754,7 +772,7 @@ fn convolve<T: Element, O: Element>(
     shape: &Conv2dShape,
     batch: Images<'_, '_, T, O>,
     weights: MatRef<T>,
-    packed: Option<&[u32]>,
+    packed: Option<&BlockedWeights>,
     epilogue: &Epilogue,
 ) -> Result<(), ConvError> {
     #[cfg(not(target_arch = "x86_64"))]

@@ -921,6 +921,89 @@ fn check_batch<T: Element>(c: &Case, accumulation: Accumulation, isa: Isa) {
     }
 }
 
+/// The blocked tiles skip the kernel rows that read only padding at the
+/// image's top and bottom edges; a skipped `fma(w, +0, acc)` would have
+/// turned an accumulator of -0 into +0 where `w` is positive, so such tiles
+/// must come out as the GEMM's full chain does. Input channel 0 holds tiny
+/// values whose products with tiny negative weights underflow to -0,
+/// channel 1 zeros times -1: every live product is -0, so the full chain
+/// ends at +0 only through the positive weight at a skipped tap (kernel
+/// row 0 of channel 1 for output channel 0, the top edge; row 2 for
+/// output channel 1, the bottom edge). Weights packed once and per call,
+/// planes (2 input channels) and blocks (16), and an infinite weight at a
+/// skipped tap (whose product with the padding is NaN).
+#[test]
+fn skipped_edge_rows_keep_the_chains_signed_zeros_and_nans() {
+    for cin in [2, 16] {
+        // 9 columns: tiles of one output row (rows of 7 or fewer pair up).
+        let c = case(cin, [4, 9], [3, 3], [1, 1], [1, 1], [1, 1], 0, 16, 1).unwrap();
+        let (m, k, n) = (c.out_channels, c.k(), c.positions());
+        let [h, w] = c.shape.in_size;
+        let image: Vec<f32> = (0..c.shape.image_len().unwrap())
+            .map(|i| if i < h * w { 1e-30 } else { 0.0 })
+            .collect();
+        for infinite in [false, true] {
+            let mut weights = vec![0.5f32; m * k];
+            for j in 0..m {
+                for (kk, wt) in weights[j * k..(j + 1) * k].iter_mut().enumerate() {
+                    let (u, ki) = (kk / 9, kk / 3 % 3);
+                    *wt = match (j, u) {
+                        (_, 0) => -1e-30,
+                        (0, 1) if ki == 0 => 1.0,
+                        (1, 1) if ki == 2 => 1.0,
+                        (0 | 1, _) => -1.0,
+                        _ => *wt,
+                    };
+                }
+            }
+            if infinite {
+                // Channel 2's first tap: read only as padding in output row 0.
+                weights[2 * k] = f32::INFINITY;
+            }
+            let wv = MatRef::new(&weights, m, k, k).unwrap();
+            let want: Vec<f32> = gemm_on(
+                active_isa(),
+                Accumulation::F32,
+                &weights,
+                &im2col(&c.shape, &image),
+                (m, k, n),
+                &Epilogue::default(),
+            );
+            assert_eq!(want[0].to_bits(), 0, "the reference chain ends at +0");
+            assert!(!infinite || want[2 * n].is_nan());
+            for isa in Isa::available() {
+                let packed =
+                    PackedConvWeights::pack(isa, Accumulation::F32, c.shape.kernel, wv).unwrap();
+                for weights in [wv.into(), ConvWeights::packed(wv, &packed).unwrap()] {
+                    let mut got = vec![f32::NAN; m * n];
+                    conv2d_batch_at(
+                        isa,
+                        Accumulation::F32,
+                        &c.shape,
+                        1,
+                        &image,
+                        0,
+                        weights,
+                        &mut got,
+                        0,
+                        &Epilogue::default(),
+                    )
+                    .unwrap();
+                    for (i, (g, r)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(
+                            g.to_bits(),
+                            r.to_bits(),
+                            "{isa} cin {cin} infinite {infinite}: channel {} pixel {}",
+                            i / n,
+                            i % n
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn a_batch_equals_one_call_per_image() {
     let mut cases = big_cases();

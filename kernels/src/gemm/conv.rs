@@ -41,6 +41,7 @@
 
 use super::avx512::{self, DirectStore, InPlace, InPlaceEdge, MAX_PIECES, Padded, Tap, conv_tile};
 use super::bf16dot::{self, GATHER_TILES};
+pub(crate) use super::conv_blocked::BlockedWeights;
 use super::conv_blocked::{self, Product};
 use super::driver::{
     Ep, MC_TILES, PAR_MIN_FLOPS, SendPtr, pack_a_blocks, pair_strided, widen_strided,
@@ -397,7 +398,7 @@ pub(crate) fn pack_blocked_weights<T: Element>(
     accumulation: Accumulation,
     taps: usize,
     w: &MatRef<T>,
-) -> Option<Vec<u32>> {
+) -> Option<BlockedWeights> {
     let product = match accumulation {
         Accumulation::F32 if isa >= Isa::Avx512Core => Product::Fma,
         Accumulation::Bf16Dot if isa >= Isa::Avx512CoreBf16 && T::DTYPE == FloatType::Bf16 => {
@@ -456,7 +457,7 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
     shape: &Conv2dShape,
     batch: Batch<'_, T, O>,
     w: MatRef<T>,
-    packed: Option<&[u32]>,
+    packed: Option<&BlockedWeights>,
     epi: &Epilogue,
 ) {
     let (images, image_stride) = (batch.images, batch.image_stride);
