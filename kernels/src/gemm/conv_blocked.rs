@@ -427,7 +427,14 @@ impl Bands {
                     continue;
                 }
                 for x in (0..lo).chain(hi..self.padded_width) {
-                    dst[phases.pixel(x) * lanes..][..lanes].fill(0.0);
+                    let pixel = &mut dst[phases.pixel(x) * lanes..][..lanes];
+                    // A block's pixel is one constant-size store: a fill of
+                    // `lanes` values called memset twice per row and block,
+                    // 0.8% of a batch of 64x56x56 3x3 convolutions.
+                    match <&mut [f32; BLOCK]>::try_from(&mut *pixel) {
+                        Ok(block) => *block = [0.0; BLOCK],
+                        Err(_) => pixel.fill(0.0),
+                    }
                 }
                 let plane = cb * per_block * h * w + iy * w;
                 let (src, n) = (&image[plane..], hi - lo);
