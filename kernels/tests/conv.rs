@@ -522,6 +522,9 @@ fn big_cases() -> Vec<Case> {
         // plain GEMM on the image, from avx512_core up.
         case(128, [17, 15], [1, 1], [1, 1], [1, 1], [0, 0], 0, 48, 7).unwrap(),
         case(3, [64, 64], [7, 7], [2, 2], [1, 1], [3, 3], 0, 16, 4).unwrap(),
+        // A stem over planes with 32 output columns: 16-pixel tiles, each
+        // group of 32 channels in two halves, then a last group of 16.
+        case(3, [37, 64], [7, 7], [2, 2], [1, 1], [3, 3], 0, 48, 11).unwrap(),
         // Channel-blocked, copied in three bands of output rows.
         case(64, [72, 70], [3, 3], [1, 1], [1, 1], [1, 1], 0, 48, 6).unwrap(),
         // Channel-blocked and strided (ResNet's downsampling 3x3 and 1x1

@@ -34,6 +34,9 @@
 //! than blocks (64x56x56 3x3: 2.14 vs 2.11 ms), although their copy is a
 //! plain row copy: a tile's 14 pixels span two lines per channel and row,
 //! twice the L1 lines of blocks, against the weights streaming through.
+//! Over planes, output rows a multiple of 16 wide take tiles of 16 pixels
+//! by 16 channels instead ([`WIDE_PIXELS`]), whose store is whole lines:
+//! the stem's short k made the 14-pixel tile's store 11% of its time.
 //!
 //! Output rows of at most 7 pixels go two to a tile (the second row's
 //! values one copy row, times the stride, further; NCHW keeps the two rows
@@ -94,6 +97,15 @@ const BLOCK: usize = 16;
 /// Output pixels per tile; with two weight vectors, 28 accumulators, two
 /// weight registers and one broadcast fill the 32 zmm registers.
 const PIXELS: usize = 14;
+/// Output pixels per tile of [`CopyLayout::Planar`] copies whose output
+/// rows are a multiple of it wide, by 16 output channels (16 accumulators,
+/// the image values FMA operands broadcast from memory): a 3-channel 7x7
+/// stem's k (147 steps) is short, and a 14-pixel tile's store (two
+/// 16 x 16 transposes and 32 stores of 14 pixels, most across a cache line)
+/// took 11% of it; here one transpose feeds 16 whole-line stores.
+/// ResNet's 3x224x224 stem as a one-node model, one thread: 2.34 -> 2.27
+/// ms (medians of 8 alternated runs).
+const WIDE_PIXELS: usize = 16;
 /// Most bytes of one band's copy, so that it stays in Zen 4's 1 MiB L2 with
 /// a group's packed weights (72 KiB for 64 input channels, 3x3).
 const BAND_BYTES: usize = 512 << 10;
@@ -730,6 +742,8 @@ pub(super) unsafe fn run<T: Element>(
     // last stage (512 channels, 7x7, 9.4 MB of weights) streamed them from
     // L3 once per output row.
     let two_rows = if 2 * ow <= PIXELS { 2 } else { 1 };
+    let wide =
+        product == Product::Fma && layout == CopyLayout::Planar && ow.is_multiple_of(WIDE_PIXELS);
     let row_lanes = sh * bands.width * layout.lanes();
     // The k steps each output row at the image's top or bottom edge runs
     // (one-row tiles, f32 FMAs, finite weights; see `LiveSteps`).
@@ -766,32 +780,47 @@ pub(super) unsafe fn run<T: Element>(
                     relu,
                     residual: out.residual.map(|r| r.get().cast_const()),
                 };
-                for ox in (0..ow).step_by(PIXELS) {
+                // Wide tiles run each 16 channels of the group on their own.
+                let (step, halves) = if wide {
+                    (WIDE_PIXELS, lanes / BLOCK)
+                } else {
+                    (PIXELS, 1)
+                };
+                for (ox, h) in (0..ow)
+                    .step_by(step)
+                    .flat_map(|ox| (0..halves).map(move |h| (ox, h)))
+                {
                     let px = TilePixels {
-                        row: PIXELS.min(ow - ox),
+                        row: step.min(ow - ox),
                         rows: tile_rows,
                         row_lanes,
                     };
+                    let (tile_lanes, first) = if wide { (BLOCK, h * BLOCK) } else { (lanes, 0) };
                     let b = copy[((oy - oy0) * sh * bands.width + ox) * layout.lanes()..].as_ptr();
                     // SAFETY: the copy holds `copy_rows` rows of `width` pixels per
                     // channel block, so every tap of the tile's pixels (offs[p] + the
                     // pixel's offset: row (oy + r - oy0) * sh + ki * dh for its tile row
                     // r < tile_rows, phase pixel ox + q + kj * dw / sw < phases.len) lies
-                    // in it; `weights` holds k steps of `lanes`; the output rows
-                    // oc0..oc0+lanes, columns oy*ow+ox.. + row * rows (two rows only
-                    // where ox = 0 and row = ow, so consecutive), lie in image n's
-                    // output; avx512_core is the caller's contract.
+                    // in it; `weights` holds k steps of `lanes`, of which the tile
+                    // reads `tile_lanes` from `first` (first + tile_lanes <= lanes);
+                    // the output rows oc0+first.. +tile_lanes, columns oy*ow+ox..
+                    // + row * rows (two rows only where ox = 0 and row = ow, so
+                    // consecutive), lie in image n's output; a wide tile is f32
+                    // FMAs over planes; avx512_core is the caller's contract.
                     unsafe {
                         tile(
                             product,
                             layout,
-                            lanes,
+                            tile_lanes,
                             px,
                             live,
                             offs,
-                            weights.as_ptr(),
+                            Weights {
+                                at: weights[first..].as_ptr(),
+                                step: lanes,
+                            },
                             b,
-                            &store.at(ox),
+                            &store.at(ox).channels(first),
                         )
                     };
                 }
@@ -987,6 +1016,15 @@ impl TileStore {
             ..*self
         }
     }
+
+    /// The same pixels from channel `first` of the tile's on.
+    fn channels(&self, first: usize) -> TileStore {
+        TileStore {
+            at: self.at + first * self.ldc,
+            row_bias: self.row_bias.map(|b| b.wrapping_add(first)),
+            ..*self
+        }
+    }
 }
 
 /// A tile's pixels: `rows` output rows (1, or 2 where `row <= PIXELS / 2`
@@ -1041,13 +1079,23 @@ impl LiveSteps {
     }
 }
 
+/// A tile's packed weights: k step `p`'s lanes start at `at + p * step`
+/// (`step` being the group's lanes; a wide tile reads 16 of its 32).
+#[derive(Clone, Copy)]
+struct Weights {
+    at: *const u32,
+    step: usize,
+}
+
 /// Computes and stores one tile of `lanes` (16 or 32) output channels by
-/// the pixels `px` gives (1 to [`PIXELS`]), over the `live` k steps only
+/// the pixels `px` gives (1 to [`PIXELS`], or [`WIDE_PIXELS`] in one row
+/// of 16 channels with f32 FMAs over planes), over the `live` k steps only
 /// where they are given ([`LiveSteps`]).
 ///
 /// # Safety
-/// `w` holds `offs.len()` k steps of `lanes` 32-bit lanes (f32, or bf16
-/// pairs for [`Product::Bf16Dot`]); for every k step `p` and pixel
+/// `w` holds `offs.len()` k steps of `w.step >= lanes` 32-bit lanes (f32,
+/// or bf16 pairs for [`Product::Bf16Dot`]), the tile reading the first
+/// `lanes` of each; for every k step `p` and pixel
 /// `q < px.row * px.rows`, `b + offs[p] + (q % px.row) * layout.lanes() +
 /// (q / px.row) * px.row_lanes` is readable; the store's `lanes` rows of
 /// `px.row * px.rows` elements are writable and its bias holds `lanes`
@@ -1063,10 +1111,16 @@ unsafe fn tile(
     px: TilePixels,
     live: Option<&LiveSteps>,
     offs: &[usize],
-    w: *const u32,
+    w: Weights,
     b: *const f32,
     store: &TileStore,
 ) {
+    if px.row == WIDE_PIXELS {
+        debug_assert!(product == Product::Fma && layout == CopyLayout::Planar);
+        debug_assert!(lanes == BLOCK && px.rows == 1);
+        // SAFETY: forwarded from the caller's contract.
+        return unsafe { tile_kernel::<16, 1, 1, 16>(live, offs, w, b, 0, store) };
+    }
     // (pixels, pixels per row): one row of 1 to 14, or two rows of 1 to 7.
     macro_rules! go {
         ($kernel:ident, $v:literal, $s:expr) => {
@@ -1109,13 +1163,12 @@ unsafe fn tile(
 unsafe fn tile_kernel<const P: usize, const V: usize, const S: usize, const R: usize>(
     live: Option<&LiveSteps>,
     offs: &[usize],
-    w: *const u32,
+    w: Weights,
     b: *const f32,
     row_lanes: usize,
     store: &TileStore,
 ) {
     store.prefetch(V * BLOCK, P);
-    let w = w.cast::<f32>();
     let all = || offs.iter().enumerate().map(|(p, &off)| [off, p]);
     // SAFETY: every address is in bounds by the caller's contract, which
     // also makes `live` a part of `offs`.
@@ -1146,15 +1199,16 @@ unsafe fn tile_kernel<const P: usize, const V: usize, const S: usize, const R: u
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn fma_steps<const P: usize, const V: usize, const S: usize, const R: usize>(
     steps: impl Iterator<Item = [usize; 2]>,
-    w: *const f32,
+    w: Weights,
     b: *const f32,
     row_lanes: usize,
 ) -> [[__m512; V]; P] {
     let mut acc = [[_mm512_setzero_ps(); V]; P];
+    let (w, w_step) = (w.at.cast::<f32>(), w.step);
     // SAFETY: every address is in bounds by the caller's contract.
     unsafe {
         for [off, p] in steps {
-            let wp = w.add(p * V * BLOCK);
+            let wp = w.add(p * w_step);
             let mut wv = [_mm512_setzero_ps(); V];
             for (v, x) in wv.iter_mut().enumerate() {
                 *x = _mm512_loadu_ps(wp.add(BLOCK * v));
@@ -1196,12 +1250,13 @@ fn any_zero<const P: usize, const V: usize>(acc: &[[__m512; V]; P]) -> bool {
 unsafe fn tile_kernel_dot<const P: usize, const V: usize, const S: usize, const R: usize>(
     live: Option<&LiveSteps>,
     offs: &[usize],
-    w: *const u32,
+    w: Weights,
     b: *const f32,
     row_lanes: usize,
     store: &TileStore,
 ) {
     debug_assert!(live.is_none(), "pairs run every k step");
+    let (w, w_step) = (w.at, w.step);
     let mut acc = [[_mm512_setzero_ps(); V]; P];
     store.prefetch(V * BLOCK, P);
     let b = b.cast::<i32>();
@@ -1209,7 +1264,7 @@ unsafe fn tile_kernel_dot<const P: usize, const V: usize, const S: usize, const 
     // __m512bh and __m512i are both 512 plain bits.
     unsafe {
         for (p, &off) in offs.iter().enumerate() {
-            let wp = w.add(p * V * BLOCK);
+            let wp = w.add(p * w_step);
             let mut wv: [__m512bh; V] = std::mem::zeroed();
             for (v, x) in wv.iter_mut().enumerate() {
                 *x = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
