@@ -81,8 +81,12 @@ use crate::element::{Element, FloatType};
 use crate::gemm::{self, Accumulation, Epilogue, GemmError, MatMut, MatRef};
 use crate::isa::{Isa, active_isa};
 
+#[cfg(target_arch = "x86_64")]
+use gemm::conv::BlockedWeights;
+
 /// Input channels from which a pointwise convolution takes the
 /// channel-blocked tiles rather than the plain GEMM (module docs: Paths).
+#[cfg(target_arch = "x86_64")]
 const POINTWISE_BLOCKED_MIN_K: usize = 128;
 
 /// The geometry of one 2-D convolution of one image and one group.
@@ -352,9 +356,6 @@ impl PackedConvWeights {
         self.lanes.is_some()
     }
 }
-
-#[cfg(target_arch = "x86_64")]
-use gemm::conv::BlockedWeights;
 
 /// Off x86 no tiles read packed weights, so none are built.
 #[cfg(not(target_arch = "x86_64"))]

@@ -6,8 +6,10 @@
 //! `vfmadd231ps zmm` (32 flops) or `vdpbf16ps zmm` (64 flops: 32 bf16 products
 //! and their pairwise sums into 16 f32). `vfmadd231ph` needs AVX512-FP16.
 
+#[cfg(target_arch = "x86_64")]
 use std::time::Instant;
 
+#[cfg(target_arch = "x86_64")]
 use crate::isa::Isa;
 
 /// Which instruction to measure.
@@ -33,6 +35,7 @@ impl PeakKind {
 }
 
 /// Iterations of the 12-instruction body per timing run.
+#[cfg(target_arch = "x86_64")]
 const ITERS: u64 = 20_000_000;
 
 #[cfg(target_arch = "x86_64")]

@@ -182,6 +182,7 @@ pub fn max_pool_plane_at(
 /// Whether [`max_pool_plane`] at AVX-512 folds `win` in registers: column
 /// stride 2, dilation 1, and a 3-column window from padded column 0 or a
 /// 2-column one from input column 0.
+#[cfg(target_arch = "x86_64")]
 fn takes_stride2_registers(win: &PoolWindow) -> bool {
     win.strides[1] == 2
         && win.dilations[1] == 1

@@ -208,7 +208,7 @@ pub(super) unsafe fn pack<T: Element>(
 #[derive(Clone)]
 pub(crate) struct BlockedWeights {
     /// The lanes [`pack_weights`] lays out.
-    pub(crate) lanes: Vec<u32>,
+    lanes: Vec<u32>,
     /// [`all_finite`] of the lanes.
     finite: bool,
 }

@@ -15,6 +15,7 @@ pub(crate) const NR: usize = 32;
 /// k block of the large-m path: a 32-column f32 B panel of `KC` rows is
 /// 24 KiB, within Zen 4's 32 KiB L1D. Packed A tiles are row-major blocks
 /// with this row stride.
+#[cfg(target_arch = "x86_64")]
 pub(crate) const KC: usize = 192;
 
 /// A `k x n` right-hand side packed once (typically weights) and reused by
@@ -159,6 +160,7 @@ impl<T: Element> PackedB<T> {
     }
 
     /// Panel `p` (all k rows) of a [`Layout::Rows`] B.
+    #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     pub(crate) fn panel(&self, p: usize) -> &[T] {
         debug_assert_eq!(self.layout, Layout::Rows);
