@@ -781,11 +781,12 @@ pub(super) unsafe fn run<T: Element>(
                     residual: out.residual.map(|r| r.get().cast_const()),
                 };
                 // Wide tiles run each 16 channels of the group on their own.
-                let (step, halves) = if wide {
-                    (WIDE_PIXELS, lanes / BLOCK)
+                let (step, tile_lanes) = if wide {
+                    (WIDE_PIXELS, BLOCK)
                 } else {
-                    (PIXELS, 1)
+                    (PIXELS, lanes)
                 };
+                let halves = lanes / tile_lanes;
                 for (ox, h) in (0..ow)
                     .step_by(step)
                     .flat_map(|ox| (0..halves).map(move |h| (ox, h)))
@@ -795,7 +796,7 @@ pub(super) unsafe fn run<T: Element>(
                         rows: tile_rows,
                         row_lanes,
                     };
-                    let (tile_lanes, first) = if wide { (BLOCK, h * BLOCK) } else { (lanes, 0) };
+                    let first = h * tile_lanes;
                     let b = copy[((oy - oy0) * sh * bands.width + ox) * layout.lanes()..].as_ptr();
                     // SAFETY: the copy holds `copy_rows` rows of `width` pixels per
                     // channel block, so every tap of the tile's pixels (offs[p] + the
