@@ -142,6 +142,31 @@ impl Conv2dShape {
     }
 }
 
+/// How a batch's images or outputs keep their channels in memory.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ChannelLayout {
+    /// One `h x w` plane per channel: channel `c`, pixel `p` (`y * w + x`)
+    /// at element `c * h * w + p`.
+    #[default]
+    Nchw,
+    /// Blocks of 16 channels, each block's pixels in order with their 16
+    /// channels consecutive (oneDNN's `nChw16c`, onnxruntime's NCHWc with
+    /// 16-channel blocks): channel `c`, pixel `p` at element
+    /// `(c / 16 * h * w + p) * 16 + c % 16`. The channels are a multiple of
+    /// 16, so the image has as many elements as in NCHW.
+    Nchw16c,
+}
+
+/// The channel layouts of a [`conv2d_batch_layout_at`] call's images and
+/// outputs (a residual is laid out as the outputs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConvLayouts {
+    /// The images' layout.
+    pub image: ChannelLayout,
+    /// The outputs' (and the residual's) layout.
+    pub output: ChannelLayout,
+}
+
 /// Errors of the convolutions and of [`PackedConvWeights`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ConvError {
@@ -206,6 +231,11 @@ pub enum ConvError {
         /// What differs.
         what: &'static str,
     },
+    /// A channel layout the call cannot take ([`conv2d_batch_layout_at`]).
+    Layout {
+        /// Why.
+        reason: &'static str,
+    },
     /// An error of the underlying GEMM (level, accumulation, bias length).
     Gemm(GemmError),
 }
@@ -256,6 +286,7 @@ impl fmt::Display for ConvError {
             ConvError::PackedMismatch { what } => {
                 write!(f, "packed convolution weights do not fit the call: {what}")
             }
+            ConvError::Layout { reason } => write!(f, "convolution channel layout: {reason}"),
             ConvError::Gemm(e) => write!(f, "{e}"),
         }
     }
@@ -492,6 +523,7 @@ pub fn conv2d_at<T: Element, O: Element>(
         out_stride: 0,
         ldc,
         residual: None,
+        layouts: ConvLayouts::default(),
     };
     convolve(isa, accumulation, shape, batch, weights, None, epilogue)
 }
@@ -533,6 +565,7 @@ pub fn conv2d_batch_at<'w, T: Element, O: Element>(
         weights.into(),
         epilogue,
         None,
+        ConvLayouts::default(),
     )
 }
 
@@ -561,18 +594,7 @@ pub fn conv2d_batch_residual_at<'w, T: Element>(
 ) -> Result<(), ConvError> {
     let weights = weights.into();
     let m = weights.matrix.rows();
-    // A geometry that overflows is left to the convolution's own checks.
-    let per_out = shape.positions().map_or(0, |p| m.saturating_mul(p));
-    let needed = count
-        .saturating_sub(1)
-        .saturating_mul(out_stride)
-        .saturating_add(per_out);
-    if count > 0 && residual.len() < needed {
-        return Err(ConvError::ResidualLength {
-            expected: needed,
-            got: residual.len(),
-        });
-    }
+    let per_out = check_residual(shape, m, count, out_stride, residual)?;
     #[cfg(target_arch = "x86_64")]
     let in_registers = isa
         .require()
@@ -595,13 +617,23 @@ pub fn conv2d_batch_residual_at<'w, T: Element>(
             weights,
             epilogue,
             Some(residual),
+            ConvLayouts::default(),
         );
     }
     let plain = Epilogue {
         activation: gemm::Activation::Identity,
         ..*epilogue
     };
-    conv2d_batch(isa, accumulation, shape, batch, weights, &plain, None)?;
+    conv2d_batch(
+        isa,
+        accumulation,
+        shape,
+        batch,
+        weights,
+        &plain,
+        None,
+        ConvLayouts::default(),
+    )?;
     for n in 0..count {
         let y = &mut out[n * out_stride..][..per_out];
         for (y, &r) in y.iter_mut().zip(&residual[n * out_stride..][..per_out]) {
@@ -609,6 +641,145 @@ pub fn conv2d_batch_residual_at<'w, T: Element>(
         }
     }
     Ok(())
+}
+
+/// Checks that `residual` spans a batch's outputs; returns one output's
+/// elements (0 where the geometry overflows, which the convolution's own
+/// checks report).
+fn check_residual(
+    shape: &Conv2dShape,
+    m: usize,
+    count: usize,
+    out_stride: usize,
+    residual: &[f32],
+) -> Result<usize, ConvError> {
+    let per_out = shape.positions().map_or(0, |p| m.saturating_mul(p));
+    let needed = count
+        .saturating_sub(1)
+        .saturating_mul(out_stride)
+        .saturating_add(per_out);
+    if count > 0 && residual.len() < needed {
+        return Err(ConvError::ResidualLength {
+            expected: needed,
+            got: residual.len(),
+        });
+    }
+    Ok(per_out)
+}
+
+/// Whether [`conv2d_batch_layout_at`] takes NCHW16c images or outputs for
+/// this call: at `avx512_core` and up (available here), where the
+/// channel-blocked tiles run it with f32 FMAs (output channels a multiple
+/// of 16, an epilogue of at most `row_bias` and ReLU, a pointwise kernel
+/// from 128 input channels; module docs: Paths). NCHW16c images need input
+/// channels a multiple of 16 as well.
+pub fn takes_nchw16c(
+    isa: Isa,
+    shape: &Conv2dShape,
+    out_channels: usize,
+    epilogue: &Epilogue,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        isa.require().is_ok_and(|isa| {
+            runs_blocked_tiles::<f32>(isa, Accumulation::F32, shape, out_channels, epilogue)
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (isa, shape, out_channels, epilogue);
+        false
+    }
+}
+
+/// [`conv2d_batch_at`] (f32, [`Accumulation::F32`]) with the images and
+/// outputs in the channel layouts `layouts` gives, and an optional
+/// residual laid out as the outputs ([`conv2d_batch_residual_at`]'s
+/// `act(conv + row_bias + residual)`). Each image and output occupies
+/// the same elements as in NCHW (`image_stride` and `out_stride` apart),
+/// and the results are the NCHW call's bits, permuted: a network's Conv
+/// -> Conv activations can stay in 16-channel blocks, the layout the tiles
+/// compute in, instead of being transposed out and back in around each
+/// call.
+///
+/// Errors with [`ConvError::Layout`] where a layout is NCHW16c but
+/// [`takes_nchw16c`] does not hold, or the images' input channels are not
+/// a multiple of 16.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_batch_layout_at<'w>(
+    isa: Isa,
+    shape: &Conv2dShape,
+    count: usize,
+    images: &[f32],
+    image_stride: usize,
+    weights: impl Into<ConvWeights<'w, f32>>,
+    out: &mut [f32],
+    out_stride: usize,
+    epilogue: &Epilogue,
+    residual: Option<&[f32]>,
+    layouts: ConvLayouts,
+) -> Result<(), ConvError> {
+    let weights = weights.into();
+    let m = weights.matrix.rows();
+    if layouts == ConvLayouts::default() {
+        return match residual {
+            Some(r) => conv2d_batch_residual_at(
+                isa,
+                Accumulation::F32,
+                shape,
+                count,
+                images,
+                image_stride,
+                weights,
+                out,
+                out_stride,
+                epilogue,
+                r,
+            ),
+            None => conv2d_batch_at(
+                isa,
+                Accumulation::F32,
+                shape,
+                count,
+                images,
+                image_stride,
+                weights,
+                out,
+                out_stride,
+                epilogue,
+            ),
+        };
+    }
+    if !takes_nchw16c(isa, shape, m, epilogue) {
+        return Err(ConvError::Layout {
+            reason: "the channel-blocked f32 tiles do not run this convolution here",
+        });
+    }
+    if layouts.image == ChannelLayout::Nchw16c && !shape.in_channels.is_multiple_of(16) {
+        return Err(ConvError::Layout {
+            reason: "NCHW16c images need input channels in multiples of 16",
+        });
+    }
+    if let Some(r) = residual {
+        check_residual(shape, m, count, out_stride, r)?;
+    }
+    let batch = BatchArgs {
+        count,
+        images,
+        image_stride,
+        out,
+        out_stride,
+    };
+    conv2d_batch(
+        isa,
+        Accumulation::F32,
+        shape,
+        batch,
+        weights,
+        epilogue,
+        residual,
+        layouts,
+    )
 }
 
 /// Whether a validated call at an available `isa` runs the channel-blocked
@@ -643,7 +814,8 @@ struct BatchArgs<'a, 'o, T, O> {
 }
 
 /// [`conv2d_batch_at`], and with `residual` (f32 `out`, blocked tiles) its
-/// residual form.
+/// residual form; NCHW16c `layouts` only where [`takes_nchw16c`] holds.
+#[allow(clippy::too_many_arguments)]
 fn conv2d_batch<'w, T: Element, O: Element>(
     isa: Isa,
     accumulation: Accumulation,
@@ -652,6 +824,7 @@ fn conv2d_batch<'w, T: Element, O: Element>(
     weights: ConvWeights<'w, T>,
     epilogue: &Epilogue,
     residual: Option<&[f32]>,
+    layouts: ConvLayouts,
 ) -> Result<(), ConvError> {
     let BatchArgs {
         count,
@@ -717,6 +890,7 @@ fn conv2d_batch<'w, T: Element, O: Element>(
         out_stride,
         ldc: positions,
         residual,
+        layouts,
     };
     convolve(isa, accumulation, shape, batch, weights, packed, epilogue)
 }
@@ -762,6 +936,8 @@ struct Images<'a, 'o, T, O> {
     ldc: usize,
     /// Laid out as `out` (f32 `out` only); only where [`runs_blocked_tiles`].
     residual: Option<&'o [f32]>,
+    /// NCHW16c only where [`takes_nchw16c`] (checked by the caller).
+    layouts: ConvLayouts,
 }
 
 /// Runs a validated batch on the path the level and accumulation select;
@@ -812,6 +988,7 @@ fn convolve<T: Element, O: Element>(
                 out_stride: batch.out_stride,
                 ldc: batch.ldc,
                 residual: batch.residual.map(<[f32]>::as_ptr),
+                layouts: batch.layouts,
             };
             // SAFETY: validated by the callers and above: each image and each
             // output (m rows of positions at stride ldc, out_stride apart, not
@@ -821,13 +998,15 @@ fn convolve<T: Element, O: Element>(
             // and the level has AVX512-BF16 (`require_bf16dot`).
             // `packed` (checked against the weights' dimensions, kernel and
             // accumulation) is `pack_blocked_weights` of these weights.
+            // NCHW16c layouts come only from `conv2d_batch_layout_at`, which
+            // checked `takes_nchw16c` and the channels.
             unsafe { gemm::conv::run(isa, accumulation, shape, run, weights, packed, epilogue) };
             return Ok(());
         }
     }
     assert!(
-        batch.residual.is_none(),
-        "a residual needs the blocked tiles"
+        batch.residual.is_none() && batch.layouts == ConvLayouts::default(),
+        "a residual or NCHW16c needs the blocked tiles"
     );
     for n in 0..batch.count {
         let c = MatMut::new(

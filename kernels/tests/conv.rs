@@ -10,8 +10,8 @@ mod gemm_common;
 use gemm_common::Lcg;
 use half::bf16;
 use mixprec_kernels::conv::{
-    Conv2dShape, ConvError, ConvWeights, PackedConvWeights, conv2d, conv2d_at, conv2d_batch_at,
-    conv2d_batch_residual_at,
+    ChannelLayout, Conv2dShape, ConvError, ConvLayouts, ConvWeights, PackedConvWeights, conv2d,
+    conv2d_at, conv2d_batch_at, conv2d_batch_layout_at, conv2d_batch_residual_at, takes_nchw16c,
 };
 use mixprec_kernels::gemm::{
     self, Accumulation, Activation, Epilogue, GemmError, MatMut, MatRef, set_num_threads,
@@ -467,6 +467,7 @@ proptest! {
         check_batch::<f32>(&c, Accumulation::F32, active_isa());
         check_batch::<half::f16>(&c, Accumulation::F32, active_isa());
         check_residual(&c);
+        check_layouts(&c);
         if bf16dot_available() {
             // VDPBF16PS tiles over blocked channel pairs (32n input channels)
             // or planes of pairs.
@@ -831,6 +832,144 @@ fn check_residual(c: &Case) {
         matches!(err, Err(ConvError::ResidualLength { .. })),
         "{err:?}"
     );
+}
+
+/// `x` (images of `channels` planes of `plane` pixels, `stride` apart)
+/// with each image's channels in `layout`; elements between images are
+/// kept.
+fn relayout(
+    x: &[f32],
+    channels: usize,
+    plane: usize,
+    stride: usize,
+    layout: ChannelLayout,
+) -> Vec<f32> {
+    let mut y = x.to_vec();
+    // Other channel counts have no NCHW16c form (the call must refuse them).
+    if layout == ChannelLayout::Nchw16c && channels.is_multiple_of(16) {
+        for (n, c, p) in image_channel_pixel(x.len() / stride, channels, plane) {
+            y[n * stride + (c / 16 * plane + p) * 16 + c % 16] = x[n * stride + c * plane + p];
+        }
+    }
+    y
+}
+
+/// [`relayout`]'s inverse.
+fn from_layout(
+    y: &[f32],
+    channels: usize,
+    plane: usize,
+    stride: usize,
+    layout: ChannelLayout,
+) -> Vec<f32> {
+    let mut x = y.to_vec();
+    if layout == ChannelLayout::Nchw16c {
+        for (n, c, p) in image_channel_pixel(y.len() / stride, channels, plane) {
+            x[n * stride + c * plane + p] = y[n * stride + (c / 16 * plane + p) * 16 + c % 16];
+        }
+    }
+    x
+}
+
+/// Every (image, channel, pixel).
+fn image_channel_pixel(
+    images: usize,
+    channels: usize,
+    plane: usize,
+) -> impl Iterator<Item = (usize, usize, usize)> {
+    (0..images)
+        .flat_map(move |n| (0..channels).flat_map(move |c| (0..plane).map(move |p| (n, c, p))))
+}
+
+/// `conv2d_batch_layout_at` with NCHW16c images, outputs or both (and a
+/// residual laid out as the outputs) == the NCHW call, permuted, bit for
+/// bit, on every level where `takes_nchw16c` holds, touching nothing
+/// between the outputs; a typed error where it does not hold or the
+/// images' channels are not a multiple of 16.
+fn check_layouts(c: &Case) {
+    use ChannelLayout::{Nchw, Nchw16c};
+    let (image, weights) = c.data::<f32>();
+    let (m, k, n) = (c.out_channels, c.k(), c.positions());
+    let (cin, plane_in) = (c.shape.in_channels, c.shape.in_size[0] * c.shape.in_size[1]);
+    let (count, image_stride, out_stride) = (2, image.len(), m * n + 5);
+    let images: Vec<f32> = image.iter().chain(&image).copied().collect();
+    let mut rng = Lcg(c.seed ^ 0x1a7);
+    let images: Vec<f32> = images
+        .iter()
+        .map(|&x| x * (1.0 + rng.next() / 8.0))
+        .collect();
+    let residual: Vec<f32> = (0..count * out_stride).map(|_| rng.next()).collect();
+    let bias: Vec<f32> = (0..m).map(|_| rng.next()).collect();
+    let wv = MatRef::new(&weights, m, k, k).unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for isa in Isa::available() {
+        let packed = PackedConvWeights::pack(isa, Accumulation::F32, c.shape.kernel, wv).unwrap();
+        for (relu, with_residual) in [(false, false), (true, false), (true, true)] {
+            let epi = Epilogue {
+                bias: None,
+                row_bias: Some(&bias),
+                activation: if relu {
+                    Activation::Relu
+                } else {
+                    Activation::Identity
+                },
+            };
+            let residual = with_residual.then_some(&residual[..]);
+            let mut want = vec![0.5f32; count * out_stride];
+            conv2d_batch_layout_at(
+                isa,
+                &c.shape,
+                count,
+                &images,
+                image_stride,
+                wv,
+                &mut want,
+                out_stride,
+                &epi,
+                residual,
+                ConvLayouts::default(),
+            )
+            .unwrap();
+            for layouts in [(Nchw16c, Nchw), (Nchw, Nchw16c), (Nchw16c, Nchw16c)] {
+                let layouts = ConvLayouts {
+                    image: layouts.0,
+                    output: layouts.1,
+                };
+                let x = relayout(&images, cin, plane_in, image_stride, layouts.image);
+                let r = residual.map(|r| relayout(r, m, n, out_stride, layouts.output));
+                let mut got = vec![0.5f32; count * out_stride];
+                let result = conv2d_batch_layout_at(
+                    isa,
+                    &c.shape,
+                    count,
+                    &x,
+                    image_stride,
+                    ConvWeights::packed(wv, &packed).unwrap(),
+                    &mut got,
+                    out_stride,
+                    &epi,
+                    r.as_deref(),
+                    layouts,
+                );
+                let takes = takes_nchw16c(isa, &c.shape, m, &epi)
+                    && (layouts.image == Nchw || cin.is_multiple_of(16));
+                if !takes {
+                    assert!(
+                        matches!(result, Err(ConvError::Layout { .. })),
+                        "{isa} {layouts:?} {c:?}: {result:?}"
+                    );
+                    continue;
+                }
+                result.unwrap();
+                let got = from_layout(&got, m, n, out_stride, layouts.output);
+                assert_eq!(
+                    bits(&got),
+                    bits(&want),
+                    "{isa} {layouts:?} {c:?} relu {relu} residual {with_residual}"
+                );
+            }
+        }
+    }
 }
 
 /// A batch in one call == one call per image, bit for bit, with gaps

@@ -49,7 +49,7 @@ use super::driver::{
 use super::pack::KC;
 use super::threads::parallel_for;
 use super::{Accumulation, Element, Epilogue, FloatType, MatRef, num_threads};
-use crate::conv::{Conv2dShape, valid_range};
+use crate::conv::{ChannelLayout, Conv2dShape, ConvLayouts, valid_range};
 use crate::isa::Isa;
 
 /// Pixel tiles of 32 per pass over the k blocks: a tile's B for one k block
@@ -79,6 +79,10 @@ pub(crate) struct Batch<'a, T, O> {
     /// the result's offset from `out`; only where the blocked tiles run
     /// ([`takes_blocked_tiles`]) and `O` is f32.
     pub residual: Option<*const f32>,
+    /// The images' and outputs' channel layouts: NCHW16c only where the
+    /// blocked tiles run with f32 FMAs, T and O f32 (and, for the images,
+    /// input channels a multiple of 16).
+    pub layouts: ConvLayouts,
 }
 
 /// The padded, phase-split copy of one band and the wide output domain.
@@ -488,22 +492,35 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
         batch.residual.is_none() || (eligible && O::DTYPE == FloatType::F32),
         "a residual needs the blocked tiles and f32 output"
     );
+    assert!(
+        batch.layouts == ConvLayouts::default()
+            || (eligible
+                && product == Product::Fma
+                && T::DTYPE == FloatType::F32
+                && O::DTYPE == FloatType::F32
+                && (batch.layouts.image == ChannelLayout::Nchw
+                    || cin.is_multiple_of(conv_blocked::BLOCK))),
+        "NCHW16c needs the blocked tiles' f32 FMAs on f32 and, for images, 16n channels"
+    );
     if eligible {
         let out = conv_blocked::Output {
             c: SendPtr(out.c.get().cast()),
             out: O::DTYPE,
+            layout: batch.layouts.output,
             count: out.count,
             stride: out.stride,
             ldc: out.ldc,
             residual: batch.residual.map(|r| SendPtr(r.cast_mut())),
         };
         // SAFETY: the caller's contract (avx512_core, and avx512_core_bf16
-        // with T bf16 for Bf16Dot), eligibility just checked, `out` is O's type.
+        // with T bf16 for Bf16Dot), eligibility and the NCHW16c conditions
+        // just checked, `out` is O's type.
         unsafe {
             conv_blocked::run(
                 shape,
                 product,
                 images,
+                batch.layouts.image,
                 image_stride,
                 &w,
                 packed,

@@ -85,15 +85,16 @@ use std::arch::x86_64::*;
 
 use super::avx512::{bias_relu, load16};
 use super::driver::{
-    BF16, Ep, F16, F32, SendPtr, pair_strided, prefetch_tile_output, tag, widen_strided,
+    BF16, Ep, F16, F32, SendPtr, pair_strided, prefetch_l2, prefetch_tile_output, tag,
+    widen_strided,
 };
 use super::threads::{parallel_for, put_buf, take_buf};
 use super::{Element, FloatType, MatRef};
-use crate::conv::Conv2dShape;
+use crate::conv::{ChannelLayout, Conv2dShape};
 use crate::isa::Isa;
 
 /// Channels per block of the copy: one zmm of f32.
-const BLOCK: usize = 16;
+pub(super) const BLOCK: usize = 16;
 /// Output pixels per tile; with two weight vectors, 28 accumulators, two
 /// weight registers and one broadcast fill the 32 zmm registers.
 const PIXELS: usize = 14;
@@ -246,10 +247,14 @@ unsafe fn pack_into<T: Element>(w: &MatRef<T>, product: Product, taps: usize, la
 }
 
 /// A batch's output: image `n`'s channel `i` row starts at element
-/// `n * stride + i * ldc` of `c`, `out_h * out_w` elements of type `out`.
+/// `n * stride + i * ldc` of `c`, `out_h * out_w` elements of type `out`
+/// (with `layout` [`ChannelLayout::Nchw16c`], f32 only, image `n` at
+/// `n * stride` holds the same elements in 16-channel blocks, `ldc` being
+/// the pixels per channel).
 pub(super) struct Output {
     pub c: SendPtr<u8>,
     pub out: FloatType,
+    pub layout: ChannelLayout,
     pub count: usize,
     pub stride: usize,
     pub ldc: usize,
@@ -393,16 +398,19 @@ impl Bands {
         offs
     }
 
-    /// Copies band `band` of `image` (NCHW) into `copy`: copy row `r` is
-    /// padded input row `band * rows * sh + r`, zeros outside the image.
-    /// Rows and column phases no tap reads are skipped (a 1x1 stride-2
-    /// kernel reads every other row and column).
+    /// Copies band `band` of `image` (`image_layout`; NCHW16c only for f32
+    /// FMAs into blocks, T then f32) into `copy`: copy row `r` is padded
+    /// input row `band * rows * sh + r`, zeros outside the image. Rows and
+    /// column phases no tap reads are skipped (a 1x1 stride-2 kernel reads
+    /// every other row and column).
+    #[allow(clippy::too_many_arguments)]
     fn fill<T: Element>(
         &self,
         shape: &Conv2dShape,
         product: Product,
         band: usize,
         image: &[T],
+        image_layout: ChannelLayout,
         copy: &mut [f32],
     ) {
         let lanes = self.layout.lanes();
@@ -451,6 +459,14 @@ impl Bands {
                 let plane = cb * per_block * h * w + iy * w;
                 let (src, n) = (&image[plane..], hi - lo);
                 let to = Pixels { first: lo, phases };
+                if image_layout == ChannelLayout::Nchw16c {
+                    // The block's row is already the copy's pixels: row
+                    // copies, no transposes (T is f32: `run`'s contract).
+                    let row = (cb * h * w + iy * w) * BLOCK;
+                    let src: &[f32] = bytemuck::cast_slice(&image[row..][..n * BLOCK]);
+                    copy_block_row(src, dst, to);
+                    continue;
+                }
                 match (self.layout, product) {
                     (CopyLayout::Planar, Product::Fma) => {
                         gather_plane(&src[..n], dst, to);
@@ -510,6 +526,18 @@ impl Pixels {
             }
         }
     }
+}
+
+/// Copies the pixels of one row of a 16-channel block (`src`, NCHW16c) into
+/// the copy row `dst` at the pixels `to` gives: with stride 1 one run.
+fn copy_block_row(src: &[f32], dst: &mut [f32], to: Pixels) {
+    if to.phases.stride == 1 {
+        dst[to.first * BLOCK..][..src.len()].copy_from_slice(src);
+        return;
+    }
+    to.each(0, src.len() / BLOCK, |j, at| {
+        dst[at * BLOCK..][..BLOCK].copy_from_slice(&src[j * BLOCK..][..BLOCK]);
+    });
 }
 
 /// Copies the `src.len()` consecutive pixels of one channel into its
@@ -676,12 +704,15 @@ fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
 ///
 /// # Safety
 /// As [`super::conv::run`]; in addition [`eligible`] holds, `out.out` is
-/// the output's element type and the CPU supports `avx512_core`.
+/// the output's element type and the CPU supports `avx512_core`. An
+/// NCHW16c `image_layout` or output is for f32 FMAs only, with T and the
+/// output f32 and, for the images, input channels a multiple of 16.
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn run<T: Element>(
     shape: &Conv2dShape,
     product: Product,
     images: &[T],
+    image_layout: ChannelLayout,
     image_stride: usize,
     w: &MatRef<T>,
     prepacked: Option<&BlockedWeights>,
@@ -698,6 +729,13 @@ pub(super) unsafe fn run<T: Element>(
     // k steps: channels (f32) or channel pairs (Bf16Dot) times taps.
     let k = units * taps;
     let layout = CopyLayout::new(shape.in_channels, product);
+    debug_assert!(
+        image_layout == ChannelLayout::Nchw
+            || (layout == CopyLayout::Blocked
+                && product == Product::Fma
+                && T::DTYPE == FloatType::F32)
+    );
+    debug_assert!(out.layout == ChannelLayout::Nchw || out.out == FloatType::F32);
     let bands = Bands::new(shape, layout, out.count, threads, 4 * m * k);
     let offs = bands.offsets(shape, units);
     debug_assert!(prepacked.is_none_or(|p| p.lanes.len() == m * k));
@@ -756,7 +794,7 @@ pub(super) unsafe fn run<T: Element>(
         let (part, item) = (item / bands_total, item % bands_total);
         let (n, band) = (item / bands.count, item % bands.count);
         let image = &images[n * image_stride..][..image_len];
-        bands.fill(shape, product, band, image, copy);
+        bands.fill(shape, product, band, image, image_layout, copy);
         let oy0 = band * bands.rows;
         let rows = bands.rows.min(oh - oy0);
         let part_groups = weights_packed
@@ -774,7 +812,10 @@ pub(super) unsafe fn run<T: Element>(
                 let store = TileStore {
                     c: out.c.get(),
                     out: out.out,
-                    at: n * out.stride + oc0 * out.ldc + oy * ow,
+                    layout: out.layout,
+                    image: n * out.stride,
+                    channel: oc0,
+                    pixel: oy * ow,
                     ldc: out.ldc,
                     row_bias: row_bias.map(|b| b[oc0..].as_ptr()),
                     relu,
@@ -970,13 +1011,18 @@ fn gather_lanes<T: Element>(
     }
 }
 
-/// Where a tile's results go: output channel `j` of the tile, pixel `p`, is
-/// element `at + j * ldc + p` of `c`, of type `out`.
+/// Where a tile's results go: the tile's output channel `j` and pixel `p`
+/// are channel `channel + j` (`channel` a multiple of 16) and pixel
+/// `pixel + p` of the image at element `image` of `c`, of type `out`, laid
+/// out by `layout`: at `(channel + j) * ldc + pixel + p` from it in NCHW.
 #[derive(Clone, Copy)]
 struct TileStore {
     c: *mut u8,
     out: FloatType,
-    at: usize,
+    layout: ChannelLayout,
+    image: usize,
+    channel: usize,
+    pixel: usize,
     ldc: usize,
     row_bias: Option<*const f32>,
     relu: bool,
@@ -991,7 +1037,24 @@ impl TileStore {
     /// read for ownership while the store waits.
     #[inline(always)]
     fn prefetch(&self, lanes: usize, pixels: usize) {
-        let tile = (0, self.at);
+        if self.layout == ChannelLayout::Nchw16c {
+            // Each 16 channels' pixels are one run of `pixels` lines (two
+            // more where unaligned).
+            for j in (0..lanes).step_by(BLOCK) {
+                let at = self.offset(j, 0);
+                for q in (0..pixels * BLOCK)
+                    .step_by(BLOCK)
+                    .chain([pixels * BLOCK - 1])
+                {
+                    prefetch_l2(self.c.cast::<f32>().wrapping_add(at + q));
+                    if let Some(r) = self.residual {
+                        prefetch_l2(r.wrapping_add(at + q));
+                    }
+                }
+            }
+            return;
+        }
+        let tile = (0, self.offset(0, 0));
         match self.out {
             FloatType::F32 => {
                 prefetch_tile_output(self.c.cast::<f32>(), self.ldc, tile, lanes, pixels)
@@ -1003,25 +1066,38 @@ impl TileStore {
         }
     }
 
+    /// The element offset of the tile's channel `j` at pixel `p`.
+    #[inline(always)]
+    fn offset(&self, j: usize, p: usize) -> usize {
+        match self.layout {
+            ChannelLayout::Nchw => self.image + (self.channel + j) * self.ldc + self.pixel + p,
+            ChannelLayout::Nchw16c => {
+                let block = self.channel + j / BLOCK * BLOCK;
+                self.image + block * self.ldc + (self.pixel + p) * BLOCK + j % BLOCK
+            }
+        }
+    }
+
     /// Channel `j`'s pixel `p` (the address is not dereferenced here).
     #[inline(always)]
     fn element(&self, j: usize, p: usize) -> *mut u8 {
         let size = if self.out == FloatType::F32 { 4 } else { 2 };
-        self.c.wrapping_add((self.at + j * self.ldc + p) * size)
+        self.c.wrapping_add(self.offset(j, p) * size)
     }
 
     /// The same channels, `ox` pixels further.
     fn at(&self, ox: usize) -> TileStore {
         TileStore {
-            at: self.at + ox,
+            pixel: self.pixel + ox,
             ..*self
         }
     }
 
-    /// The same pixels from channel `first` of the tile's on.
+    /// The same pixels from channel `first` of the tile's on (a multiple
+    /// of 16).
     fn channels(&self, first: usize) -> TileStore {
         TileStore {
-            at: self.at + first * self.ldc,
+            channel: self.channel + first,
             row_bias: self.row_bias.map(|b| b.wrapping_add(first)),
             ..*self
         }
@@ -1291,21 +1367,27 @@ unsafe fn tile_kernel_dot<const P: usize, const V: usize, const S: usize, const 
 /// (the residual's `P` pixels loaded per channel after the transpose), and
 /// stored per channel with one masked store of `P` pixels, rounded to f16
 /// with `VCVTPS2PH` or to bf16 with the conversion's own `VCVTNE2PS2BF16`
-/// and subnormal patch, as the GEMM's stores round.
+/// and subnormal patch, as the GEMM's stores round. An NCHW16c output (f32)
+/// is stored from the registers as they are, a pixel's 16 channels per
+/// store, its residual read the same way: the same sums, no transposes.
 ///
 /// # Safety
 /// As [`tile`]'s store; bf16 output only at `avx512_core_bf16` and up.
 #[inline(always)]
 unsafe fn finish_tile<const P: usize, const V: usize>(acc: &[[__m512; V]; P], store: &TileStore) {
     let lanes = u16::MAX >> (BLOCK - P);
+    // With a residual the ReLU comes after it.
+    let relu_first = store.relu && store.residual.is_none();
+    if store.layout == ChannelLayout::Nchw16c {
+        // SAFETY: as below; the output is f32 (`run`'s contract).
+        unsafe { return finish_blocked_tile(acc, store, relu_first) };
+    }
     // SAFETY: the store's elements are writable and a residual's readable
     // (the caller's contract), the caller has AVX-512 F/BW/VL, and bf16
     // output implies AVX512_BF16.
     unsafe {
         for v in 0..V {
             let bias = store.row_bias.map(|r| _mm512_loadu_ps(r.add(BLOCK * v)));
-            // With a residual the ReLU comes after it, on the channel rows.
-            let relu_first = store.relu && store.residual.is_none();
             let mut rows = [_mm512_setzero_ps(); BLOCK];
             for (x, row) in rows.iter_mut().zip(acc) {
                 *x = bias_relu(row[v], bias, relu_first);
@@ -1315,7 +1397,7 @@ unsafe fn finish_tile<const P: usize, const V: usize>(acc: &[[__m512; V]; P], st
                 let c = match store.residual {
                     Some(r) => {
                         // The residual element sits at the output's offset.
-                        let at = r.add(store.at + (v * BLOCK + j) * store.ldc);
+                        let at = r.add(store.offset(v * BLOCK + j, 0));
                         let sum = _mm512_add_ps(c, _mm512_maskz_loadu_ps(lanes, at));
                         bias_relu(sum, None, store.relu)
                     }
@@ -1330,6 +1412,37 @@ unsafe fn finish_tile<const P: usize, const V: usize>(acc: &[[__m512; V]; P], st
                     FloatType::Bf16 => _mm512_castsi512_si256(crate::convert::bf16_x32(c, c)),
                 };
                 _mm256_mask_storeu_epi16(dst.cast(), lanes, half);
+            }
+        }
+    }
+}
+
+/// [`finish_tile`] for an NCHW16c f32 output: each pixel's 16 channels
+/// `relu?(acc + row_bias)`, or with a residual `relu?((acc + row_bias) +
+/// residual)`, stored as one vector.
+///
+/// # Safety
+/// As [`finish_tile`], the output f32.
+#[inline(always)]
+unsafe fn finish_blocked_tile<const P: usize, const V: usize>(
+    acc: &[[__m512; V]; P],
+    store: &TileStore,
+    relu_first: bool,
+) {
+    debug_assert!(store.out == FloatType::F32);
+    // SAFETY: the store's elements are writable and a residual's readable
+    // (the caller's contract), the caller has AVX-512 F/BW/VL.
+    unsafe {
+        for v in 0..V {
+            let bias = store.row_bias.map(|r| _mm512_loadu_ps(r.add(BLOCK * v)));
+            for (q, row) in acc.iter().enumerate() {
+                let at = store.offset(v * BLOCK, q);
+                let mut x = bias_relu(row[v], bias, relu_first);
+                if let Some(r) = store.residual {
+                    let sum = _mm512_add_ps(x, _mm512_loadu_ps(r.add(at)));
+                    x = bias_relu(sum, None, store.relu);
+                }
+                _mm512_storeu_ps(store.c.cast::<f32>().add(at), x);
             }
         }
     }
