@@ -3,7 +3,9 @@
 use std::sync::Mutex;
 
 use half::{bf16, f16};
-use mixprec_kernels::conv::{self, Conv2dShape, ConvError, ConvWeights, PackedConvWeights};
+use mixprec_kernels::conv::{
+    self, Conv2dShape, ConvError, ConvLayouts, ConvWeights, PackedConvWeights,
+};
 use mixprec_kernels::gemm::{self, Accumulation, Activation, Epilogue, MatMut, MatRef, PackedB};
 use mixprec_kernels::{Element, FloatType, active_isa};
 
@@ -40,6 +42,9 @@ pub(crate) struct Prepared {
     /// An f32 Conv whose last input is a residual that compile folded from a
     /// following Add: the step computes `act(conv + bias + residual)`.
     pub residual: bool,
+    /// A Conv's input and output (and residual) channel layouts: NCHW16c
+    /// where compile keeps a Conv -> Conv activation in 16-channel blocks.
+    pub conv_layouts: ConvLayouts,
 }
 
 impl Prepared {
@@ -499,31 +504,10 @@ fn conv_typed<T: Element + TensorElement>(
     let (mo, cg, [kh, kw]) = (ws[0], ws[1], conv_kernel(ws));
     let group = attrs.group.max(1);
     let spatial: Vec<Option<usize>> = xs[2..].iter().map(|&d| Some(d)).collect();
-    let g = geometry(
-        node,
-        &spatial,
-        &ws[2..],
-        &attrs.strides,
-        &attrs.pads,
-        &attrs.dilations,
-        attrs.auto_pad,
-        false,
-    )?;
-    let two = |v: &[usize], d: usize| {
-        if v.len() == 1 {
-            (d, v[0])
-        } else {
-            (v[0], v[1])
-        }
-    };
-    let (sh, sw) = two(&g.strides, 1);
-    let (dh, dw) = two(&g.dilations, 1);
-    let (ph, pw) = two(&g.pad_begin, 0);
-    let outs: Vec<usize> = g.out.iter().map(|o| o.expect("concrete")).collect();
-    let (oh, ow) = two(&outs, 1);
+    let shape = conv2d_shape(node, attrs, &spatial, ws)?.expect("concrete sizes");
     let mg = mo / group;
     let kk = cg * kh * kw;
-    let ohw = oh * ow;
+    let ohw = shape.out_size[0] * shape.out_size[1];
     let xd = x.as_slice::<T>()?;
     let wdat = w.as_slice::<T>()?;
     // A constant bias arrives in f32 from compile; a run-time one is widened.
@@ -536,15 +520,7 @@ fn conv_typed<T: Element + TensorElement>(
     if mg == 0 || nb == 0 {
         return Ok(());
     }
-    let shape = Conv2dShape {
-        in_channels: cg,
-        in_size: [h, wd],
-        kernel: [kh, kw],
-        stride: [sh, sw],
-        dilation: [dh, dw],
-        pad_begin: [ph, pw],
-        out_size: [oh, ow],
-    };
+    let layouts = prepared.map_or(ConvLayouts::default(), |p| p.conv_layouts);
     // One batched call per group: the kernel splits images x row bands over
     // the threads and packs the group's weights once.
     let packed = prepared.map_or(&[][..], |p| &p.conv_weights[..]);
@@ -563,6 +539,33 @@ fn conv_typed<T: Element + TensorElement>(
             activation: Prepared::activation(prepared),
         };
         let (images, out_at) = (&xd[gi * cg * h * wd..], gi * mg * ohw);
+        if layouts != ConvLayouts::default() {
+            // Compile keeps activations in blocks only for f32 Convs of
+            // one group (`keep_conv_activations_blocked`), T is then f32.
+            let (images, out): (&[f32], &mut [f32]) =
+                (bytemuck::cast_slice(images), bytemuck::cast_slice_mut(od));
+            let wf: &[f32] = bytemuck::cast_slice(&wdat[..mg * kk]);
+            let av = MatRef::new(wf, mg, kk, kk).map_err(|e| kerr(node, e))?;
+            let weights = match packed.first() {
+                Some(p) => ConvWeights::packed(av, p),
+                None => Ok(av.into()),
+            };
+            conv::conv2d_batch_layout_at(
+                isa,
+                &shape,
+                nb,
+                images,
+                c * h * wd,
+                weights.map_err(|e| conv_err(node, e))?,
+                out,
+                mo * ohw,
+                &epi,
+                residual,
+                layouts,
+            )
+            .map_err(|e| conv_err(node, e))?;
+            continue;
+        }
         match residual {
             // f32 only (compile folds residuals into f32 Convs): the output
             // and the residual are the same slice type.
@@ -595,6 +598,49 @@ fn conv_typed<T: Element + TensorElement>(
         .map_err(|e| conv_err(node, e))?;
     }
     Ok(())
+}
+
+/// The kernel geometry of one group of a Conv (`attrs`, weights of shape
+/// `ws`) on input spatial sizes `spatial` (`[h, w]`, or `[w]` for 1-D, a
+/// height of 1); `None` where a size is not known.
+pub(crate) fn conv2d_shape(
+    node: &str,
+    attrs: &ConvAttrs,
+    spatial: &[Option<usize>],
+    ws: &[usize],
+) -> Result<Option<Conv2dShape>> {
+    let g = geometry(
+        node,
+        spatial,
+        &ws[2..],
+        &attrs.strides,
+        &attrs.pads,
+        &attrs.dilations,
+        attrs.auto_pad,
+        false,
+    )?;
+    let two = |v: &[usize], d: usize| {
+        if v.len() == 1 {
+            [d, v[0]]
+        } else {
+            [v[0], v[1]]
+        }
+    };
+    let (Some(outs), Some(ins)) = (
+        g.out.iter().copied().collect::<Option<Vec<usize>>>(),
+        spatial.iter().copied().collect::<Option<Vec<usize>>>(),
+    ) else {
+        return Ok(None);
+    };
+    Ok(Some(Conv2dShape {
+        in_channels: ws[1],
+        in_size: two(&ins, 1),
+        kernel: conv_kernel(ws),
+        stride: two(&g.strides, 1),
+        dilation: two(&g.dilations, 1),
+        pad_begin: two(&g.pad_begin, 0),
+        out_size: two(&outs, 1),
+    }))
 }
 
 /// `Conv` 1-D / 2-D: one kernel [`conv::conv2d_at`] call per image and group.
