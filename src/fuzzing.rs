@@ -827,7 +827,10 @@ fn bf16dot_case<T: Element, O: Element>(
 /// must equal the GEMM on an im2col built here from the definition, bit for
 /// bit; with `Bf16Dot` (bf16, where available) the GEMM on that im2col with
 /// k in (channel pair, ki, kj, parity) order; the gaps must stay untouched.
-/// `conv2d_batch_residual_at` with a ReLU must give `relu(gemm + residual)`.
+/// `conv2d_batch_residual_at` with a ReLU must give `relu(gemm + residual)`;
+/// for f32, `conv2d_batch_layout_at` with the images, outputs and residual
+/// in a random choice of NCHW16c (where the channels allow) must give its
+/// bits permuted, or a typed error where the blocked tiles do not run.
 pub fn conv_differential(data: &[u8]) {
     let mut b = Bytes::new(data);
     match b.u8() % 3 {
@@ -1018,6 +1021,74 @@ fn conv_case<T: Element>(b: &mut Bytes) {
             }
         }
     }
+    if T::DTYPE == FloatType::F32 {
+        use mixprec_kernels::conv::{
+            ChannelLayout, ConvError, ConvLayouts, conv2d_batch_layout_at, takes_nchw16c,
+        };
+        let bits = b.u8();
+        let layout = |bit: u8, channels: usize| {
+            if bits >> bit & 1 == 1 && channels.is_multiple_of(16) {
+                ChannelLayout::Nchw16c
+            } else {
+                ChannelLayout::Nchw
+            }
+        };
+        let layouts = ConvLayouts {
+            image: layout(0, cin),
+            output: layout(1, cout),
+            residual: layout(2, cout),
+        };
+        let relu = Epilogue {
+            activation: gemm::Activation::Relu,
+            ..Epilogue::default()
+        };
+        let images: &[f32] = bytemuck::cast_slice(&images);
+        let weights: &[f32] = bytemuck::cast_slice(&weights);
+        let wv = MatRef::new(weights, cout, k, k).expect("sized");
+        let plane = in_size[0] * in_size[1];
+        let x = nchw16c(images, count, cin, plane, image_stride, layouts.image, true);
+        let r = nchw16c(
+            &residual,
+            count,
+            cout,
+            n,
+            out_stride,
+            layouts.residual,
+            true,
+        );
+        for isa in Isa::available().filter(|_| layouts != ConvLayouts::default()) {
+            let mut got = vec![SENTINEL; (count - 1) * out_stride + cout * n];
+            let result = conv2d_batch_layout_at(
+                isa,
+                &shape,
+                count,
+                &x,
+                image_stride,
+                wv,
+                &mut got,
+                out_stride,
+                &relu,
+                Some(&r),
+                layouts,
+            );
+            if !takes_nchw16c(isa, &shape, cout, &relu) {
+                assert!(
+                    matches!(result, Err(ConvError::Layout { .. })),
+                    "{isa} {layouts:?} {shape:?}: {result:?}"
+                );
+                continue;
+            }
+            result.expect("valid convolution");
+            let got = nchw16c(&got, count, cout, n, out_stride, layouts.output, false);
+            let want = run_residual(isa);
+            for (j, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    g.to_bits() == w.to_bits(),
+                    "{isa} {layouts:?} {shape:?} x{cout}: element {j}: {g} vs {w}"
+                );
+            }
+        }
+    }
     if T::DTYPE == FloatType::Bf16 && Isa::available().any(|i| i == Isa::Avx512CoreBf16) {
         let isa = Isa::Avx512CoreBf16;
         let got = run(isa, Accumulation::Bf16Dot, 2);
@@ -1048,6 +1119,38 @@ fn conv_case<T: Element>(b: &mut Bytes) {
             check(&got, &want, i, "bf16dot");
         }
     }
+}
+
+/// `count` images of `channels` planes of `plane` elements, `stride`
+/// apart (the gaps copied as they are), into `layout` (`forward`) or back
+/// from it.
+fn nchw16c(
+    x: &[f32],
+    count: usize,
+    channels: usize,
+    plane: usize,
+    stride: usize,
+    layout: mixprec_kernels::conv::ChannelLayout,
+    forward: bool,
+) -> Vec<f32> {
+    let mut y = x.to_vec();
+    if layout == mixprec_kernels::conv::ChannelLayout::Nchw16c {
+        for i in 0..count {
+            for c in 0..channels {
+                for p in 0..plane {
+                    let nchw = i * stride + c * plane + p;
+                    let blocked = i * stride + (c / 16 * plane + p) * 16 + c % 16;
+                    let (to, from) = if forward {
+                        (blocked, nchw)
+                    } else {
+                        (nchw, blocked)
+                    };
+                    y[to] = x[from];
+                }
+            }
+        }
+    }
+    y
 }
 
 /// A random max pool (plane size, window, strides, dilations, padding and

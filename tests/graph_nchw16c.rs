@@ -1,8 +1,8 @@
 //! Compile keeps f32 Conv -> Conv activations in 16-channel blocks
 //! (`CompiledModel::nchw16c_values`) where the kernel's channel-blocked
 //! tiles run, and the outputs are the same bits as with every step kept
-//! NCHW (`CompileOptions::keep_all_steps`): through residuals (which must
-//! be laid out as the Conv's output), strided and pointwise Convs, a
+//! NCHW (`CompileOptions::keep_all_steps`): through residuals in either
+//! layout under outputs in either, strided and pointwise Convs, a
 //! 3-channel stem over channel planes, and values that a non-Conv step
 //! or the caller reads (never blocked).
 
@@ -55,8 +55,15 @@ fn graph(rng: &mut Rng) -> Graph {
     let c = conv(&mut g, "c2", r1, 32, 32, 3, &same);
     let a = g.add("a2", c, r0).unwrap();
     let y2 = g.relu("y2", a).unwrap();
-    // y4 = relu(c4(c3) + d) is a graph output, so c4 writes NCHW and its
-    // residual d must be NCHW too; c3 (c4's image) stays blocked.
+    // e = relu(c7(y2) + x): a blocked output over the graph's NCHW input as
+    // its residual; e feeds c8, a graph output.
+    let c = conv(&mut g, "c7", y2, 32, 16, 3, &same);
+    let a = g.add("a7", c, x).unwrap();
+    let e = g.relu("e", a).unwrap();
+    let c8 = conv(&mut g, "c8", e, 16, 16, 3, &same);
+    g.output(c8);
+    // y4 = relu(c4(c3) + d) is a graph output, so c4 writes NCHW over the
+    // blocked residual d; c3 (c4's image) stays blocked.
     let d = conv(
         &mut g,
         "d",
@@ -122,7 +129,7 @@ fn blocked_conv_activations_give_the_same_bits() {
         };
         let blocked: Vec<String> = compile(false).nchw16c_values().to_vec();
         let want: &[&str] = if ty == FloatType::F32 && blocks_here() {
-            &["s0", "r0", "r1", "y2", "r3", "r5"]
+            &["s0", "r0", "r1", "y2", "e", "d", "r3", "r5"]
         } else {
             &[]
         };

@@ -881,8 +881,8 @@ fn image_channel_pixel(
         .flat_map(move |n| (0..channels).flat_map(move |c| (0..plane).map(move |p| (n, c, p))))
 }
 
-/// `conv2d_batch_layout_at` with NCHW16c images, outputs or both (and a
-/// residual laid out as the outputs) == the NCHW call, permuted, bit for
+/// `conv2d_batch_layout_at` with NCHW16c images, outputs or residuals, in
+/// every combination, == the NCHW call, permuted, bit for
 /// bit, on every level where `takes_nchw16c` holds, touching nothing
 /// between the outputs; a typed error where it does not hold or the
 /// images' channels are not a multiple of 16.
@@ -930,13 +930,20 @@ fn check_layouts(c: &Case) {
                 ConvLayouts::default(),
             )
             .unwrap();
-            for layouts in [(Nchw16c, Nchw), (Nchw, Nchw16c), (Nchw16c, Nchw16c)] {
-                let layouts = ConvLayouts {
-                    image: layouts.0,
-                    output: layouts.1,
-                };
+            let both = [Nchw, Nchw16c];
+            let residual_layouts = if with_residual { &both[..] } else { &both[..1] };
+            let combinations = both.iter().flat_map(|&image| {
+                both.iter().flat_map(move |&output| {
+                    residual_layouts.iter().map(move |&residual| ConvLayouts {
+                        image,
+                        output,
+                        residual,
+                    })
+                })
+            });
+            for layouts in combinations.skip(1) {
                 let x = relayout(&images, cin, plane_in, image_stride, layouts.image);
-                let r = residual.map(|r| relayout(r, m, n, out_stride, layouts.output));
+                let r = residual.map(|r| relayout(r, m, n, out_stride, layouts.residual));
                 let mut got = vec![0.5f32; count * out_stride];
                 let result = conv2d_batch_layout_at(
                     isa,

@@ -692,11 +692,9 @@ fn fold_residual_adds_into_conv(
 /// Conv's output is kept blocked when the kernel takes the Conv in f32 with
 /// NCHW16c ([`takes_nchw16c`]: one group, shapes known at compile time) and
 /// every reader is such a Conv, reading it as its image (16n input
-/// channels) or as the residual of a Conv whose own output is blocked (a
-/// residual is laid out as the output); graph outputs never are. Those
-/// conditions depend on each other through residuals, so they are relaxed
-/// to a fixed point. Results are the same bits (the kernel's contract); a
-/// blocked value is never seen outside the run. Returns the blocked slots.
+/// channels) or as its residual (any layout); graph outputs never are.
+/// Results are the same bits (the kernel's contract); a blocked value is
+/// never seen outside the run. Returns the blocked slots.
 fn keep_conv_activations_blocked(
     nodes: &[Node],
     steps: &mut [Step],
@@ -749,12 +747,16 @@ fn keep_conv_activations_blocked(
             takes_nchw16c(isa, &shape, ws[0], &epilogue)
         })
         .collect();
-    let residual_of = |j: usize| match &steps[j].kind {
-        StepKind::Node {
-            prepared: Some(p), ..
-        } if p.residual => steps[j].inputs.last().copied(),
-        _ => None,
-    };
+    // Each step's residual slot.
+    let residual_of: Vec<Option<usize>> = steps
+        .iter()
+        .map(|st| match &st.kind {
+            StepKind::Node {
+                prepared: Some(p), ..
+            } if p.residual => st.inputs.last().copied(),
+            _ => None,
+        })
+        .collect();
     let (_, producer) = readers_and_producers(steps);
     let mut reads: HashMap<usize, Vec<(usize, usize)>> = HashMap::new();
     for (r, st) in steps.iter().enumerate() {
@@ -763,35 +765,22 @@ fn keep_conv_activations_blocked(
         }
     }
     let is_output = |s: usize| output_slots.iter().any(|o| o.1 == s);
-    let mut blocked: Vec<bool> = (0..steps.len())
-        .map(|j| capable[j] && !is_output(steps[j].outputs[0]))
-        .collect();
-    loop {
-        let mut changed = false;
-        for j in 0..steps.len() {
-            if !blocked[j] {
-                continue;
+    let blocked: Vec<bool> = (0..steps.len())
+        .map(|j| {
+            if !capable[j] {
+                return false;
             }
+            // A capable Conv's output is 4-D with known dims.
             let s = steps[j].outputs[0];
             let channels = slot_shape[s][1].fixed().unwrap_or(0);
             let accepted = |&(r, at): &(usize, usize)| {
                 capable[r]
                     && ((at == 0 && channels.is_multiple_of(16))
-                        || (blocked[r]
-                            && residual_of(r) == Some(s)
-                            && at + 1 == steps[r].inputs.len()))
+                        || (residual_of[r] == Some(s) && at + 1 == steps[r].inputs.len()))
             };
-            let residual_blocked =
-                residual_of(j).is_none_or(|rs| producer.get(&rs).is_some_and(|&k| blocked[k]));
-            if !(residual_blocked && reads.get(&s).is_some_and(|v| v.iter().all(accepted))) {
-                blocked[j] = false;
-                changed = true;
-            }
-        }
-        if !changed {
-            break;
-        }
-    }
+            !is_output(s) && reads.get(&s).is_some_and(|v| v.iter().all(accepted))
+        })
+        .collect();
     let produced_blocked = |s: usize| producer.get(&s).is_some_and(|&k| blocked[k]);
     let layout = |b: bool| {
         if b {
@@ -802,6 +791,7 @@ fn keep_conv_activations_blocked(
     };
     for j in 0..steps.len() {
         let image = produced_blocked(steps[j].inputs[0]);
+        let residual = residual_of[j].is_some_and(produced_blocked);
         if let StepKind::Node {
             prepared: Some(p), ..
         } = &mut steps[j].kind
@@ -810,6 +800,7 @@ fn keep_conv_activations_blocked(
             p.conv_layouts = ConvLayouts {
                 image: layout(image),
                 output: layout(blocked[j]),
+                residual: layout(residual),
             };
         }
     }

@@ -507,6 +507,7 @@ pub(crate) unsafe fn run<T: Element, O: Element>(
             c: SendPtr(out.c.get().cast()),
             out: O::DTYPE,
             layout: batch.layouts.output,
+            residual_layout: batch.layouts.residual,
             count: out.count,
             stride: out.stride,
             ldc: out.ldc,

@@ -72,9 +72,15 @@
 //! runs at the FMA peak (116 GFLOP/s, 15.9 ms); the copy into blocks takes
 //! 0.45 ms (1.1 ms with scalar stores before the 16 x 16 transposes), the
 //! transposing store of the NCHW output about 0.3 (0.8 before the tiles
-//! prefetched their output lines). Keeping a Conv -> Conv intermediate
-//! blocked (no copy, no transposes) measured no gain: tiles reading the
-//! whole blocked image in place ran slower than over the band copy in L2.
+//! prefetched their output lines). Tiles reading a whole NCHW16c image in
+//! place (no copy at all) ran slower than over the band copy in L2; what
+//! pays is an NCHW16c image band-copied by rows (no transposes) and an
+//! NCHW16c output stored from the registers a pixel at a time
+//! ([`ChannelLayout::Nchw16c`], which the graph keeps between Convs): the
+//! batch-8 net of three such convs 51.2 -> 50.6 ms at one thread, 26.4 ->
+//! 25.8 at two, with the first conv's image and the last one's output
+//! NCHW. A residual in either layout is added before the transpose (or
+//! the store) from NCHW16c, after it from NCHW.
 //! A 14-pixel by 32-channel tile whose k loop was unrolled over the kernel
 //! taps spilled registers (63 GFLOP/s): the loop walks a table of offsets
 //! instead, as the GEMM's does. Bands of 256 or 384 KiB instead of
@@ -259,8 +265,10 @@ pub(super) struct Output {
     pub stride: usize,
     pub ldc: usize,
     /// f32 output only: added to each result after the row bias and before
-    /// the ReLU, read at the result's own offset (a residual connection).
+    /// the ReLU (a residual connection), laid out as the output (same
+    /// strides) in `residual_layout`.
     pub residual: Option<SendPtr<f32>>,
+    pub residual_layout: ChannelLayout,
 }
 
 /// The geometry of the bands' copies.
@@ -819,7 +827,10 @@ pub(super) unsafe fn run<T: Element>(
                     ldc: out.ldc,
                     row_bias: row_bias.map(|b| b[oc0..].as_ptr()),
                     relu,
-                    residual: out.residual.map(|r| r.get().cast_const()),
+                    residual: out.residual.map(|r| Residual {
+                        at: r.get().cast_const(),
+                        layout: out.residual_layout,
+                    }),
                 };
                 // Wide tiles run each 16 channels of the group on their own.
                 let (step, tile_lanes) = if wide {
@@ -1026,8 +1037,15 @@ struct TileStore {
     ldc: usize,
     row_bias: Option<*const f32>,
     relu: bool,
-    /// As [`Output::residual`], at the same element offsets as `c`.
-    residual: Option<*const f32>,
+    /// As [`Output::residual`].
+    residual: Option<Residual>,
+}
+
+/// A tile's residual: at the output's offsets in `layout`.
+#[derive(Clone, Copy)]
+struct Residual {
+    at: *const f32,
+    layout: ChannelLayout,
 }
 
 impl TileStore {
@@ -1037,52 +1055,59 @@ impl TileStore {
     /// read for ownership while the store waits.
     #[inline(always)]
     fn prefetch(&self, lanes: usize, pixels: usize) {
-        if self.layout == ChannelLayout::Nchw16c {
-            // Each 16 channels' pixels are one run of `pixels` lines (two
-            // more where unaligned).
-            for j in (0..lanes).step_by(BLOCK) {
-                let at = self.offset(j, 0);
-                for q in (0..pixels * BLOCK)
-                    .step_by(BLOCK)
-                    .chain([pixels * BLOCK - 1])
-                {
-                    prefetch_l2(self.c.cast::<f32>().wrapping_add(at + q));
-                    if let Some(r) = self.residual {
-                        prefetch_l2(r.wrapping_add(at + q));
-                    }
-                }
-            }
-            return;
-        }
-        let tile = (0, self.offset(0, 0));
         match self.out {
-            FloatType::F32 => {
-                prefetch_tile_output(self.c.cast::<f32>(), self.ldc, tile, lanes, pixels)
-            }
-            _ => prefetch_tile_output(self.c.cast::<u16>(), self.ldc, tile, lanes, pixels),
+            FloatType::F32 => self.prefetch_lines(self.c.cast::<f32>(), self.layout, lanes, pixels),
+            _ => self.prefetch_lines(self.c.cast::<u16>(), self.layout, lanes, pixels),
         }
         if let Some(r) = self.residual {
-            prefetch_tile_output(r, self.ldc, tile, lanes, pixels);
+            self.prefetch_lines(r.at, r.layout, lanes, pixels);
         }
     }
 
-    /// The element offset of the tile's channel `j` at pixel `p`.
+    /// [`Self::prefetch`] for the elements of `c` at the tile's offsets in
+    /// `layout`.
+    #[inline(always)]
+    fn prefetch_lines<T>(&self, c: *const T, layout: ChannelLayout, lanes: usize, pixels: usize) {
+        if layout == ChannelLayout::Nchw {
+            prefetch_tile_output(
+                c,
+                self.ldc,
+                (0, self.offset_in(layout, 0, 0)),
+                lanes,
+                pixels,
+            );
+            return;
+        }
+        // Each 16 channels' pixels are one run of `pixels` lines (one more
+        // where unaligned).
+        for j in (0..lanes).step_by(BLOCK) {
+            let at = self.offset_in(layout, j, 0);
+            for q in (0..pixels * BLOCK)
+                .step_by(BLOCK)
+                .chain([pixels * BLOCK - 1])
+            {
+                prefetch_l2(c.wrapping_add(at + q));
+            }
+        }
+    }
+
+    /// The element offset of the tile's channel `j` at pixel `p` in the
+    /// output.
     #[inline(always)]
     fn offset(&self, j: usize, p: usize) -> usize {
-        match self.layout {
+        self.offset_in(self.layout, j, p)
+    }
+
+    /// [`Self::offset`] in `layout`.
+    #[inline(always)]
+    fn offset_in(&self, layout: ChannelLayout, j: usize, p: usize) -> usize {
+        match layout {
             ChannelLayout::Nchw => self.image + (self.channel + j) * self.ldc + self.pixel + p,
             ChannelLayout::Nchw16c => {
                 let block = self.channel + j / BLOCK * BLOCK;
                 self.image + block * self.ldc + (self.pixel + p) * BLOCK + j % BLOCK
             }
         }
-    }
-
-    /// Channel `j`'s pixel `p` (the address is not dereferenced here).
-    #[inline(always)]
-    fn element(&self, j: usize, p: usize) -> *mut u8 {
-        let size = if self.out == FloatType::F32 { 4 } else { 2 };
-        self.c.wrapping_add(self.offset(j, p) * size)
     }
 
     /// The same channels, `ox` pixels further.
@@ -1181,6 +1206,7 @@ struct Weights {
 /// one row of pixels and weights that are all finite, and holds steps of
 /// `offs` with their offsets.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 unsafe fn tile(
     product: Product,
     layout: CopyLayout,
@@ -1364,12 +1390,13 @@ unsafe fn tile_kernel_dot<const P: usize, const V: usize, const S: usize, const 
 /// The epilogue of a tile from its registers: `relu?(acc + row_bias)`
 /// ([`bias_relu`], the general epilogue's bits), then transposed (the
 /// output is NCHW), with a residual `relu?((acc + row_bias) + residual)`
-/// (the residual's `P` pixels loaded per channel after the transpose), and
-/// stored per channel with one masked store of `P` pixels, rounded to f16
-/// with `VCVTPS2PH` or to bf16 with the conversion's own `VCVTNE2PS2BF16`
-/// and subnormal patch, as the GEMM's stores round. An NCHW16c output (f32)
-/// is stored from the registers as they are, a pixel's 16 channels per
-/// store, its residual read the same way: the same sums, no transposes.
+/// (an NCHW residual's `P` pixels loaded per channel after the transpose,
+/// an NCHW16c one's 16 channels per pixel before it), and stored per
+/// channel with one masked store of `P` pixels, rounded to f16 with
+/// `VCVTPS2PH` or to bf16 with the conversion's own `VCVTNE2PS2BF16` and
+/// subnormal patch, as the GEMM's stores round. An NCHW16c output (f32) is
+/// stored from the registers as they are, a pixel's 16 channels per store
+/// ([`finish_blocked_tile`]): the same sums, no transposes.
 ///
 /// # Safety
 /// As [`tile`]'s store; bf16 output only at `avx512_core_bf16` and up.
@@ -1392,26 +1419,36 @@ unsafe fn finish_tile<const P: usize, const V: usize>(acc: &[[__m512; V]; P], st
             for (x, row) in rows.iter_mut().zip(acc) {
                 *x = bias_relu(row[v], bias, relu_first);
             }
+            if let Some(r) = store.residual
+                && r.layout == ChannelLayout::Nchw16c
+            {
+                let at = r.at.add(store.offset_in(r.layout, v * BLOCK, 0));
+                for (q, x) in rows.iter_mut().take(P).enumerate() {
+                    let sum = _mm512_add_ps(*x, _mm512_loadu_ps(at.add(q * BLOCK)));
+                    *x = bias_relu(sum, None, store.relu);
+                }
+            }
+            // Channel j of the 16 at `first + j * ldc`.
+            let first = store.offset(v * BLOCK, 0);
             for (j, &c) in transpose16(rows).iter().enumerate() {
-                let dst = store.element(v * BLOCK + j, 0);
+                let at = first + j * store.ldc;
                 let c = match store.residual {
-                    Some(r) => {
+                    Some(r) if r.layout == ChannelLayout::Nchw => {
                         // The residual element sits at the output's offset.
-                        let at = r.add(store.offset(v * BLOCK + j, 0));
-                        let sum = _mm512_add_ps(c, _mm512_maskz_loadu_ps(lanes, at));
+                        let sum = _mm512_add_ps(c, _mm512_maskz_loadu_ps(lanes, r.at.add(at)));
                         bias_relu(sum, None, store.relu)
                     }
-                    None => c,
+                    _ => c,
                 };
                 let half = match store.out {
                     FloatType::F32 => {
-                        _mm512_mask_storeu_ps(dst.cast(), lanes, c);
+                        _mm512_mask_storeu_ps(store.c.cast::<f32>().add(at), lanes, c);
                         continue;
                     }
                     FloatType::F16 => _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(c),
                     FloatType::Bf16 => _mm512_castsi512_si256(crate::convert::bf16_x32(c, c)),
                 };
-                _mm256_mask_storeu_epi16(dst.cast(), lanes, half);
+                _mm256_mask_storeu_epi16(store.c.cast::<u16>().add(at).cast(), lanes, half);
             }
         }
     }
@@ -1419,7 +1456,8 @@ unsafe fn finish_tile<const P: usize, const V: usize>(acc: &[[__m512; V]; P], st
 
 /// [`finish_tile`] for an NCHW16c f32 output: each pixel's 16 channels
 /// `relu?(acc + row_bias)`, or with a residual `relu?((acc + row_bias) +
-/// residual)`, stored as one vector.
+/// residual)` (an NCHW residual's `P` pixels loaded per channel and
+/// transposed), stored as one vector.
 ///
 /// # Safety
 /// As [`finish_tile`], the output f32.
@@ -1433,14 +1471,29 @@ unsafe fn finish_blocked_tile<const P: usize, const V: usize>(
     // SAFETY: the store's elements are writable and a residual's readable
     // (the caller's contract), the caller has AVX-512 F/BW/VL.
     unsafe {
+        let lanes = u16::MAX >> (BLOCK - P);
         for v in 0..V {
             let bias = store.row_bias.map(|r| _mm512_loadu_ps(r.add(BLOCK * v)));
+            // An NCHW residual's pixels, one vector of 16 channels each.
+            let mut planar = [_mm512_setzero_ps(); BLOCK];
+            if let Some(r) = store.residual
+                && r.layout == ChannelLayout::Nchw
+            {
+                for (j, x) in planar.iter_mut().enumerate() {
+                    let at = r.at.add(store.offset_in(r.layout, v * BLOCK + j, 0));
+                    *x = _mm512_maskz_loadu_ps(lanes, at);
+                }
+                planar = transpose16(planar);
+            }
             for (q, row) in acc.iter().enumerate() {
                 let at = store.offset(v * BLOCK, q);
                 let mut x = bias_relu(row[v], bias, relu_first);
                 if let Some(r) = store.residual {
-                    let sum = _mm512_add_ps(x, _mm512_loadu_ps(r.add(at)));
-                    x = bias_relu(sum, None, store.relu);
+                    let residual = match r.layout {
+                        ChannelLayout::Nchw => planar[q],
+                        ChannelLayout::Nchw16c => _mm512_loadu_ps(r.at.add(at)),
+                    };
+                    x = bias_relu(_mm512_add_ps(x, residual), None, store.relu);
                 }
                 _mm512_storeu_ps(store.c.cast::<f32>().add(at), x);
             }
