@@ -341,10 +341,12 @@ pub fn median_latency(
     reps: usize,
     budget: Duration,
 ) -> Result<f64, CliError> {
+    // Each run's outputs go back to the model's pool, as a serving loop
+    // would hand them back (`CompiledModel::recycle`).
     let run = || {
         model
             .run(data)
-            .map(drop)
+            .map(|outputs| model.recycle(outputs.into_values()))
             .map_err(|e| CliError::Other(format!("running the model: {e}")))
     };
     run()?;
