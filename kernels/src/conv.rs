@@ -732,8 +732,9 @@ pub fn conv2d_batch_layout_at<'w>(
     let weights = weights.into();
     let m = weights.matrix.rows();
     if layouts == ConvLayouts::default() {
-        return match residual {
-            Some(r) => conv2d_batch_residual_at(
+        // NCHW: the residual call's fallback where the tiles do not run.
+        if let Some(r) = residual {
+            return conv2d_batch_residual_at(
                 isa,
                 Accumulation::F32,
                 shape,
@@ -745,30 +746,10 @@ pub fn conv2d_batch_layout_at<'w>(
                 out_stride,
                 epilogue,
                 r,
-            ),
-            None => conv2d_batch_at(
-                isa,
-                Accumulation::F32,
-                shape,
-                count,
-                images,
-                image_stride,
-                weights,
-                out,
-                out_stride,
-                epilogue,
-            ),
-        };
-    }
-    if !takes_nchw16c(isa, shape, m, epilogue) {
-        return Err(ConvError::Layout {
-            reason: "the channel-blocked f32 tiles do not run this convolution here",
-        });
-    }
-    if layouts.image == ChannelLayout::Nchw16c && !shape.in_channels.is_multiple_of(16) {
-        return Err(ConvError::Layout {
-            reason: "NCHW16c images need input channels in multiples of 16",
-        });
+            );
+        }
+    } else {
+        check_nchw16c(isa, shape, m, epilogue, layouts)?;
     }
     if let Some(r) = residual {
         check_residual(shape, m, count, out_stride, r)?;
@@ -790,6 +771,28 @@ pub fn conv2d_batch_layout_at<'w>(
         residual,
         layouts,
     )
+}
+
+/// Errors unless [`conv2d_batch_layout_at`] can take `layouts` (some
+/// NCHW16c) for this call.
+fn check_nchw16c(
+    isa: Isa,
+    shape: &Conv2dShape,
+    m: usize,
+    epilogue: &Epilogue,
+    layouts: ConvLayouts,
+) -> Result<(), ConvError> {
+    if !takes_nchw16c(isa, shape, m, epilogue) {
+        return Err(ConvError::Layout {
+            reason: "the channel-blocked f32 tiles do not run this convolution here",
+        });
+    }
+    if layouts.image == ChannelLayout::Nchw16c && !shape.in_channels.is_multiple_of(16) {
+        return Err(ConvError::Layout {
+            reason: "NCHW16c images need input channels in multiples of 16",
+        });
+    }
+    Ok(())
 }
 
 /// Whether a validated call at an available `isa` runs the channel-blocked

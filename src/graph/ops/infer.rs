@@ -160,6 +160,16 @@ pub(crate) struct Geometry {
     pub out: Vec<Option<usize>>,
 }
 
+/// A window's per-axis values (kernel, strides, pads, sizes) as 2-D: a
+/// 1-D conv or pool is one row of a 2-D one, its height `fill`.
+pub(crate) fn as_2d(v: &[usize], fill: usize) -> [usize; 2] {
+    if v.len() == 1 {
+        [fill, v[0]]
+    } else {
+        [v[0], v[1]]
+    }
+}
+
 fn or_ones(v: &[usize], n: usize) -> Vec<usize> {
     if v.is_empty() { vec![1; n] } else { v.to_vec() }
 }

@@ -10,7 +10,7 @@ use mixprec_kernels::gemm::{self, Accumulation, Activation, Epilogue, MatMut, Ma
 use mixprec_kernels::{Element, FloatType, active_isa};
 
 use super::ConvAttrs;
-use super::infer::geometry;
+use super::infer::{as_2d, geometry};
 use super::par;
 use crate::graph::dtype::DType;
 use crate::graph::error::{GraphError, Result};
@@ -619,13 +619,6 @@ pub(crate) fn conv2d_shape(
         attrs.auto_pad,
         false,
     )?;
-    let two = |v: &[usize], d: usize| {
-        if v.len() == 1 {
-            [d, v[0]]
-        } else {
-            [v[0], v[1]]
-        }
-    };
     let (Some(outs), Some(ins)) = (
         g.out.iter().copied().collect::<Option<Vec<usize>>>(),
         spatial.iter().copied().collect::<Option<Vec<usize>>>(),
@@ -634,12 +627,12 @@ pub(crate) fn conv2d_shape(
     };
     Ok(Some(Conv2dShape {
         in_channels: ws[1],
-        in_size: two(&ins, 1),
+        in_size: as_2d(&ins, 1),
         kernel: conv_kernel(ws),
-        stride: two(&g.strides, 1),
-        dilation: two(&g.dilations, 1),
-        pad_begin: two(&g.pad_begin, 0),
-        out_size: two(&outs, 1),
+        stride: as_2d(&g.strides, 1),
+        dilation: as_2d(&g.dilations, 1),
+        pad_begin: as_2d(&g.pad_begin, 0),
+        out_size: as_2d(&outs, 1),
     }))
 }
 

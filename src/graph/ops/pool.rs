@@ -30,7 +30,7 @@ use mixprec_kernels::pool::{
 use mixprec_kernels::{FloatSlice, FloatSliceMut};
 
 use super::PoolAttrs;
-use super::infer::geometry;
+use super::infer::{as_2d, geometry};
 use super::par::for_units;
 use crate::graph::error::Result;
 use crate::graph::tensor::{Tensor, TensorView, convert_float, float_to_f32, sub, sub_mut};
@@ -92,14 +92,6 @@ pub(crate) fn pool(
         p.auto_pad,
         p.ceil_mode,
     )?;
-    // 1-D pools are one row of a 2-D one.
-    let two = |v: &[usize], d: usize| {
-        if v.len() == 1 {
-            [d, v[0]]
-        } else {
-            [v[0], v[1]]
-        }
-    };
     let outs: Vec<usize> = g.out.iter().map(|o| o.expect("concrete")).collect();
     let n_sp = xs.len() - 2;
     let pads_end: Vec<usize> = if p.pads.len() == 2 * n_sp {
@@ -107,19 +99,19 @@ pub(crate) fn pool(
     } else {
         vec![0; n_sp]
     };
-    let [oh, ow] = two(&outs, 1);
+    let [oh, ow] = as_2d(&outs, 1);
     let win = Window {
         plane: PoolWindow {
             h,
             w,
             oh,
             ow,
-            kernel: two(&g.kernel, 1),
-            strides: two(&g.strides, 1),
-            dilations: two(&g.dilations, 1),
-            pad_begin: two(&g.pad_begin, 0),
+            kernel: as_2d(&g.kernel, 1),
+            strides: as_2d(&g.strides, 1),
+            dilations: as_2d(&g.dilations, 1),
+            pad_begin: as_2d(&g.pad_begin, 0),
         },
-        pad_end: two(&pads_end, 0),
+        pad_end: as_2d(&pads_end, 0),
     };
     let divisors: Option<(Vec<usize>, Vec<usize>)> = (!max).then(|| {
         let ((rv, rp), (cv, cp)) = (win.counts(0), win.counts(1));
@@ -263,26 +255,19 @@ mod tests {
             p.ceil_mode,
         )
         .ok()?;
-        let two = |v: &[usize], d: usize| {
-            if v.len() == 1 {
-                (d, v[0])
-            } else {
-                (v[0], v[1])
-            }
-        };
-        let (kh, kw) = two(&g.kernel, 1);
-        let (sh, sw) = two(&g.strides, 1);
-        let (dh, dw) = two(&g.dilations, 1);
-        let (ph, pw) = two(&g.pad_begin, 0);
+        let [kh, kw] = as_2d(&g.kernel, 1);
+        let [sh, sw] = as_2d(&g.strides, 1);
+        let [dh, dw] = as_2d(&g.dilations, 1);
+        let [ph, pw] = as_2d(&g.pad_begin, 0);
         let outs: Vec<usize> = g.out.iter().map(|o| o.unwrap()).collect();
-        let (oh, ow) = two(&outs, 1);
+        let [oh, ow] = as_2d(&outs, 1);
         let n_sp = shape.len() - 2;
         let pads_end = if p.pads.len() == 2 * n_sp {
             p.pads[n_sp..].to_vec()
         } else {
             vec![0; n_sp]
         };
-        let (peh, pew) = two(&pads_end, 0);
+        let [peh, pew] = as_2d(&pads_end, 0);
         let mut y = vec![0f32; nc * oh * ow];
         for c in 0..nc {
             let xc = &xv[c * h * w..(c + 1) * h * w];
