@@ -79,7 +79,8 @@
 //! 16-channel blocks ([`ChannelLayout::Nchw16c`]), the tiles' own layout,
 //! with the same bits permuted: a network keeps its Conv -> Conv
 //! activations so and skips the transposes around each call (the batch-8
-//! three-conv 64x56x56 net 51.2 -> 50.6 ms at one thread).
+//! three-conv 64x56x56 net 51.2 -> 50.6 ms at one thread, ResNet-18 35.1
+//! -> 34.5).
 
 use std::fmt;
 

@@ -686,9 +686,11 @@ fn fold_residual_adds_into_conv(
 /// Keeps Conv -> Conv activations in 16-channel blocks (NCHW16c, the
 /// layout the kernel's channel-blocked tiles compute in), so the producing
 /// Conv stores its tiles without transposing them to NCHW and the reading
-/// Convs copy block rows instead of transposing channel planes back: the
-/// batch-8 three-conv net (64 channels, 56x56, 3x3) 51.2 -> 50.0 ms at one
-/// thread, 26.9 -> 25.6 at two (a timing prototype of this change). A
+/// Convs copy block rows instead of transposing channel planes back:
+/// ResNet-18 35.1 -> 34.5 ms at one thread, 17.9 -> 17.6 at two (18 of its
+/// 20 conv outputs blocked); the batch-8 three-conv net (64 channels,
+/// 56x56) 51.2 -> 50.6 and 26.4 -> 25.8 (equal at one thread in a noisier
+/// hour). A
 /// Conv's output is kept blocked when the kernel takes the Conv in f32 with
 /// NCHW16c ([`takes_nchw16c`]: one group, shapes known at compile time) and
 /// every reader is such a Conv, reading it as its image (16n input

@@ -77,9 +77,9 @@
 //! pays is an NCHW16c image band-copied by rows (no transposes) and an
 //! NCHW16c output stored from the registers a pixel at a time
 //! ([`ChannelLayout::Nchw16c`], which the graph keeps between Convs): the
-//! batch-8 net of three such convs 51.2 -> 50.6 ms at one thread, 26.4 ->
-//! 25.8 at two, with the first conv's image and the last one's output
-//! NCHW. A residual in either layout is added before the transpose (or
+//! batch-8 net of three such convs 51.2 -> 50.6 ms at one thread (equal
+//! in a noisier hour), 26.4 -> 25.8 at two, with the first conv's image
+//! and the last one's output NCHW. A residual in either layout is added before the transpose (or
 //! the store) from NCHW16c, after it from NCHW.
 //! A 14-pixel by 32-channel tile whose k loop was unrolled over the kernel
 //! taps spilled registers (63 GFLOP/s): the loop walks a table of offsets
