@@ -10,7 +10,7 @@ mod graph_common;
 
 use graph_common::{Rng, bits_and_steps, fixed};
 use mixprec::graph::{
-    CompileOptions, ConvAttrs, DType, Graph, GraphBuilder, PoolAttrs, PrecisionPlan,
+    CompileOptions, ConvAttrs, DType, Graph, GraphBuilder, PoolAttrs, PrecisionPlan, Tensor,
 };
 use mixprec::kernels::conv::{Conv2dShape, takes_nchw16c};
 use mixprec::kernels::gemm::Epilogue;
@@ -111,20 +111,30 @@ fn blocks_here() -> bool {
     takes_nchw16c(active_isa(), &shape, 16, &Epilogue::default())
 }
 
-#[test]
-fn blocked_conv_activations_give_the_same_bits() {
-    let mut rng = Rng::new(5);
+/// The graph (weights from `seed`) and its inputs `x3`, `x`.
+fn graph_and_inputs(seed: u64) -> (Graph, Tensor, Tensor) {
+    let mut rng = Rng::new(seed);
     let g = graph(&mut rng);
     let x3 = rng.tensor(&[2, 3, 14, 18], -2.0, 2.0);
     let x = rng.tensor(&[2, 16, 9, 11], -2.0, 2.0);
+    (g, x3, x)
+}
+
+/// Compile options with every step kept (`true`) or the folds on.
+fn options(keep_all_steps: bool) -> CompileOptions {
+    CompileOptions {
+        keep_all_steps,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn blocked_conv_activations_give_the_same_bits() {
+    let (g, x3, x) = graph_and_inputs(5);
     let feeds = [("x3", &x3), ("x", &x)];
     for ty in [FloatType::F32, FloatType::Bf16] {
         let compile = |keep_all_steps: bool| {
-            let options = CompileOptions {
-                keep_all_steps,
-                ..Default::default()
-            };
-            g.compile_with(&PrecisionPlan::all(&g, ty), &options)
+            g.compile_with(&PrecisionPlan::all(&g, ty), &options(keep_all_steps))
                 .unwrap()
         };
         let blocked: Vec<String> = compile(false).nchw16c_values().to_vec();
@@ -135,13 +145,8 @@ fn blocked_conv_activations_give_the_same_bits() {
         };
         assert_eq!(blocked, want, "{ty:?}");
         assert!(compile(true).nchw16c_values().is_empty());
-        let run = |keep_all_steps: bool| {
-            let options = CompileOptions {
-                keep_all_steps,
-                ..Default::default()
-            };
-            bits_and_steps(&g, ty, &options, &feeds, &[]).0
-        };
+        let run =
+            |keep_all_steps: bool| bits_and_steps(&g, ty, &options(keep_all_steps), &feeds, &[]).0;
         let (folded, separate) = (run(false), run(true));
         assert_eq!(folded.len(), separate.len());
         for ((name, got), (other, want)) in folded.iter().zip(&separate) {
@@ -161,12 +166,9 @@ fn blocked_conv_activations_give_the_same_bits() {
 /// over before they are read: the outputs keep their bits.
 #[test]
 fn recycled_buffers_give_the_same_bits() {
-    let mut rng = Rng::new(9);
-    let g = graph(&mut rng);
-    let x3 = rng.tensor(&[2, 3, 14, 18], -2.0, 2.0);
-    let x = rng.tensor(&[2, 16, 9, 11], -2.0, 2.0);
+    let (g, x3, x) = graph_and_inputs(9);
     let feeds = [("x3", &x3), ("x", &x)];
-    let bits = |out: &std::collections::HashMap<String, mixprec::graph::Tensor>| {
+    let bits = |out: &std::collections::HashMap<String, Tensor>| {
         let mut v: Vec<(String, Vec<u32>)> = out
             .iter()
             .map(|(k, t)| {
@@ -183,7 +185,7 @@ fn recycled_buffers_give_the_same_bits() {
     let first = model.run(&feeds).unwrap();
     let want = bits(&first);
     model.recycle(first.into_values());
-    let nan = |n: usize| mixprec::graph::Tensor::from_f32(&[n], vec![f32::NAN; n]).unwrap();
+    let nan = |n: usize| Tensor::from_f32(&[n], vec![f32::NAN; n]).unwrap();
     model.recycle(
         [
             2 * 16 * 7 * 9,
