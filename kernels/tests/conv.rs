@@ -835,40 +835,31 @@ fn check_residual(c: &Case) {
 }
 
 /// `x` (images of `channels` planes of `plane` pixels, `stride` apart)
-/// with each image's channels in `layout`; elements between images are
-/// kept.
-fn relayout(
+/// with each image's channels from NCHW into `layout` (`to_layout`) or
+/// back; elements between images are kept.
+fn permute(
     x: &[f32],
     channels: usize,
     plane: usize,
     stride: usize,
     layout: ChannelLayout,
+    to_layout: bool,
 ) -> Vec<f32> {
     let mut y = x.to_vec();
     // Other channel counts have no NCHW16c form (the call must refuse them).
     if layout == ChannelLayout::Nchw16c && channels.is_multiple_of(16) {
         for (n, c, p) in image_channel_pixel(x.len() / stride, channels, plane) {
-            y[n * stride + (c / 16 * plane + p) * 16 + c % 16] = x[n * stride + c * plane + p];
+            let nchw = n * stride + c * plane + p;
+            let blocked = n * stride + (c / 16 * plane + p) * 16 + c % 16;
+            let (to, from) = if to_layout {
+                (blocked, nchw)
+            } else {
+                (nchw, blocked)
+            };
+            y[to] = x[from];
         }
     }
     y
-}
-
-/// [`relayout`]'s inverse.
-fn from_layout(
-    y: &[f32],
-    channels: usize,
-    plane: usize,
-    stride: usize,
-    layout: ChannelLayout,
-) -> Vec<f32> {
-    let mut x = y.to_vec();
-    if layout == ChannelLayout::Nchw16c {
-        for (n, c, p) in image_channel_pixel(y.len() / stride, channels, plane) {
-            x[n * stride + c * plane + p] = y[n * stride + (c / 16 * plane + p) * 16 + c % 16];
-        }
-    }
-    x
 }
 
 /// Every (image, channel, pixel).
@@ -942,8 +933,8 @@ fn check_layouts(c: &Case) {
                 })
             });
             for layouts in combinations.skip(1) {
-                let x = relayout(&images, cin, plane_in, image_stride, layouts.image);
-                let r = residual.map(|r| relayout(r, m, n, out_stride, layouts.residual));
+                let x = permute(&images, cin, plane_in, image_stride, layouts.image, true);
+                let r = residual.map(|r| permute(r, m, n, out_stride, layouts.residual, true));
                 let mut got = vec![0.5f32; count * out_stride];
                 let result = conv2d_batch_layout_at(
                     isa,
@@ -968,7 +959,7 @@ fn check_layouts(c: &Case) {
                     continue;
                 }
                 result.unwrap();
-                let got = from_layout(&got, m, n, out_stride, layouts.output);
+                let got = permute(&got, m, n, out_stride, layouts.output, false);
                 assert_eq!(
                     bits(&got),
                     bits(&want),
