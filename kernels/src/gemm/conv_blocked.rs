@@ -79,8 +79,8 @@
 //! ([`ChannelLayout::Nchw16c`], which the graph keeps between Convs): the
 //! batch-8 net of three such convs 51.2 -> 50.6 ms at one thread (equal
 //! in a noisier hour), 26.4 -> 25.8 at two, with the first conv's image
-//! and the last one's output NCHW. A residual in either layout is added before the transpose (or
-//! the store) from NCHW16c, after it from NCHW.
+//! and the last one's output NCHW. A residual in either layout is added
+//! before the transpose (or the store) from NCHW16c, after it from NCHW.
 //! A 14-pixel by 32-channel tile whose k loop was unrolled over the kernel
 //! taps spilled registers (63 GFLOP/s): the loop walks a table of offsets
 //! instead, as the GEMM's does. Bands of 256 or 384 KiB instead of

@@ -1,7 +1,7 @@
 //! Static shape and dtype inference. The executor runs the same functions on
 //! concrete (all-fixed) shapes, so validation and execution agree.
 
-use super::{AutoPad, Meta, Op, ReduceKind};
+use super::{AutoPad, ConvAttrs, Meta, Op, ReduceKind};
 use crate::graph::dtype::DType;
 use crate::graph::error::{GraphError, Result};
 use crate::graph::graph::{Dim, shape_string};
@@ -158,6 +158,26 @@ pub(crate) struct Geometry {
     pub pad_begin: Vec<usize>,
     /// Output sizes; `None` where the input size is symbolic.
     pub out: Vec<Option<usize>>,
+}
+
+/// A Conv's window geometry (`attrs`, spatial kernel `kernel`) on input
+/// sizes `spatial`: shape inference and the kernel call read the same.
+pub(crate) fn conv_geometry(
+    node: &str,
+    attrs: &ConvAttrs,
+    spatial: &[Option<usize>],
+    kernel: &[usize],
+) -> Result<Geometry> {
+    geometry(
+        node,
+        spatial,
+        kernel,
+        &attrs.strides,
+        &attrs.pads,
+        &attrs.dilations,
+        attrs.auto_pad,
+        false,
+    )
 }
 
 /// A window's per-axis values (kernel, strides, pads, sizes) as 2-D: a
@@ -422,16 +442,7 @@ pub(crate) fn infer(
                 }
             }
             let spatial: Vec<Option<usize>> = x.shape[2..].iter().map(|d| d.fixed()).collect();
-            let g = geometry(
-                node,
-                &spatial,
-                &wk,
-                &attrs.strides,
-                &attrs.pads,
-                &attrs.dilations,
-                attrs.auto_pad,
-                false,
-            )?;
+            let g = conv_geometry(node, attrs, &spatial, &wk)?;
             let mut out = vec![x.shape[0].clone(), Dim::Fixed(m)];
             for o in g.out {
                 out.push(o.map(Dim::Fixed).unwrap_or_else(&mut *fresh));

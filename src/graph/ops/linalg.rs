@@ -10,7 +10,7 @@ use mixprec_kernels::gemm::{self, Accumulation, Activation, Epilogue, MatMut, Ma
 use mixprec_kernels::{Element, FloatType, active_isa};
 
 use super::ConvAttrs;
-use super::infer::{as_2d, geometry};
+use super::infer::{as_2d, conv_geometry};
 use super::par;
 use crate::graph::dtype::DType;
 use crate::graph::error::{GraphError, Result};
@@ -609,16 +609,7 @@ pub(crate) fn conv2d_shape(
     spatial: &[Option<usize>],
     ws: &[usize],
 ) -> Result<Option<Conv2dShape>> {
-    let g = geometry(
-        node,
-        spatial,
-        &ws[2..],
-        &attrs.strides,
-        &attrs.pads,
-        &attrs.dilations,
-        attrs.auto_pad,
-        false,
-    )?;
+    let g = conv_geometry(node, attrs, spatial, &ws[2..])?;
     let (Some(outs), Some(ins)) = (
         g.out.iter().copied().collect::<Option<Vec<usize>>>(),
         spatial.iter().copied().collect::<Option<Vec<usize>>>(),
