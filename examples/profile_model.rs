@@ -1,4 +1,4 @@
-//! Per-step time of an ONNX model under an all-f32 and an all-bf16 plan:
+//! Per-step time of an ONNX model under all-f32, all-bf16 and all-f16 plans:
 //! `cargo run --release --example profile_model -- model.onnx [batch] [--keep-all-steps] [--steps]`
 //! (`--steps`: every step in execution order, not only the totals per op type).
 //! Prints the steps that take the most time, grouped by op type;
@@ -26,7 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let inputs = model.graph.synthetic_inputs(batch)?;
     let feeds: Vec<(&str, &mixprec::graph::Tensor)> =
         inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    for ty in [FloatType::F32, FloatType::Bf16] {
+    for ty in [FloatType::F32, FloatType::Bf16, FloatType::F16] {
         let compiled = model
             .graph
             .compile_with(&PrecisionPlan::all(&model.graph, ty), &options)?;
