@@ -748,6 +748,17 @@ fn gemm_case<T: Element, O: Element>(b: &mut Bytes) {
             "gemm_packed and gemm disagree ({m}x{n}x{k})"
         );
     }
+    // Widened once when packed: exact, so the same bits as stored panels.
+    let widened = PackedB::pack_widened(bm.view());
+    let mut cw = c0.clone();
+    let cv = MatMut::new(&mut cw, m, n, ldc).expect("storage covers C");
+    gemm::gemm_packed_at(active, alpha, a.view(), &widened, beta, cv, &epilogue)
+        .unwrap_or_else(|e| panic!("gemm_packed refused a valid call: {e}"));
+    assert_eq!(
+        bits(&cw),
+        bits(&c),
+        "B widened when packed and B packed as stored disagree ({m}x{n}x{k})"
+    );
     if T::DTYPE == FloatType::Bf16 && Isa::Avx512CoreBf16.is_available() {
         bf16dot_case(
             &a,

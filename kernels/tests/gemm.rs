@@ -1,6 +1,7 @@
 //! GEMM against an f64 reference on every available level, with the bound
 //! `|C - C_ref| <= 2 (k + 2) u |alpha| (|A||B|)_ij + epilogue and store rounding`,
-//! `u = 2^-24`; packed-B vs unpacked and thread-count bit-identity.
+//! `u = 2^-24`; packed-B (stored or widened) vs unpacked and thread-count
+//! bit-identity.
 
 use half::{bf16, f16};
 use mixprec_kernels::Isa;
@@ -97,6 +98,8 @@ fn run_case<T: Element, O: Element>(case: &Case) {
         activation: case.act,
     };
     let packed = PackedB::pack(b.view());
+    let widened = PackedB::pack_widened(b.view());
+    let bits = |v: &[O]| v.iter().map(|x| x.to_f32().to_bits()).collect::<Vec<_>>();
     for isa in Isa::available() {
         let mut c = c0.clone();
         gemm_at(
@@ -127,9 +130,20 @@ fn run_case<T: Element, O: Element>(case: &Case) {
         if exempt {
             check(case, &a, &b, &c0, &cp, ldc, &ep, "packed");
         } else {
-            let bits = |v: &[O]| v.iter().map(|x| x.to_f32().to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&c), bits(&cp), "{isa}: packed B differs from unpacked");
         }
+        let mut cw = c0.clone();
+        gemm_packed_at(
+            isa,
+            case.alpha,
+            a.view(),
+            &widened,
+            case.beta,
+            MatMut::new(&mut cw, case.m, case.n, ldc).unwrap(),
+            &ep,
+        )
+        .unwrap();
+        assert_eq!(bits(&cw), bits(&cp), "{isa}: B widened when packed differs");
     }
     // Default dispatch too.
     let mut c = c0.clone();

@@ -3,16 +3,17 @@
 //! Large m: A is packed once into f32 row tiles of `MR` rows (k-major inside a
 //! tile), B once into f32 column panels of 32 (bf16/f16 widened exactly while
 //! packing), or a [`PackedB`] is read as it is, bf16/f16 panels widened in
-//! registers by the tile. C is cut into blocks of
+//! registers by the tile (none left to widen after
+//! [`PackedB::pack_widened`]). C is cut into blocks of
 //! `MC x NC` that threads take from a shared counter; inside a block the k
 //! loop is blocked by `KC`, partial sums live in an f32 workspace, and the
 //! epilogue runs on each register tile right after its last k block, while
 //! the tile is still in L1.
 //!
-//! Small m (`<= SMALL_M`): no packing of B. Row-contiguous B and packed B are
-//! streamed row by row with bf16/f16 widened in registers, so half-width
-//! weights read half the bytes; column-contiguous B (`w.t()`) goes through
-//! 16-lane dot products.
+//! Small m (`<= STREAMING_ROWS`): no packing of B. Row-contiguous B and packed B are
+//! streamed row by row in their element type with bf16/f16 widened in
+//! registers, so half-width weights read half the bytes; column-contiguous
+//! B (`w.t()`) goes through 16-lane dot products.
 //!
 //! Work is split over M/N only, never k, and every k loop is the same FMA
 //! chain per element, so results do not depend on the thread count.
@@ -20,7 +21,8 @@
 use super::pack::{KC, NR};
 use super::threads::{parallel_for, put_buf, take_buf};
 use super::{
-    Activation, BSource, Element, Epilogue, MatMut, MatRef, PackedB, epilogue, num_threads,
+    Activation, BSource, Element, Epilogue, MatMut, MatRef, PackedB, STREAMING_ROWS, epilogue,
+    num_threads,
 };
 use crate::convert;
 use crate::element::{FloatSlice, FloatSliceMut, FloatType};
@@ -83,8 +85,6 @@ pub(super) const MC_TILES: usize = 8;
 const WIDEN_B_ROWS: usize = 256;
 /// 32-column panels per N block.
 const NC_PANELS: usize = 8;
-/// Largest m that takes the streaming path.
-pub(super) const SMALL_M: usize = 16;
 /// Rows per pass of the small-m kernels.
 const SMALL_ROWS: usize = 4;
 /// Most columns per work item of the row-contiguous small-m path: wide items
@@ -528,7 +528,7 @@ pub(super) fn run<T: Element, O: Element>(
     } else {
         num_threads()
     };
-    if m <= SMALL_M {
+    if m <= STREAMING_ROWS {
         // Passes of up to SMALL_ROWS rows, each streaming B once.
         let packed;
         let b = match b {
@@ -672,8 +672,8 @@ fn small<T: Element, O: Element>(
             BSource::Packed(pb) => {
                 for jj in (0..w).step_by(NR) {
                     let cols = NR.min(w - jj);
-                    let panel = pb.panel((j0 + jj) / NR);
-                    // SAFETY: a panel holds k rows of NR elements; ws as above.
+                    let (panel, bt) = pb.panel((j0 + jj) / NR);
+                    // SAFETY: a panel holds k rows of NR elements of type bt; ws as above.
                     unsafe {
                         (kern.small_tile)(
                             bt,
@@ -716,8 +716,8 @@ fn large<T: Element, O: Element>(
     // view is packed (and widened) into a reused buffer.
     let mut bbuf = Vec::new();
     let (bpack, bt): (&[u8], FloatType) = match b {
-        BSource::Packed(pb) if T::DTYPE == FloatType::F32 || m < WIDEN_B_ROWS => {
-            (bytemuck::cast_slice(&pb.data), T::DTYPE)
+        BSource::Packed(pb) if pb.row_panels().1 == FloatType::F32 || m < WIDEN_B_ROWS => {
+            pb.row_panels()
         }
         _ => {
             bbuf = take_buf(&PACK_B, n.div_ceil(NR) * NR * k);
@@ -882,7 +882,10 @@ fn pack_b_f32<T: Element>(isa: Isa, threads: usize, b: BSource<T>, dst: &mut [f3
             let j0 = p * NR;
             let w = NR.min(n - j0);
             match b {
-                BSource::Packed(pb) => widen_into(isa, pb.panel(p), panel),
+                BSource::Packed(pb) => match pb.panel(p) {
+                    (wide, FloatType::F32) => panel.copy_from_slice(bytemuck::cast_slice(wide)),
+                    (stored, _) => widen_into::<T>(isa, bytemuck::cast_slice(stored), panel),
+                },
                 BSource::View(v) => {
                     if w < NR {
                         panel.fill(0.0);

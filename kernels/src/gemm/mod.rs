@@ -43,10 +43,12 @@
 //! | `avx2` | 6 x 16 ymm FMA tile over packed f32 panels | ymm streaming / dot kernels |
 //! | `avx512_core` and up | 14 x 32 zmm FMA tile over packed f32 panels | zmm streaming / dot kernels |
 //!
-//! Large m packs A (f32 row tiles) and B (f32 panels of 32 columns; bf16/f16
-//! widened exactly while packing, an f32 [`PackedB`] is used in place) once
-//! per call and splits C into blocks over the threads. Small m reads B in
-//! its storage type and widens in registers, so bf16/f16 weights move half
+//! Large m packs A into f32 row tiles once per call and splits C into
+//! blocks over the threads. The tiles multiply B in panels of 32 columns: a
+//! view is packed into f32 panels per call (bf16/f16 widened exactly), an
+//! f32 or [`PackedB::pack_widened`] B is read in place, and a bf16/f16
+//! [`PackedB`] is widened by the tiles in registers (from 256 rows, into f32
+//! panels once per call). Small m reads B in its storage type and widens in registers, so bf16/f16 weights move half
 //! the bytes of f32: row-contiguous B and [`PackedB`] are streamed, B with
 //! `rs == 1` goes through dot products. `avx512_core_fp16` runs the
 //! `avx512_core` kernels. GELU activations are the elementwise kernels'
@@ -242,6 +244,12 @@ pub enum Activation {
     /// [`crate::elementwise::UnaryOp::GeluTanh`].
     GeluTanh,
 }
+
+/// Products of at most this many rows (m) stream B in its element type
+/// (bf16/f16 weights move half the bytes of f32); more rows are computed in
+/// register tiles that multiply f32 panels of B (see
+/// [`PackedB::pack_widened`]).
+pub const STREAMING_ROWS: usize = 16;
 
 /// Work fused into the store of C.
 #[derive(Clone, Copy, Debug, Default)]

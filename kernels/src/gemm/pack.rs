@@ -8,6 +8,7 @@
 //! kernels widen them exactly to f32 before the multiply.
 
 use super::{Accumulation, Element, GemmError, MatRef, check_accumulation};
+use crate::element::FloatType;
 
 /// Panel width in columns: two zmm or four ymm registers of f32.
 pub(crate) const NR: usize = 32;
@@ -30,10 +31,14 @@ pub(crate) const KC: usize = 192;
 /// [`PackedB::pack_for`] with [`Accumulation::Bf16Dot`] packs a bf16 B
 /// into the k-pair panels `VDPBF16PS` reads instead (the same size);
 /// [`super::gemm_packed`] then multiplies with that accumulation.
+/// [`PackedB::pack_widened`] keeps a bf16/f16 B's panels widened to f32
+/// (twice the memory, the same results) for products of many rows.
 #[derive(Clone, Debug)]
 pub struct PackedB<T> {
     /// The panels of a [`Layout::Rows`] B (empty otherwise).
     pub(crate) data: Vec<T>,
+    /// The panels of a [`Layout::WidenedRows`] B (empty otherwise).
+    pub(crate) wide: Vec<f32>,
     /// The pair panels of a [`Layout::Bf16Pairs`] B (empty otherwise): one
     /// u32 lane per pair, `x[2q]` in the low half, as the kernel loads them.
     pub(crate) pairs: Vec<u32>,
@@ -47,6 +52,8 @@ pub struct PackedB<T> {
 pub(crate) enum Layout {
     /// `k` rows of `NR` elements per panel (every F32-accumulation path).
     Rows,
+    /// [`Layout::Rows`] with the elements widened to f32 (exact).
+    WidenedRows,
     /// `ceil(k / 2)` rows of `NR` bf16 pairs per panel: element `(kk, j)` of
     /// panel `p` in lane `(kk / 2) * NR + j % NR`, half `kk % 2`, the odd `k`
     /// padded with zero (the [`Accumulation::Bf16Dot`] micro-kernel's layout).
@@ -82,10 +89,32 @@ impl<T: Element> PackedB<T> {
         }
         PackedB {
             data,
+            wide: Vec::new(),
             pairs: Vec::new(),
             k,
             n,
             layout: Layout::Rows,
+        }
+    }
+
+    /// [`PackedB::pack`] with a bf16/f16 B's elements widened to f32 once
+    /// (exact, so every product gives the same bits as with `pack`); an
+    /// f32 B is packed as `pack` does. For products of more than
+    /// [`super::STREAMING_ROWS`] rows, whose register tiles multiply f32
+    /// panels: they otherwise widen a bf16/f16 panel in every tile (about
+    /// 5% of the FMA time) or, from 256 rows, the whole B once per call.
+    /// Products of fewer rows stream the panels, and move twice the bytes
+    /// of `pack`'s.
+    pub fn pack_widened(b: MatRef<T>) -> Self {
+        let packed = Self::pack(b);
+        if T::DTYPE == FloatType::F32 {
+            return packed;
+        }
+        PackedB {
+            wide: packed.data.iter().map(|x| x.to_f32()).collect(),
+            data: Vec::new(),
+            layout: Layout::WidenedRows,
+            ..packed
         }
     }
 
@@ -121,6 +150,7 @@ impl<T: Element> PackedB<T> {
         }
         Ok(PackedB {
             data: Vec::new(),
+            wide: Vec::new(),
             pairs,
             k,
             n,
@@ -131,7 +161,7 @@ impl<T: Element> PackedB<T> {
     /// The accumulation mode this B was packed for.
     pub fn accumulation(&self) -> Accumulation {
         match self.layout {
-            Layout::Rows => Accumulation::F32,
+            Layout::Rows | Layout::WidenedRows => Accumulation::F32,
             Layout::Bf16Pairs => Accumulation::Bf16Dot,
         }
     }
@@ -151,6 +181,9 @@ impl<T: Element> PackedB<T> {
     pub(crate) fn at(&self, kk: usize, j: usize) -> T {
         match self.layout {
             Layout::Rows => self.data[(j / NR) * self.k * NR + kk * NR + j % NR],
+            Layout::WidenedRows => {
+                T::from_f32(self.wide[(j / NR) * self.k * NR + kk * NR + j % NR])
+            }
             Layout::Bf16Pairs => {
                 let lane = self.pairs[(j / NR) * self.k.div_ceil(2) * NR + (kk / 2) * NR + j % NR];
                 let bits = (lane >> (16 * (kk % 2))) & 0xffff;
@@ -159,11 +192,23 @@ impl<T: Element> PackedB<T> {
         }
     }
 
-    /// Panel `p` (all k rows) of a [`Layout::Rows`] B.
+    /// The panels of a [`Layout::Rows`] or [`Layout::WidenedRows`] B as
+    /// bytes, and their element type (T's, or f32 where widened).
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn row_panels(&self) -> (&[u8], FloatType) {
+        match self.layout {
+            Layout::Rows => (bytemuck::cast_slice(&self.data), T::DTYPE),
+            Layout::WidenedRows => (bytemuck::cast_slice(&self.wide), FloatType::F32),
+            Layout::Bf16Pairs => unreachable!("pair panels are the Bf16Dot kernel's"),
+        }
+    }
+
+    /// Panel `p` (all k rows) of a row-panel B ([`PackedB::row_panels`]).
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    pub(crate) fn panel(&self, p: usize) -> &[T] {
-        debug_assert_eq!(self.layout, Layout::Rows);
-        &self.data[p * self.k * NR..(p + 1) * self.k * NR]
+    pub(crate) fn panel(&self, p: usize) -> (&[u8], FloatType) {
+        let (panels, ty) = self.row_panels();
+        let len = self.k * NR * ty.size();
+        (&panels[p * len..(p + 1) * len], ty)
     }
 }
