@@ -1,5 +1,5 @@
-//! How the GEMM-family nodes of a bf16 plan multiply (`CompileOptions::bf16_gemm`)
-//! and the f32 bias of a low-precision Conv.
+//! How the GEMM-family nodes of a bf16 plan multiply (`CompileOptions::bf16_gemm`),
+//! the f32 bias of a low-precision Conv, and bf16/f16 weights packed widened.
 //!
 //! `VDPBF16PS` reads subnormal bf16 operands as zero; the exact widening
 //! does not. A subnormal activation times a huge weight gives a normal
@@ -9,9 +9,9 @@
 
 mod graph_common;
 
-use graph_common::fixed;
+use graph_common::{Rng, fixed};
 use mixprec::graph::{
-    CompileOptions, ConvAttrs, DType, GemmAccumulation, GraphBuilder, PrecisionPlan, Tensor,
+    CompileOptions, ConvAttrs, DType, Dim, GemmAccumulation, GraphBuilder, PrecisionPlan, Tensor,
 };
 use mixprec::kernels::gemm::Accumulation;
 use mixprec::kernels::{FloatType, Isa, active_isa};
@@ -184,4 +184,35 @@ fn accumulation_never_applies_to_f32_or_f16_nodes() {
         GemmAccumulation::WidenToF32.resolve(DType::Bf16),
         Accumulation::F32
     );
+}
+
+/// A Linear and a MatMul over constant weights, on `batch` rows of 24.
+fn two_layers(batch: Dim, rng: &mut Rng) -> mixprec::graph::Graph {
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", &[batch, Dim::Fixed(24)], DType::F32);
+    let w1 = rng.tensor(&[40, 24], -1.0, 1.0);
+    let b1 = rng.tensor(&[40], -0.5, 0.5);
+    let h = g.linear("h", x, &w1, Some(&b1)).unwrap();
+    let w2 = g.initializer("w2", rng.tensor(&[40, 33], -1.0, 1.0));
+    let y = g.matmul("y", h, w2).unwrap();
+    g.output(y);
+    g.finish().unwrap()
+}
+
+/// bf16/f16 weights that only ever meet more rows than the kernels stream
+/// (a fixed batch of 37) are packed widened to f32; where the batch is
+/// symbolic they keep their type. Widening is exact, so both give the
+/// same bits, under every level's kernels.
+#[test]
+fn weights_widened_for_a_fixed_batch_give_the_same_bits() {
+    let fixed_batch = two_layers(Dim::Fixed(37), &mut Rng::new(5));
+    let any_batch = two_layers(Dim::Symbolic("n".into()), &mut Rng::new(5));
+    let x = Rng::new(6).tensor(&[37, 24], -2.0, 2.0);
+    for ty in [FloatType::Bf16, FloatType::F16] {
+        let widened = run(&fixed_batch, ty, GemmAccumulation::WidenToF32, &x);
+        let stored = run(&any_batch, ty, GemmAccumulation::WidenToF32, &x);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&widened), bits(&stored), "{ty:?}");
+        assert!(widened.iter().any(|&v| v != 0.0), "{ty:?}");
+    }
 }

@@ -374,10 +374,10 @@ impl Graph {
                     Some(prepare_gemm(
                         &node.op,
                         &node.name,
-                        &ins,
-                        &uncast_ins,
+                        (&ins, &uncast_ins),
                         &b.consts,
                         options.bf16_gemm.resolve(dtype),
+                        product_rows(&outs[0].shape),
                     )?)
                 }
                 _ => None,
@@ -917,13 +917,15 @@ enum Fold {
 /// before the cast to the node's dtype (`uncast_ins`): a large bias that
 /// cancels a large product (an input scaler folded into the layer) would
 /// otherwise lose the small difference that carries the signal.
+///
+/// `rows`: a Gemm's or MatMul's product rows where the shapes fix them.
 fn prepare_gemm(
     op: &Op,
     node: &str,
-    ins: &[usize],
-    uncast_ins: &[usize],
+    (ins, uncast_ins): (&[usize], &[usize]),
     consts: &[Option<Arc<Tensor>>],
     accumulation: Accumulation,
+    rows: Option<usize>,
 ) -> Result<Prepared> {
     let konst = |i: usize, slots: &[usize]| slots.get(i).and_then(|&s| consts[s].as_deref());
     let (packed, bias) = match op {
@@ -931,12 +933,12 @@ fn prepare_gemm(
             Some(w) => {
                 let n = if *trans_b { w.shape()[0] } else { w.shape()[1] };
                 let bias = konst(2, uncast_ins).and_then(|c| row_bias(&c.view(), n, *beta));
-                (Some(pack(w, *trans_b, accumulation)?), bias)
+                (Some(pack(w, *trans_b, accumulation, rows)?), bias)
             }
             None => (None, None),
         },
         Op::MatMul => match konst(1, ins) {
-            Some(w) if w.shape().len() == 2 => (Some(pack(w, false, accumulation)?), None),
+            Some(w) if w.shape().len() == 2 => (Some(pack(w, false, accumulation, rows)?), None),
             _ => (None, None),
         },
         Op::Conv(_) => (None, konst(2, uncast_ins).map(Tensor::to_f32_vec)),
@@ -956,6 +958,17 @@ fn prepare_gemm(
         conv_weights,
         residual: false,
         conv_layouts: ConvLayouts::default(),
+    })
+}
+
+/// The rows of the product behind a Gemm's or MatMul's output `shape`
+/// (every axis but the last: a MatMul runs its batch as one product where
+/// A is contiguous), when the shape fixes them.
+fn product_rows(shape: &[Dim]) -> Option<usize> {
+    let (_, lead) = shape.split_last()?;
+    lead.iter().try_fold(1usize, |rows, d| match d {
+        Dim::Fixed(n) => rows.checked_mul(*n),
+        Dim::Symbolic(_) => None,
     })
 }
 
