@@ -383,6 +383,77 @@ fn casts_inserted_for_a_mixed_plan() {
     assert!(err <= TOL_BF16, "{err}");
 }
 
+/// `x` read through two Reshapes by f16 MatMuls, and through one of them
+/// by an f32 Relu; `x` is stored in `x_dtype`.
+fn two_views_of_x(x_dtype: DType, rng: &mut Rng) -> Graph {
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", &[4.into(), 6.into()], x_dtype);
+    let a = g.reshape("a", x, &[2, 12]).unwrap();
+    let b = g.reshape("b", x, &[8, 3]).unwrap();
+    let ra = g.relu("ra", a).unwrap();
+    let ty = x_dtype.float_type().unwrap();
+    let mut weight = |name: &str, shape: &[usize]| {
+        let w = rng.tensor(shape, -1.0, 1.0).to_float_type(ty).unwrap();
+        g.initializer(name, w)
+    };
+    let (wa, wb) = (weight("wa", &[12, 5]), weight("wb", &[3, 7]));
+    let ma = g.matmul("ma", a, wa).unwrap();
+    let mb = g.matmul("mb", b, wb).unwrap();
+    for v in [ra, ma, mb] {
+        g.output(v);
+    }
+    g.finish().unwrap()
+}
+
+/// Views of one value that f16 nodes read share one cast of that value:
+/// the Reshapes run again on the cast (a view moves no elements), and the
+/// f32 reader keeps the f32 view. The results are those of the same graph
+/// fed the value already in f16.
+#[test]
+fn views_of_a_value_share_its_cast() {
+    let graph = two_views_of_x(DType::F32, &mut Rng::new(41));
+    let mut plan = PrecisionPlan::all(&graph, FloatType::F16);
+    plan.set("ra", FloatType::F32);
+    let model = graph.compile(&plan).unwrap();
+    let mut runtime: Vec<String> = model
+        .casts()
+        .iter()
+        .filter(|c| !c.at_compile_time)
+        .map(|c| c.value.clone())
+        .collect();
+    runtime.sort();
+    assert_eq!(runtime, ["ma", "mb", "x"], "{:?}", model.casts());
+    let x = Rng::new(42).tensor(&[4, 6], -2.0, 2.0);
+    let out = model.run(&[("x", &x)]).unwrap();
+    let f16_graph = two_views_of_x(DType::F16, &mut Rng::new(41));
+    let x16 = x.to_float_type(FloatType::F16).unwrap();
+    let mut want = f16_graph
+        .compile(&PrecisionPlan::all(&f16_graph, FloatType::F16))
+        .unwrap()
+        .run(&[("x", &x16)])
+        .unwrap();
+    let bits = |t: &Tensor| {
+        t.to_f32_vec()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect::<Vec<_>>()
+    };
+    for name in ["ma", "mb"] {
+        assert_eq!(
+            bits(&out[name]),
+            bits(&want.remove(name).unwrap()),
+            "{name}"
+        );
+    }
+    let relu: Vec<f32> = x.to_f32_vec().iter().map(|v| v.max(0.0)).collect();
+    assert_eq!(
+        out["ra"].to_f32_vec(),
+        relu,
+        "the f32 Relu reads the f32 view"
+    );
+    assert_eq!(out["ra"].shape(), [2, 12]);
+}
+
 #[test]
 fn one_cast_shared_by_all_consumers_and_no_cast_pairs() {
     let mut g = GraphBuilder::new();
