@@ -10,10 +10,10 @@
 //! epilogue runs on each register tile right after its last k block, while
 //! the tile is still in L1.
 //!
-//! Small m (`<= STREAMING_ROWS`): no packing of B. Row-contiguous B and packed B are
-//! streamed row by row in their element type with bf16/f16 widened in
-//! registers, so half-width weights read half the bytes; column-contiguous
-//! B (`w.t()`) goes through 16-lane dot products.
+//! Small m (`<= STREAMING_ROWS`): no packing of B. Row-contiguous B and
+//! packed B are streamed row by row in their element type with bf16/f16
+//! widened in registers, so half-width weights read half the bytes;
+//! column-contiguous B (`w.t()`) goes through 16-lane dot products.
 //!
 //! Work is split over M/N only, never k, and every k loop is the same FMA
 //! chain per element, so results do not depend on the thread count.
