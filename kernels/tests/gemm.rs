@@ -296,6 +296,8 @@ fn bit_identical_for_any_thread_count() {
     threads_case::<f16>(64, 777, 129, false);
     threads_case::<f32>(2, 3000, 500, true);
     threads_case::<bf16>(4, 3000, 500, false);
+    // Few flops over a B of 2 MB, split over the threads for bandwidth.
+    threads_case::<f32>(1, 1000, 512, true);
     // 16-bit packed B widened into f32 panels once per call (m >= 256).
     threads_case::<f16>(300, 777, 129, false);
     threads_case::<bf16>(256, 100, 200, true);

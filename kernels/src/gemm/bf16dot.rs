@@ -16,10 +16,10 @@
 use std::arch::x86_64::*;
 
 use super::avx512::DirectStore;
-use super::driver::{Ep, PAR_MIN_FLOPS, SendPtr, mc_tiles, prefetch_tile_output};
+use super::driver::{Ep, SendPtr, gemm_threads, mc_tiles, prefetch_tile_output};
 use super::pack::{Layout, NR};
 use super::threads::{parallel_for, put_buf, take_buf};
-use super::{BSource, Element, FloatType, MatMut, MatRef, num_threads};
+use super::{BSource, Element, FloatType, MatMut, MatRef};
 
 /// Rows of the register tile.
 pub(super) const MR: usize = 14;
@@ -320,11 +320,7 @@ pub(super) unsafe fn run<T: Element, O: Element>(
 ) {
     let (m, n, k) = (c.rows, c.cols, a.cols);
     let kp = k.div_ceil(2);
-    let threads = if 2 * m * n * k < PAR_MIN_FLOPS {
-        1
-    } else {
-        num_threads()
-    };
+    let threads = gemm_threads(m, n, k, T::DTYPE);
     let blen = n.div_ceil(NR) * kp * NR;
     let mut bbuf = Vec::new();
     let bpack: &[u32] = match b {

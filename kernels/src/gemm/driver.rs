@@ -90,8 +90,13 @@ const SMALL_ROWS: usize = 4;
 /// Most columns per work item of the row-contiguous small-m path: wide items
 /// keep each B row segment long and sequential for the prefetchers.
 const AXPY_COLS: usize = 4096;
-/// Below this many flops one thread does all the work.
+/// Below this many flops one thread does all the work, unless B is large
+/// (see [`gemm_threads`]).
 pub(super) const PAR_MIN_FLOPS: usize = 1 << 22;
+/// Bytes of B from which a product runs on every thread whatever its
+/// flops: a product of few rows streams B, from memory once it outgrows the
+/// caches, and one core draws only its share of the memory bandwidth.
+const PAR_MIN_B_BYTES: usize = 1 << 20;
 /// Columns per work item on the small-m path.
 const SMALL_ITEM_COLS: usize = 256;
 
@@ -523,11 +528,7 @@ pub(super) fn run<T: Element, O: Element>(
         }
         return;
     }
-    let threads = if 2 * m * n * k < PAR_MIN_FLOPS {
-        1
-    } else {
-        num_threads()
-    };
+    let threads = gemm_threads(m, n, k, T::DTYPE);
     if m <= STREAMING_ROWS {
         // Passes of up to SMALL_ROWS rows, each streaming B once.
         let packed;
@@ -552,6 +553,18 @@ pub(super) fn run<T: Element, O: Element>(
         }
     } else {
         large(kern, &ep, threads, a, b, cp, ldc, m, n, k);
+    }
+}
+
+/// The threads an `m x k` by `k x n` product with B of element type `bt`
+/// runs on: one below [`PAR_MIN_FLOPS`], unless B takes
+/// [`PAR_MIN_B_BYTES`] or more (ResNet-18's 512 x 1000 f32 classifier at
+/// batch 1: 1 M flops over 2 MB of weights).
+pub(super) fn gemm_threads(m: usize, n: usize, k: usize, bt: FloatType) -> usize {
+    if 2 * m * n * k < PAR_MIN_FLOPS && k * n * bt.size() < PAR_MIN_B_BYTES {
+        1
+    } else {
+        num_threads()
     }
 }
 
