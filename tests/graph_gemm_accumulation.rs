@@ -202,7 +202,7 @@ fn two_layers(batch: Dim, rng: &mut Rng) -> mixprec::graph::Graph {
 /// bf16/f16 weights that only ever meet more rows than the kernels stream
 /// (a fixed batch of 37) are packed widened to f32; where the batch is
 /// symbolic they keep their type. Widening is exact, so both give the
-/// same bits, under every level's kernels.
+/// same bits (the kernel tests check every level; this, the active one).
 #[test]
 fn weights_widened_for_a_fixed_batch_give_the_same_bits() {
     let fixed_batch = two_layers(Dim::Fixed(37), &mut Rng::new(5));
