@@ -18,7 +18,7 @@ use super::ops::linalg::{Prepared, conv2d_shape, pack, pack_conv, row_bias};
 use super::ops::{Binary, Meta, Op, Unary};
 use super::plan::PrecisionPlan;
 use super::profile::{Profile, ProfileEntry};
-use super::tensor::{Tensor, TensorView};
+use super::tensor::{Tensor, TensorView, numel};
 
 /// Options of [`Graph::compile_with`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -1021,10 +1021,8 @@ fn prepare_gemm(
 /// A is contiguous), when the shape fixes them.
 fn product_rows(shape: &[Dim]) -> Option<usize> {
     let (_, lead) = shape.split_last()?;
-    lead.iter().try_fold(1usize, |rows, d| match d {
-        Dim::Fixed(n) => rows.checked_mul(*n),
-        Dim::Symbolic(_) => None,
-    })
+    let lead: Option<Vec<usize>> = lead.iter().map(Dim::fixed).collect();
+    lead.map(|dims| numel(&dims))
 }
 
 /// A slot's value during a run.

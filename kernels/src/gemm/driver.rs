@@ -723,10 +723,11 @@ fn large<T: Element, O: Element>(
     k: usize,
 ) {
     let mr = kern.mr;
-    // A packed B is read in place, in its own type (bf16/f16 widened by the
-    // tile: widening it into f32 panels on every call made an f16 MLP at
-    // batch 64 slower than f32), unless A has WIDEN_B_ROWS rows or more; a
-    // view is packed (and widened) into a reused buffer.
+    // A packed B with f32 panels (an f32 B, or `PackedB::pack_widened`) is
+    // read in place; a bf16/f16 one too, widened by the tile, unless A has
+    // WIDEN_B_ROWS rows or more (widening it into f32 panels on every call
+    // made an f16 MLP at batch 64 slower than f32). Otherwise, and for a
+    // view, B is packed (and widened) into a reused buffer.
     let mut bbuf = Vec::new();
     let (bpack, bt): (&[u8], FloatType) = match b {
         BSource::Packed(pb) if pb.row_panels().1 == FloatType::F32 || m < WIDEN_B_ROWS => {

@@ -51,8 +51,8 @@
 //! panels once per call). Small m reads B in its storage type and widens in
 //! registers, so bf16/f16 weights move half the bytes of f32: row-contiguous
 //! B and [`PackedB`] are streamed, B with `rs == 1` goes through dot
-//! products. `avx512_core_fp16` runs the
-//! `avx512_core` kernels. GELU activations are the elementwise kernels'
+//! products. `avx512_core_fp16` runs the `avx512_core` kernels. GELU
+//! activations are the elementwise kernels'
 //! ([`crate::elementwise::UnaryOp`]), vectorised over each output row, so a
 //! fused activation equals a separate GELU op bit for bit.
 
