@@ -40,7 +40,8 @@
 //!   takes 17.9 and 18.6; ResNet-18's stride-2 convs at batch 1 (3x3 and
 //!   1x1 shortcut): 1x256x14x14 -> 512 3x3 2.14 -> 1.22 ms (prepacked
 //!   weights), 1x64x56x56 -> 128 1x1 0.35 -> 0.17; its 3-channel 7x7
-//!   stride-2 stem over channel planes 2.38 ms, 2.53 as an implicit GEMM.
+//!   stride-2 stem over channel planes 2.18-2.20 ms (its NCHW rows in
+//!   vectors of 16 pixels), 2.53 as an implicit GEMM.
 //! * The same with [`Accumulation::Bf16Dot`] (`avx512_core_bf16` and up),
 //!   f32, f16 or bf16 output, any stride: the copy's lanes are bf16
 //!   channel pairs (blocks of 16 pairs where the input channels are a
@@ -458,16 +459,18 @@ pub const fn implementation(isa: Isa) -> &'static str {
         Isa::Avx512Core => {
             "avx512: convs with output channels in multiples of 16 (stride-1 1x1 from 128 \
              input channels) as 32-channel x 14-pixel FMA tiles over an f32 NCHW16c copy \
-             (channel planes for other input channel counts; NCHW16c activations kept \
-             between such f32 convs); others an implicit GEMM of \
+             (channel planes for other input channel counts, whose NCHW output rows a \
+             multiple of 16 wide take 16-pixel x 4-channel tiles; NCHW16c activations \
+             kept between such f32 convs); others an implicit GEMM of \
              14x32 tiles reading stride-1 'same' f32 images in place (padding masked), else \
              a padded copy"
         }
         Isa::Avx512CoreBf16 | Isa::Avx512CoreFp16 => {
             "avx512: convs with output channels in multiples of 16 (stride-1 1x1 from 128 \
              input channels) as 32-channel x 14-pixel FMA tiles over an f32 NCHW16c copy \
-             (channel planes for other input channel counts; NCHW16c activations kept \
-             between such f32 convs); others an implicit GEMM of \
+             (channel planes for other input channel counts, whose NCHW output rows a \
+             multiple of 16 wide take 16-pixel x 4-channel tiles; NCHW16c activations \
+             kept between such f32 convs); others an implicit GEMM of \
              14x32 tiles reading stride-1 'same' f32 images in place (padding masked), else \
              a padded copy; \
              Bf16Dot: vdpbf16ps tiles over blocked channel pairs (planes of pairs where the \

@@ -523,9 +523,13 @@ fn big_cases() -> Vec<Case> {
         // plain GEMM on the image, from avx512_core up.
         case(128, [17, 15], [1, 1], [1, 1], [1, 1], [0, 0], 0, 48, 7).unwrap(),
         case(3, [64, 64], [7, 7], [2, 2], [1, 1], [3, 3], 0, 16, 4).unwrap(),
-        // A stem over planes with 32 output columns: 16-pixel tiles, each
-        // group of 32 channels in two halves, then a last group of 16.
+        // Stems over planes with NCHW output rows a multiple of 16 wide:
+        // pixel-row tiles of 16-pixel vectors by 4 channels. 32 columns
+        // (one tile of two vectors; a last group of 16 channels), 112 as
+        // ResNet's (three vectors and four), 80 (two and three).
         case(3, [37, 64], [7, 7], [2, 2], [1, 1], [3, 3], 0, 48, 11).unwrap(),
+        case(3, [20, 224], [7, 7], [2, 2], [1, 1], [3, 3], 0, 32, 12).unwrap(),
+        case(5, [9, 80], [3, 3], [1, 1], [1, 1], [1, 1], 0, 16, 13).unwrap(),
         // Channel-blocked, copied in three bands of output rows.
         case(64, [72, 70], [3, 3], [1, 1], [1, 1], [1, 1], 0, 48, 6).unwrap(),
         // Channel-blocked and strided (ResNet's downsampling 3x3 and 1x1

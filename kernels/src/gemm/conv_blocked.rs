@@ -34,9 +34,15 @@
 //! than blocks (64x56x56 3x3: 2.14 vs 2.11 ms), although their copy is a
 //! plain row copy: a tile's 14 pixels span two lines per channel and row,
 //! twice the L1 lines of blocks, against the weights streaming through.
-//! Over planes, output rows a multiple of 16 wide take tiles of 16 pixels
-//! by 16 channels instead ([`WIDE_PIXELS`]), whose store is whole lines:
-//! the stem's short k made the 14-pixel tile's store 11% of its time.
+//! Over planes with an NCHW output whose rows are a multiple of 16 pixels
+//! wide, the tiles' roles turn ([`row_tiles`]): a vector is 16 consecutive
+//! output pixels of one channel (consecutive in the copy at every tap, the
+//! phases lying side by side) and the weights are the broadcasts, so each
+//! accumulator is a piece of an NCHW output row, stored without a
+//! transpose. The stem's short k (147 steps) had made the 14-pixel tile's
+//! transposing store 11% of its time; ResNet's stem as a one-node model,
+//! one thread: 2.34 ms with 14-pixel tiles, 2.27 with the 16-pixel by
+//! 16-channel tiles these replaced, 2.18-2.20 with these.
 //!
 //! Output rows of at most 7 pixels go two to a tile (the second row's
 //! values one copy row, times the stride, further; NCHW keeps the two rows
@@ -104,15 +110,13 @@ pub(super) const BLOCK: usize = 16;
 /// Output pixels per tile; with two weight vectors, 28 accumulators, two
 /// weight registers and one broadcast fill the 32 zmm registers.
 const PIXELS: usize = 14;
-/// Output pixels per tile of [`CopyLayout::Planar`] copies whose output
-/// rows are a multiple of it wide, by 16 output channels (16 accumulators,
-/// the image values FMA operands broadcast from memory): a 3-channel 7x7
-/// stem's k (147 steps) is short, and a 14-pixel tile's store (two
-/// 16 x 16 transposes and 32 stores of 14 pixels, most across a cache line)
-/// took 11% of it; here one transpose feeds 16 whole-line stores.
-/// ResNet's 3x224x224 stem as a one-node model, one thread: 2.34 -> 2.27
-/// ms (medians of 8 alternated runs).
-const WIDE_PIXELS: usize = 16;
+/// Output channels of one [`row_tiles`] tile: with [`ROW_VECTORS`] vectors
+/// of pixels, 16 accumulators, four weight broadcasts and one vector of
+/// pixels at a time. Eight channels by three vectors (24 accumulators)
+/// measured the same; four by seven spilled (35 registers).
+const ROW_CHANNELS: usize = 4;
+/// Most vectors of 16 output pixels in one [`row_tiles`] tile.
+const ROW_VECTORS: usize = 4;
 /// Most bytes of one band's copy, so that it stays in Zen 4's 1 MiB L2 with
 /// a group's packed weights (72 KiB for 64 input channels, 3x3).
 const BAND_BYTES: usize = 512 << 10;
@@ -788,8 +792,16 @@ pub(super) unsafe fn run<T: Element>(
     // last stage (512 channels, 7x7, 9.4 MB of weights) streamed them from
     // L3 once per output row.
     let two_rows = if 2 * ow <= PIXELS { 2 } else { 1 };
-    let wide =
-        product == Product::Fma && layout == CopyLayout::Planar && ow.is_multiple_of(WIDE_PIXELS);
+    // Rows whose NCHW store the pixel-row tiles make without a transpose
+    // (module docs; bf16 output comes from pairs only).
+    let pixel_rows = product == Product::Fma
+        && layout == CopyLayout::Planar
+        && ow.is_multiple_of(BLOCK)
+        && out.layout == ChannelLayout::Nchw
+        && out.out != FloatType::Bf16
+        && out
+            .residual
+            .is_none_or(|_| out.residual_layout == ChannelLayout::Nchw);
     let row_lanes = sh * bands.width * layout.lanes();
     // The k steps each output row at the image's top or bottom edge runs
     // (one-row tiles, f32 FMAs, finite weights; see `LiveSteps`).
@@ -832,48 +844,46 @@ pub(super) unsafe fn run<T: Element>(
                         layout: out.residual_layout,
                     }),
                 };
-                // Wide tiles run each 16 channels of the group on their own.
-                let (step, tile_lanes) = if wide {
-                    (WIDE_PIXELS, BLOCK)
-                } else {
-                    (PIXELS, lanes)
-                };
-                let halves = lanes / tile_lanes;
-                for (ox, h) in (0..ow)
-                    .step_by(step)
-                    .flat_map(|ox| (0..halves).map(move |h| (ox, h)))
-                {
+                let row_copy = (oy - oy0) * sh * bands.width * layout.lanes();
+                if pixel_rows {
+                    debug_assert_eq!(tile_rows, 1);
+                    // SAFETY: as for `tile` below, the tiles' pixels being the
+                    // row's `ow` and its lanes the group's.
+                    unsafe {
+                        row_tiles(ow, live, offs, weights, copy[row_copy..].as_ptr(), &store)
+                    };
+                    oy += 1;
+                    continue;
+                }
+                for ox in (0..ow).step_by(PIXELS) {
                     let px = TilePixels {
-                        row: step.min(ow - ox),
+                        row: PIXELS.min(ow - ox),
                         rows: tile_rows,
                         row_lanes,
                     };
-                    let first = h * tile_lanes;
-                    let b = copy[((oy - oy0) * sh * bands.width + ox) * layout.lanes()..].as_ptr();
+                    let b = copy[row_copy + ox * layout.lanes()..].as_ptr();
                     // SAFETY: the copy holds `copy_rows` rows of `width` pixels per
                     // channel block, so every tap of the tile's pixels (offs[p] + the
                     // pixel's offset: row (oy + r - oy0) * sh + ki * dh for its tile row
                     // r < tile_rows, phase pixel ox + q + kj * dw / sw < phases.len) lies
-                    // in it; `weights` holds k steps of `lanes`, of which the tile
-                    // reads `tile_lanes` from `first` (first + tile_lanes <= lanes);
-                    // the output rows oc0+first.. +tile_lanes, columns oy*ow+ox..
-                    // + row * rows (two rows only where ox = 0 and row = ow, so
-                    // consecutive), lie in image n's output; a wide tile is f32
-                    // FMAs over planes; avx512_core is the caller's contract.
+                    // in it; `weights` holds k steps of `lanes`; the output rows
+                    // oc0.. +lanes, columns oy*ow+ox.. + row * rows (two rows only
+                    // where ox = 0 and row = ow, so consecutive), lie in image n's
+                    // output; avx512_core is the caller's contract.
                     unsafe {
                         tile(
                             product,
                             layout,
-                            tile_lanes,
+                            lanes,
                             px,
                             live,
                             offs,
                             Weights {
-                                at: weights[first..].as_ptr(),
+                                at: weights.as_ptr(),
                                 step: lanes,
                             },
                             b,
-                            &store.at(ox).channels(first),
+                            &store.at(ox),
                         )
                     };
                 }
@@ -1118,8 +1128,7 @@ impl TileStore {
         }
     }
 
-    /// The same pixels from channel `first` of the tile's on (a multiple
-    /// of 16).
+    /// The same pixels from channel `first` of the tile's on.
     fn channels(&self, first: usize) -> TileStore {
         TileStore {
             channel: self.channel + first,
@@ -1182,7 +1191,8 @@ impl LiveSteps {
 }
 
 /// A tile's packed weights: k step `p`'s lanes start at `at + p * step`
-/// (`step` being the group's lanes; a wide tile reads 16 of its 32).
+/// (`step` being the group's lanes, of which a [`row_tiles`] tile reads
+/// [`ROW_CHANNELS`]).
 #[derive(Clone, Copy)]
 struct Weights {
     at: *const u32,
@@ -1190,8 +1200,7 @@ struct Weights {
 }
 
 /// Computes and stores one tile of `lanes` (16 or 32) output channels by
-/// the pixels `px` gives (1 to [`PIXELS`], or [`WIDE_PIXELS`] in one row
-/// of 16 channels with f32 FMAs over planes), over the `live` k steps only
+/// the pixels `px` gives (1 to [`PIXELS`]), over the `live` k steps only
 /// where they are given ([`LiveSteps`]).
 ///
 /// # Safety
@@ -1218,12 +1227,6 @@ unsafe fn tile(
     b: *const f32,
     store: &TileStore,
 ) {
-    if px.row == WIDE_PIXELS {
-        debug_assert!(product == Product::Fma && layout == CopyLayout::Planar);
-        debug_assert!(lanes == BLOCK && px.rows == 1);
-        // SAFETY: forwarded from the caller's contract.
-        return unsafe { tile_kernel::<16, 1, 1, 16>(live, offs, w, b, 0, store) };
-    }
     // (pixels, pixels per row): one row of 1 to 14, or two rows of 1 to 7.
     macro_rules! go {
         ($kernel:ident, $v:literal, $s:expr) => {
@@ -1321,6 +1324,164 @@ unsafe fn fma_steps<const P: usize, const V: usize, const S: usize, const R: usi
                 let x = _mm512_set1_ps(*bp.add(q % R * S + q / R * row_lanes));
                 for (a, &wx) in row.iter_mut().zip(&wv) {
                     *a = _mm512_fmadd_ps(wx, x, *a);
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// One output row of a convolution over planes ([`CopyLayout::Planar`],
+/// f32 FMAs) with an NCHW output of f32 or f16 and its residual, if any,
+/// NCHW: `ow` (a multiple of 16) pixels by the group's channels, in tiles
+/// of up to [`ROW_VECTORS`] vectors of 16 pixels by [`ROW_CHANNELS`]
+/// channels (seven vectors go as three and four). Each lane runs the chain
+/// of the other tiles, `fma(weight, pixel, acc)` over the k steps from
+/// zero, the vector holding pixels where theirs holds channels.
+///
+/// # Safety
+/// `weights` holds `offs.len()` k steps of the group's lanes (a multiple of
+/// [`ROW_CHANNELS`]); for every k step `p` and pixel `q < ow`,
+/// `b + offs[p] + q` is readable; the store's output rows of the group's
+/// channels and `ow` pixels are writable (a residual's readable) and its
+/// bias holds the group's lanes; `live` as for [`tile`]; the CPU supports
+/// AVX-512 F/BW/VL.
+#[inline(always)]
+unsafe fn row_tiles(
+    ow: usize,
+    live: Option<&LiveSteps>,
+    offs: &[usize],
+    weights: &[u32],
+    b: *const f32,
+    store: &TileStore,
+) {
+    let lanes = weights.len() / offs.len();
+    let vectors = ow / BLOCK;
+    let tiles = vectors.div_ceil(ROW_VECTORS);
+    let mut v0 = 0;
+    for t in 0..tiles {
+        let n = (vectors - v0) / (tiles - t);
+        for first in (0..lanes).step_by(ROW_CHANNELS) {
+            let w = Weights {
+                at: weights[first..].as_ptr(),
+                step: lanes,
+            };
+            let (b, store) = (
+                b.wrapping_add(v0 * BLOCK),
+                store.at(v0 * BLOCK).channels(first),
+            );
+            macro_rules! go {
+                ($($n:literal)*) => {
+                    match n {
+                        // SAFETY: the tile's pixels v0 * 16.. + n * 16 and channels
+                        // first.. + ROW_CHANNELS lie in the row's and the group's
+                        // (the caller's contract).
+                        $($n => unsafe { row_tile::<$n>(live, offs, w, b, &store) },)*
+                        _ => unreachable!("{n} vectors in a row tile"),
+                    }
+                };
+            }
+            go!(1 2 3 4);
+        }
+        v0 += n;
+    }
+}
+
+/// One [`row_tiles`] tile of `V` vectors of 16 pixels.
+///
+/// # Safety
+/// For every k step `p`, `w.at + p * w.step` holds [`ROW_CHANNELS`] f32
+/// weights and `b + offs[p]` `16 * V` f32 pixels; the store's
+/// [`ROW_CHANNELS`] NCHW output rows of `16 * V` pixels are writable (a
+/// residual's readable) and its bias holds [`ROW_CHANNELS`] f32; `live` as
+/// for [`tile`]; the CPU supports AVX-512 F/BW/VL.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn row_tile<const V: usize>(
+    live: Option<&LiveSteps>,
+    offs: &[usize],
+    w: Weights,
+    b: *const f32,
+    store: &TileStore,
+) {
+    debug_assert!(store.layout == ChannelLayout::Nchw && store.out != FloatType::Bf16);
+    for c in 0..ROW_CHANNELS {
+        // The output lines, as the other tiles prefetch theirs: one per
+        // vector (all of an aligned row's; prefetching a misaligned row's
+        // last line too measured 4% slower on ResNet's stem).
+        for v in 0..V {
+            let at = store.offset(c, v * BLOCK);
+            match store.out {
+                FloatType::F32 => prefetch_l2(store.c.cast::<f32>().wrapping_add(at)),
+                _ => prefetch_l2(store.c.cast::<u16>().wrapping_add(at)),
+            }
+        }
+    }
+    let all = || offs.iter().enumerate().map(|(p, &off)| [off, p]);
+    // SAFETY: every address is in bounds by the caller's contract, which
+    // also makes `live` a part of `offs`.
+    unsafe {
+        let acc = match live {
+            None => row_fma_steps::<V>(all(), w, b),
+            Some(live) => {
+                let acc = row_fma_steps::<V>(live.0.iter().copied(), w, b);
+                if any_zero(&acc) {
+                    row_fma_steps::<V>(all(), w, b)
+                } else {
+                    acc
+                }
+            }
+        };
+        // With a residual the ReLU comes after it, as in `finish_tile`.
+        let relu_first = store.relu && store.residual.is_none();
+        for (c, row) in acc.iter().enumerate() {
+            let bias = store.row_bias.map(|r| _mm512_set1_ps(*r.add(c)));
+            for (v, &a) in row.iter().enumerate() {
+                let at = store.offset(c, v * BLOCK);
+                let mut x = bias_relu(a, bias, relu_first);
+                if let Some(r) = store.residual {
+                    let sum = _mm512_add_ps(x, _mm512_loadu_ps(r.at.add(at)));
+                    x = bias_relu(sum, None, store.relu);
+                }
+                match store.out {
+                    FloatType::F32 => _mm512_storeu_ps(store.c.cast::<f32>().add(at), x),
+                    _ => _mm256_storeu_si256(
+                        store.c.cast::<u16>().add(at).cast(),
+                        _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x),
+                    ),
+                }
+            }
+        }
+    }
+}
+
+/// [`row_tile`]'s accumulators over the k steps `steps` gives as
+/// (offset, step), from zero, returned by value as [`fma_steps`]' are.
+///
+/// # Safety
+/// As [`row_tile`] for those steps.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn row_fma_steps<const V: usize>(
+    steps: impl Iterator<Item = [usize; 2]>,
+    w: Weights,
+    b: *const f32,
+) -> [[__m512; V]; ROW_CHANNELS] {
+    let mut acc = [[_mm512_setzero_ps(); V]; ROW_CHANNELS];
+    let (w, w_step) = (w.at.cast::<f32>(), w.step);
+    // SAFETY: every address is in bounds by the caller's contract.
+    unsafe {
+        for [off, p] in steps {
+            let wp = w.add(p * w_step);
+            let mut wc = [_mm512_setzero_ps(); ROW_CHANNELS];
+            for (c, x) in wc.iter_mut().enumerate() {
+                *x = _mm512_set1_ps(*wp.add(c));
+            }
+            let bp = b.add(off);
+            for v in 0..V {
+                let x = _mm512_loadu_ps(bp.add(BLOCK * v));
+                for (row, &wc) in acc.iter_mut().zip(&wc) {
+                    row[v] = _mm512_fmadd_ps(wc, x, row[v]);
                 }
             }
         }
