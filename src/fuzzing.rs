@@ -863,7 +863,9 @@ fn conv_case<T: Element>(b: &mut Bytes) {
     } else {
         1 + pick(7)
     };
-    let in_size = [1 + pick(18), 1 + pick(18)];
+    // Blocked cases reach rows of up to six 16-pixel vectors, which the
+    // pixel-row tiles over planes split in two from five on.
+    let in_size = [1 + pick(18), 1 + pick(if blocked { 90 } else { 18 })];
     let kernel = [1 + pick(5), 1 + pick(5)];
     let stride = [1 + pick(3), 1 + pick(3)];
     let dilation = [1 + pick(3), 1 + pick(3)];
