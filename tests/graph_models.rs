@@ -454,6 +454,47 @@ fn views_of_a_value_share_its_cast() {
     assert_eq!(out["ra"].shape(), [2, 12]);
 }
 
+/// A graph output that is a view (Identity, as ONNX import names outputs)
+/// of an f16 value: its f32 output is the view of that value's cast, and
+/// the f16 view step left unread by that is not run (it copied its input,
+/// which the cast reads after it). The output keeps the f16 values' bits.
+#[test]
+fn an_unread_view_of_a_cast_output_is_not_run() {
+    let mut g = GraphBuilder::new();
+    let x = g.input("x", &[4.into(), 6.into()], DType::F32);
+    let r = g.relu("r", x).unwrap();
+    let y = g.node1("y", Op::Identity, &[r]).unwrap();
+    g.output(y);
+    let graph = g.finish().unwrap();
+    let model = graph
+        .compile(&PrecisionPlan::all(&graph, FloatType::F16))
+        .unwrap();
+    let x = Rng::new(43).tensor(&[4, 6], -2.0, 2.0);
+    let (out, profile) = model.run_profiled(&[("x", &x)]).unwrap();
+    let steps: Vec<(&str, bool)> = profile
+        .entries
+        .iter()
+        .map(|e| (e.name.as_str(), e.inserted_cast))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("cast:x->f16", true),
+            ("r", false),
+            ("cast:r->f32", true),
+            ("y", false)
+        ],
+        "{profile:?}"
+    );
+    let want: Vec<f32> = x
+        .to_f32_vec()
+        .iter()
+        .map(|&v| half::f16::from_f32(v.max(0.0)).to_f32())
+        .collect();
+    assert_eq!(out["y"].dtype(), DType::F32);
+    assert_eq!(out["y"].to_f32_vec(), want);
+}
+
 #[test]
 fn one_cast_shared_by_all_consumers_and_no_cast_pairs() {
     let mut g = GraphBuilder::new();
