@@ -35,7 +35,8 @@ pub struct CompileOptions {
     /// a scalar constant after a MatMul, when the GEMM's output is f32; and
     /// a Transpose feeding a MatMul into the MatMul's operand strides. A
     /// folded step has no profile entry of its own (its time counts in the
-    /// GEMM's node).
+    /// GEMM's node). Either way, nodes whose values nothing reads (no graph
+    /// output depends on them) are not run.
     pub keep_all_steps: bool,
 }
 

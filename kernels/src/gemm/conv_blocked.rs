@@ -113,7 +113,8 @@ const PIXELS: usize = 14;
 /// Output channels of one [`row_tiles`] tile: with [`ROW_VECTORS`] vectors
 /// of pixels, 16 accumulators, four weight broadcasts and one vector of
 /// pixels at a time. Eight channels by three vectors (24 accumulators)
-/// measured the same; four by seven spilled (35 registers).
+/// measured the same; four by seven (33 registers: 28 accumulators, four
+/// weights, one vector) no faster.
 const ROW_CHANNELS: usize = 4;
 /// Most vectors of 16 output pixels in one [`row_tiles`] tile.
 const ROW_VECTORS: usize = 4;
