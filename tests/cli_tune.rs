@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use mixprec::demo;
-use mixprec::graph::{DType, Dim, FloatType, PrecisionPlan, Tensor};
+use mixprec::graph::{
+    CompileOptions, DType, Dim, FloatType, GemmAccumulation, PrecisionPlan, Tensor,
+};
+use mixprec::kernels::{Isa, active_isa};
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 use serde_json::Value;
@@ -155,6 +158,7 @@ fn demo_tune_rejects_all_bf16_and_keeps_layer0_in_fp32() {
     );
     assert_eq!(r["status"], "passed");
     assert!(fin >= baseline * 0.99 - 1e-12, "final {fin} vs {baseline}");
+    assert_eq!(r["bf16_gemm"], "auto", "the default GEMM mode is reported");
 
     // The first trial is all-bf16 and fails by far more than 1%.
     let trials = r["trials"].as_array().unwrap();
@@ -307,6 +311,58 @@ fn run_with_the_saved_plan_matches_in_process() {
         .run_ordered(&[("x", &xt)])
         .unwrap();
     assert_ne!(fp32[0].to_f32_vec(), expected[0].to_f32_vec());
+
+    // `--bf16-gemm widen` runs bf16 layers with f32 FMAs on widened
+    // operands: the bits of the plan compiled so in-process, which differ
+    // from the default's where the CPU has VDPBF16PS (all-bf16: layer 0's
+    // folded scaler cancels a large bias, so its sums' last bits show).
+    let all_bf16 = PrecisionPlan::all(&graph, FloatType::Bf16);
+    let plan_path = t.dir.join("all-bf16.json");
+    fs::write(&plan_path, all_bf16.to_json()).unwrap();
+    let run_cli = |mode: &str| {
+        let out = t.dir.join(format!("{mode}.safetensors"));
+        let o = mixprec(&[
+            "run",
+            "--model",
+            "builtin",
+            "--plan",
+            p(&plan_path),
+            "--input",
+            p(&input),
+            "--output",
+            p(&out),
+            "--bf16-gemm",
+            mode,
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        read_st(&out)[names[0]]
+            .2
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect::<Vec<u32>>()
+    };
+    let in_process = |bf16_gemm| {
+        let options = CompileOptions {
+            bf16_gemm,
+            ..Default::default()
+        };
+        let out = graph
+            .compile_with(&all_bf16, &options)
+            .unwrap()
+            .run_ordered(&[("x", &xt)])
+            .unwrap();
+        out[0]
+            .to_f32_vec()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect::<Vec<u32>>()
+    };
+    let (widened, auto) = (run_cli("widen"), run_cli("auto"));
+    assert_eq!(widened, in_process(GemmAccumulation::WidenToF32), "widen");
+    assert_eq!(auto, in_process(GemmAccumulation::Auto), "auto");
+    if active_isa() >= Isa::Avx512CoreBf16 {
+        assert_ne!(widened, auto, "widening differs from VDPBF16PS");
+    }
 }
 
 #[test]

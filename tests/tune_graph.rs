@@ -2,8 +2,11 @@
 //! an fp16-overflowing chain, and a stack with one folded-offset layer.
 
 use mixprec::demo;
-use mixprec::graph::{CompiledModel, DType, Dim, Graph, GraphBuilder, PrecisionPlan, Tensor};
-use mixprec::kernels::FloatType;
+use mixprec::graph::{
+    CompileOptions, CompiledModel, DType, Dim, GemmAccumulation, Graph, GraphBuilder,
+    PrecisionPlan, Tensor,
+};
+use mixprec::kernels::{FloatType, Isa, active_isa};
 use mixprec::tune::{
     MixedPrecisionConfig, Strategy, Tolerance, TuneStatus, TunedModel, TuningConfig, autotune,
 };
@@ -172,6 +175,43 @@ fn digits_plain_model_passes_all_bf16() {
     assert_eq!(t.report.status, TuneStatus::Passed);
     assert_eq!(t.report.evaluations, 2);
     assert!(t.plan.iter().all(|(_, d)| d == FloatType::Bf16));
+}
+
+/// `TuningConfig::bf16_gemm` reaches every candidate: each model the tuner
+/// evaluates, and the one it returns, gives the bits of its plan compiled
+/// with that mode; where the CPU has VDPBF16PS some candidate (the all-bf16
+/// trial: layer 0's folded scaler cancels a large bias) differs from the
+/// default mode's, so the check can fail.
+#[test]
+fn candidates_compile_with_the_configured_bf16_gemm() {
+    let d = digits(demo::DEFAULT_MODEL);
+    let widen = CompileOptions {
+        bf16_gemm: GemmAccumulation::WidenToF32,
+        ..Default::default()
+    };
+    let config = TuningConfig {
+        bf16_gemm: GemmAccumulation::WidenToF32,
+        ..bf16_config(Strategy::Default, Some(d.calibration.clone()))
+    };
+    let bits =
+        |m: &CompiledModel| -> Vec<u32> { outputs(m, &d.x).iter().map(|v| v.to_bits()).collect() };
+    let mut differing = 0;
+    let t = autotune(&d.graph, &config, |m| {
+        let want = d.graph.compile_with(m.plan(), &widen).unwrap();
+        assert_eq!(bits(m), bits(&want), "{:?}", m.plan());
+        if bits(m) != bits(&d.graph.compile(m.plan()).unwrap()) {
+            differing += 1;
+        }
+        top1(m, &d.x, &d.labels)
+    })
+    .unwrap();
+    assert_eq!(
+        bits(&t.model),
+        bits(&d.graph.compile_with(&t.plan, &widen).unwrap())
+    );
+    if active_isa() >= Isa::Avx512CoreBf16 {
+        assert!(differing > 0, "no candidate told the modes apart");
+    }
 }
 
 fn rel_err(a: &[f32], b: &[f32]) -> f64 {

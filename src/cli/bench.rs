@@ -266,7 +266,7 @@ impl ModelCase {
         let plans = plans
             .into_iter()
             .map(|(name, plan)| {
-                let compiled = model::compile(&loaded.graph, &plan, &name)?;
+                let compiled = model::compile(&loaded.graph, &plan, args.bf16_gemm.into(), &name)?;
                 Ok((name, plan, compiled))
             })
             .collect::<Result<_, CliError>>()?;

@@ -133,6 +133,38 @@ pub enum LowDtype {
     Fp16,
 }
 
+/// How bf16 Gemm, MatMul and Conv nodes multiply
+/// ([`crate::graph::GemmAccumulation`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
+pub enum Bf16Gemm {
+    /// `VDPBF16PS` where the CPU has AVX512_BF16 (about twice the f32 FMA
+    /// rate; subnormal bf16 operands and results count as zero), else widen.
+    #[default]
+    Auto,
+    /// Widen bf16 operands exactly to f32 and use f32 FMAs: no flushing,
+    /// the same bits on every machine at a given ISA level.
+    Widen,
+}
+
+impl Bf16Gemm {
+    /// The name the command line spells.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Bf16Gemm::Auto => "auto",
+            Bf16Gemm::Widen => "widen",
+        }
+    }
+}
+
+impl From<Bf16Gemm> for crate::graph::GemmAccumulation {
+    fn from(b: Bf16Gemm) -> Self {
+        match b {
+            Bf16Gemm::Auto => crate::graph::GemmAccumulation::Auto,
+            Bf16Gemm::Widen => crate::graph::GemmAccumulation::WidenToF32,
+        }
+    }
+}
+
 /// The tuning strategy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Default)]
 pub enum Strategy {
@@ -179,6 +211,10 @@ pub struct TuneArgs {
     /// Write the tuning report here (JSON).
     #[arg(long)]
     pub report_out: Option<PathBuf>,
+    /// How bf16 Gemm, MatMul and Conv nodes multiply while tuning; run the
+    /// plan with the same choice.
+    #[arg(long, value_enum, default_value_t = Bf16Gemm::Auto)]
+    pub bf16_gemm: Bf16Gemm,
     /// Draw the tuning picture here (SVG): the metric per evaluation against
     /// the tolerance, and each node's dtype, sensitivity and share of fp32
     /// time. Written after the plan and report, so a failure here loses neither.
@@ -201,6 +237,9 @@ pub struct RunArgs {
     /// Where to write the outputs (safetensors, one tensor per graph output).
     #[arg(long)]
     pub output: PathBuf,
+    /// How bf16 Gemm, MatMul and Conv nodes multiply.
+    #[arg(long, value_enum, default_value_t = Bf16Gemm::Auto)]
+    pub bf16_gemm: Bf16Gemm,
 }
 
 /// Target dtype of `mixprec convert`.
@@ -265,6 +304,9 @@ pub struct BenchArgs {
     /// op type and the slowest steps (fastest of 5 profiled runs).
     #[arg(long, requires = "model", conflicts_with = "json")]
     pub profile: bool,
+    /// How the plan's bf16 Gemm, MatMul and Conv nodes multiply.
+    #[arg(long, value_enum, default_value_t = Bf16Gemm::Auto, requires = "model")]
+    pub bf16_gemm: Bf16Gemm,
     /// Draw a roofline of this machine with every kernel measured (SVG).
     #[arg(long, conflicts_with = "model")]
     pub svg: Option<PathBuf>,

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use tempfile::NamedTempFile;
 
 use crate::demo::{self, DemoModel};
-use crate::graph::{CompiledModel, DType, Dim, Graph, PrecisionPlan, Tensor, Weights};
+use crate::graph::{
+    CompileOptions, CompiledModel, DType, Dim, GemmAccumulation, Graph, PrecisionPlan, Tensor,
+    Weights,
+};
 use crate::onnx::{self, ImportOptions};
 
 use super::{CliError, ModelSource};
@@ -326,10 +329,20 @@ impl Output {
     }
 }
 
-/// Compiles a plan, naming it in the error.
-pub fn compile(graph: &Graph, plan: &PrecisionPlan, what: &str) -> Result<CompiledModel, CliError> {
+/// Compiles a plan with its bf16 GEMMs multiplying as `bf16_gemm` says,
+/// naming the plan in the error.
+pub fn compile(
+    graph: &Graph,
+    plan: &PrecisionPlan,
+    bf16_gemm: GemmAccumulation,
+    what: &str,
+) -> Result<CompiledModel, CliError> {
+    let options = CompileOptions {
+        bf16_gemm,
+        ..Default::default()
+    };
     graph
-        .compile(plan)
+        .compile_with(plan, &options)
         .map_err(|e| CliError::Other(format!("compiling the {what} plan: {e}")))
 }
 

@@ -5,7 +5,7 @@ use std::io::Write;
 
 use mixprec_kernels::FloatType;
 
-use crate::graph::{PrecisionPlan, Tensor, Weights};
+use crate::graph::{GemmAccumulation, PrecisionPlan, Tensor, Weights};
 
 use super::model::{self, Output};
 use super::{CliError, ModelSource, RunArgs};
@@ -26,7 +26,7 @@ pub fn run(args: &RunArgs, out: &mut impl Write) -> Result<(), CliError> {
         None => PrecisionPlan::new(),
     };
     let data = model::load_data(&args.input, &loaded.graph, "input")?;
-    let outs = outputs_f32(&loaded.graph, &plan, &data.refs())?;
+    let outs = outputs_f32(&loaded.graph, &plan, args.bf16_gemm.into(), &data.refs())?;
     let mut weights = Weights::new();
     let mut lines = Vec::new();
     for (name, t) in outs {
@@ -71,15 +71,17 @@ pub fn run(args: &RunArgs, out: &mut impl Write) -> Result<(), CliError> {
     write(out).map_err(CliError::Output)
 }
 
-/// Compiles `graph` under `plan`, runs it and returns the outputs by graph
-/// name, floating-point ones widened to f32 (exact) as `mixprec run` writes
-/// them: outputs are f32 whatever precision the last node ran in.
+/// Compiles `graph` under `plan` (bf16 GEMMs as `bf16_gemm` says), runs it
+/// and returns the outputs by graph name, floating-point ones widened to
+/// f32 (exact) as `mixprec run` writes them: outputs are f32 whatever
+/// precision the last node ran in.
 pub fn outputs_f32(
     graph: &crate::graph::Graph,
     plan: &PrecisionPlan,
+    bf16_gemm: GemmAccumulation,
     inputs: &[(&str, &Tensor)],
 ) -> Result<Vec<(String, Tensor)>, CliError> {
-    let compiled = model::compile(graph, plan, "given")?;
+    let compiled = model::compile(graph, plan, bf16_gemm, "given")?;
     let outs = compiled
         .run_ordered(inputs)
         .map_err(|e| CliError::Other(format!("running the model: {e}")))?;

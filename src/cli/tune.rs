@@ -317,7 +317,7 @@ pub fn tune_loaded(
     calibration: Vec<(String, Tensor)>,
 ) -> Result<TuneOutcome, CliError> {
     let graph = &loaded.graph;
-    let fp32 = model::compile(graph, &PrecisionPlan::new(), "fp32")?;
+    let fp32 = model::compile(graph, &PrecisionPlan::new(), args.bf16_gemm.into(), "fp32")?;
     let evaluator = Evaluator::new(args.metric, data, &fp32)?;
 
     let mut dtypes: Vec<FloatType> = Vec::new();
@@ -339,6 +339,7 @@ pub fn tune_loaded(
         tolerance,
         higher_is_better: higher,
         calibration: Some(calibration),
+        bf16_gemm: args.bf16_gemm.into(),
         ..TuningConfig::new(mp)
     };
 
@@ -580,6 +581,7 @@ pub fn report_json(args: &TuneArgs, loaded: &LoadedModel, o: &TuneOutcome) -> Va
             ),
         );
         map.insert("tolerable_loss".into(), json!(args.tolerable_loss));
+        map.insert("bf16_gemm".into(), json!(args.bf16_gemm.name()));
         map.insert(
             "plan".into(),
             serde_json::to_value(&o.plan).unwrap_or(Value::Null),

@@ -10,6 +10,7 @@ use mixprec_kernels::FloatType;
 use regex::Regex;
 
 use super::error::ConfigError;
+use crate::graph::GemmAccumulation;
 
 /// Calibration inputs: one tensor per graph input, by name, holding a
 /// small representative batch.
@@ -331,6 +332,11 @@ pub struct TuningConfig {
     /// threshold; `false` makes the plan depend only on the metric and the
     /// calibration outputs. Default true.
     pub prefer_measured_speed: bool,
+    /// How the bf16 Gemm, MatMul and Conv nodes of a graph's candidate
+    /// plans multiply, so that the plan is tuned as it will run: with
+    /// `VDPBF16PS` where available ([`GemmAccumulation::Auto`], the
+    /// default) or widened exactly to f32.
+    pub bf16_gemm: GemmAccumulation,
 }
 
 impl Default for TuningConfig {
@@ -345,6 +351,7 @@ impl Default for TuningConfig {
             calibration: None,
             latency_reps: 5,
             prefer_measured_speed: true,
+            bf16_gemm: GemmAccumulation::Auto,
         }
     }
 }

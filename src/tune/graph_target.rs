@@ -3,7 +3,9 @@
 use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::graph::{CompiledModel, Graph, GraphError, PrecisionPlan, Tensor};
+use crate::graph::{
+    CompileOptions, CompiledModel, GemmAccumulation, Graph, GraphError, PrecisionPlan, Tensor,
+};
 
 use super::target::{BoxError, DtypeMap, Tunable, TunableNode};
 
@@ -16,6 +18,7 @@ pub struct GraphTarget<'g> {
     inputs: Vec<(String, Tensor)>,
     synthetic: bool,
     costs: OnceCell<Option<BTreeMap<String, f64>>>,
+    options: CompileOptions,
 }
 
 impl<'g> GraphTarget<'g> {
@@ -34,7 +37,15 @@ impl<'g> GraphTarget<'g> {
             inputs,
             synthetic,
             costs: OnceCell::new(),
+            options: CompileOptions::default(),
         })
+    }
+
+    /// Compiles the candidate plans with `bf16_gemm` (see
+    /// [`super::TuningConfig::bf16_gemm`]).
+    pub fn with_bf16_gemm(mut self, bf16_gemm: GemmAccumulation) -> Self {
+        self.options.bf16_gemm = bf16_gemm;
+        self
     }
 
     /// Whether the calibration inputs were made up (no calibration given).
@@ -95,7 +106,7 @@ impl Tunable for GraphTarget<'_> {
     }
 
     fn compile(&self, plan: &DtypeMap) -> Result<CompiledModel, BoxError> {
-        Ok(self.graph.compile(&Self::plan(plan))?)
+        Ok(self.graph.compile_with(&Self::plan(plan), &self.options)?)
     }
 
     fn forward(&self, model: &CompiledModel) -> Result<Vec<f32>, BoxError> {

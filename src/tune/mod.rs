@@ -155,7 +155,8 @@ where
     };
     let calibration = config.calibration.as_deref().or(captured.as_deref());
     let target = GraphTarget::new(graph, calibration)
-        .map_err(|e| TuneError::model("making synthetic calibration inputs", e))?;
+        .map_err(|e| TuneError::model("making synthetic calibration inputs", e))?
+        .with_bf16_gemm(config.bf16_gemm);
     let eval = |m: &CompiledModel| match baseline.take() {
         Some(metric) => Ok(metric),
         None => eval_fn(m),
