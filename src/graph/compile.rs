@@ -186,6 +186,20 @@ impl Builder<'_> {
         self.slot_dtype.len() - 1
     }
 
+    /// A new slot for `slot`'s value in `dtype` (`c`: its constant value,
+    /// if known), recorded as `slot`'s cast to `dtype`: later casts of
+    /// `slot` reuse it, and where it widens a float exactly, narrowing it
+    /// back gives the original.
+    fn cast_slot(&mut self, slot: usize, dtype: DType, c: Option<Arc<Tensor>>) -> usize {
+        let shape = self.slot_shape[slot].clone();
+        let s = self.new_slot(dtype, shape, self.slot_value[slot], c);
+        if self.slot_dtype[slot].is_float() && dtype == DType::F32 {
+            self.widened_from[s] = Some(self.widened_from[slot].unwrap_or(slot));
+        }
+        self.cast_cache.insert((slot, dtype), s);
+        s
+    }
+
     /// The slot holding `slot`'s value in `dtype`, inserting (or reusing) a cast.
     fn as_dtype(&mut self, slot: usize, dtype: DType) -> Result<usize> {
         if self.slot_dtype[slot] == dtype {
@@ -205,7 +219,6 @@ impl Builder<'_> {
         }
         let from = self.slot_dtype[slot];
         let value = self.slot_value[slot];
-        let shape = self.slot_shape[slot].clone();
         let at_compile_time = self.consts[slot].is_some();
         let c = match &self.consts[slot] {
             Some(t) => {
@@ -215,11 +228,7 @@ impl Builder<'_> {
             }
             None => None,
         };
-        let s = self.new_slot(dtype, shape, value, c);
-        if from.is_float() && dtype == DType::F32 {
-            self.widened_from[s] = Some(self.widened_from[slot].unwrap_or(slot));
-        }
-        self.cast_cache.insert((slot, dtype), s);
+        let s = self.cast_slot(slot, dtype, c);
         let vname = self.graph.value(value).name.clone();
         self.casts.push(CastInfo {
             value: vname.clone(),
@@ -262,17 +271,7 @@ impl Builder<'_> {
         let StepKind::Node { node, .. } = self.steps[view].kind else {
             unreachable!("found as a node step");
         };
-        let s = self.new_slot(
-            dtype,
-            self.slot_shape[slot].clone(),
-            self.slot_value[slot],
-            None,
-        );
-        // As for a cast of `slot` itself: narrowing `s` back gives `slot`.
-        if dtype == DType::F32 {
-            self.widened_from[s] = Some(self.widened_from[slot].unwrap_or(slot));
-        }
-        self.cast_cache.insert((slot, dtype), s);
+        let s = self.cast_slot(slot, dtype, None);
         let step = &self.steps[view];
         let mut inputs = step.inputs.clone();
         inputs[0] = cast_source;
