@@ -64,6 +64,14 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// The bits of the little-endian f32 values in `bytes`.
+fn f32_bits(bytes: &[u8]) -> Vec<u32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
 /// Writes a safetensors file of `(name, dtype, shape, bytes)`.
 fn write_st(path: &Path, tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)]) {
     let views: Vec<(&str, TensorView)> = tensors
@@ -298,11 +306,11 @@ fn run_with_the_saved_plan_matches_in_process() {
         assert_eq!(*dtype, Dtype::F32, "outputs are written in f32");
         assert_eq!(shape.as_slice(), want.shape());
         let want_bits: Vec<u32> = want.to_f32_vec().iter().map(|v| v.to_bits()).collect();
-        let got_bits: Vec<u32> = bytes
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        assert_eq!(got_bits, want_bits, "output `{name}` differs bitwise");
+        assert_eq!(
+            f32_bits(bytes),
+            want_bits,
+            "output `{name}` differs bitwise"
+        );
     }
     // And the plan matters: fp32 outputs differ from the plan's.
     let fp32 = graph
@@ -335,11 +343,7 @@ fn run_with_the_saved_plan_matches_in_process() {
             mode,
         ]);
         assert!(o.status.success(), "{}", stderr(&o));
-        read_st(&out)[names[0]]
-            .2
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect::<Vec<u32>>()
+        f32_bits(&read_st(&out)[names[0]].2)
     };
     let in_process = |bf16_gemm| {
         let options = CompileOptions {
